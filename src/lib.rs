@@ -1,0 +1,2 @@
+//! VibeMQ: a clustered MQTT broker.
+pub mod codec;
