@@ -1,2 +1,3 @@
 //! VibeMQ: a clustered MQTT broker.
 pub mod codec;
+pub mod topic;

@@ -1,0 +1,135 @@
+//! Topic name and topic filter rules (MQTT 5.0 section 4.7, 4.8.2; the same in 3.1.1).
+
+/// A topic name a client may publish to: non-empty, no wildcards.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#'])
+}
+
+/// A topic filter: non-empty; `#` only as the whole last level; `+` only as a whole level.
+pub fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > 65_535 {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        if level.contains('#') && (level != "#" || !is_last) {
+            return false;
+        }
+        if level.contains('+') && level != "+" {
+            return false;
+        }
+    }
+    true
+}
+
+/// `$share/{group}/{filter}` split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFilter<'a> {
+    pub group: &'a str,
+    pub filter: &'a str,
+}
+
+/// `Ok(None)` for an ordinary filter, `Ok(Some)` for a valid shared one, `Err` for a malformed
+/// shared one (empty or wildcard group, missing or invalid filter).
+pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, ()> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return if filter == "$share" {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    let (group, inner) = rest.split_once('/').ok_or(())?;
+    if group.is_empty() || group.contains(['+', '#']) || !valid_filter(inner) {
+        return Err(());
+    }
+    Ok(Some(SharedFilter {
+        group,
+        filter: inner,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::matches;
+
+    #[test]
+    fn topic_names() {
+        assert!(valid_topic_name("a/b"));
+        assert!(valid_topic_name("/"));
+        assert!(valid_topic_name("$SYS/x"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name("a/+"));
+        assert!(!valid_topic_name("a/#"));
+        assert!(!valid_topic_name("a#"));
+    }
+
+    #[test]
+    fn filters() {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a//b",
+            "+/tennis/#",
+            "sport/+/player1",
+        ] {
+            assert!(valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b#", "a+", "+a/b", "#/a", "a/+b"] {
+            assert!(!valid_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shared_filters() {
+        assert_eq!(parse_shared("a/b"), Ok(None));
+        assert_eq!(
+            parse_shared("$share/g/a/+"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "a/+"
+            }))
+        );
+        assert_eq!(
+            parse_shared("$share/g/#"),
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "#"
+            }))
+        );
+        for bad in [
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/g/a#",
+            "$share",
+            "$share/g/",
+        ] {
+            assert!(parse_shared(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn matching_rules_from_the_spec() {
+        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(matches("sport/#", "sport"));
+        assert!(matches("sport/+", "sport/"));
+        assert!(!matches("sport/+", "sport"));
+        assert!(matches("+/+", "/finance"));
+        assert!(matches("/+", "/finance"));
+        assert!(!matches("+", "/finance"));
+        assert!(!matches("#", "$SYS/uptime"));
+        assert!(!matches("+/monitor/Clients", "$SYS/monitor/Clients"));
+        assert!(matches("$SYS/#", "$SYS/monitor/Clients"));
+        assert!(matches("$SYS/monitor/+", "$SYS/monitor/Clients"));
+    }
+}
