@@ -1,3 +1,4 @@
 //! VibeMQ: a clustered MQTT broker.
 pub mod codec;
+pub mod config;
 pub mod topic;

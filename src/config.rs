@@ -1,0 +1,345 @@
+//! Configuration: the embedded defaults (config/default.toml), a TOML file, `VIBEMQ_*`
+//! environment variables and command-line flags, merged in that order of precedence and then
+//! validated. Every error names the key it is about, in one line, so start-up can stop with a
+//! message an operator acts on without reading code.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The default configuration, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub mqtt: MqttConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub connect_timeout: u64,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub max_keepalive: u16,
+    pub max_packet_size: u32,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub queue_qos0_offline: bool,
+    pub max_topic_alias: u16,
+    pub max_session_expiry: u32,
+    pub allow_zero_length_clientid: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+/// A configuration problem, phrased as one line naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Env(&'a str),
+    Flag(&'a str),
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn default_config() -> Config {
+        Config::load(None, &[]).expect("embedded default configuration is valid")
+    }
+
+    /// Defaults, then `file`, then `overrides` in order (later wins), then validation.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &[(String, String, Source<'_>)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| err(format!("embedded defaults: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+            let user: Table = text.parse().map_err(|e: toml::de::Error| {
+                err(format!("{}: {}", path.display(), e.message().trim()))
+                    .with_span(&text, e.span())
+            })?;
+            merge(&mut table, user, "")?;
+        }
+        for (key, raw, source) in overrides {
+            set_key(&mut table, key, raw, *source)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(Value::Table(table))
+            .map_err(|e| err(format!("{}: {}", e.path(), e.inner().message().trim())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Overrides from the environment: `VIBEMQ_<SECTION>_<KEY>` for every key of the defaults.
+    pub fn env_overrides(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, String, String)> {
+        let defaults: Table = DEFAULT_TOML.parse().expect("embedded defaults parse");
+        let mut known = Vec::new();
+        for (section, value) in &defaults {
+            if let Value::Table(t) = value {
+                for key in t.keys() {
+                    let var = format!("VIBEMQ_{}_{}", section.to_uppercase(), key.to_uppercase());
+                    known.push((var, format!("{section}.{key}")));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (name, value) in vars {
+            if let Some((_, key)) = known.iter().find(|(var, _)| *var == name) {
+                out.push((key.clone(), value, name));
+            }
+        }
+        out
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if m.max_packet_size < 64 || m.max_packet_size > 268_435_460 {
+            return Err(err(format!(
+                "mqtt.max_packet_size: must be between 64 and 268435460 bytes (got {})",
+                m.max_packet_size
+            )));
+        }
+        if m.max_inflight == 0 {
+            return Err(err("mqtt.max_inflight: must be at least 1 (got 0)"));
+        }
+        if m.max_queued_messages == 0 {
+            return Err(err("mqtt.max_queued_messages: must be at least 1 (got 0)"));
+        }
+        if m.max_keepalive == 0 {
+            return Err(err("mqtt.max_keepalive: must be at least 1 second (got 0)"));
+        }
+        if self.server.connect_timeout == 0 {
+            return Err(err(
+                "server.connect_timeout: must be at least 1 second (got 0)",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(err("server.max_connections: must be at least 1 (got 0)"));
+        }
+        let plain_level =
+            ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log.level.as_str());
+        let directive = self.log.level.contains(['=', ',']);
+        if !(plain_level || directive)
+            || tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err()
+        {
+            return Err(err(format!(
+                "log.level: `{}` is not a level (error, warn, info, debug, trace) or a tracing filter",
+                self.log.level
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn with_span(self, text: &str, span: Option<std::ops::Range<usize>>) -> ConfigError {
+        match span {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                ConfigError(format!("{} (line {line})", self.0))
+            }
+            None => self,
+        }
+    }
+}
+
+/// Deep-merges `user` into `base`, refusing keys the defaults do not have.
+fn merge(base: &mut Table, user: Table, prefix: &str) -> Result<(), ConfigError> {
+    for (key, value) in user {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(b)), Value::Table(u)) => merge(b, u, &path)?,
+            (Some(Value::Table(_)), _) => {
+                return Err(err(format!("{path}: must be a table ([{path}])")));
+            }
+            (Some(slot), value) => {
+                if std::mem::discriminant(slot) != std::mem::discriminant(&value) {
+                    return Err(err(format!(
+                        "{path}: expected {}, got {}",
+                        slot.type_str(),
+                        value.type_str()
+                    )));
+                }
+                *slot = value;
+            }
+            (None, _) => return Err(err(format!("{path}: unknown key"))),
+        }
+    }
+    Ok(())
+}
+
+/// Sets `section.key` from a string, converted to the type the default has.
+fn set_key(table: &mut Table, key: &str, raw: &str, source: Source<'_>) -> Result<(), ConfigError> {
+    let origin = match source {
+        Source::Env(name) => format!("{key} (from {name})"),
+        Source::Flag(name) => format!("{key} (from {name})"),
+    };
+    let (section, name) = key
+        .split_once('.')
+        .ok_or_else(|| err(format!("{origin}: not a section.key")))?;
+    let slot = table
+        .get_mut(section)
+        .and_then(Value::as_table_mut)
+        .and_then(|t| t.get_mut(name))
+        .ok_or_else(|| err(format!("{origin}: unknown key")))?;
+    *slot = match slot {
+        Value::Integer(_) => Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| err(format!("{origin}: expected an integer, got `{raw}`")))?,
+        ),
+        Value::Boolean(_) => Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                return Err(err(format!(
+                    "{origin}: expected true or false, got `{raw}`"
+                )));
+            }
+        }),
+        _ => Value::String(raw.to_string()),
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("vibemq-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!(
+            "{:x}.toml",
+            text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = Config::load(Some(&path), &[]);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default_config();
+        assert_eq!(c.server.bind.to_string(), "0.0.0.0:1883");
+        assert_eq!(c.mqtt.max_keepalive, 65535);
+        assert_eq!(c.mqtt.max_packet_size, 1_048_576);
+        assert_eq!(c.mqtt.max_inflight, 32);
+        assert_eq!(c.mqtt.max_queued_messages, 1000);
+        assert_eq!(c.log.level, "info");
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let c =
+            load_str("[server]\nbind = \"127.0.0.1:2883\"\n[mqtt]\nmax_inflight = 5\n").unwrap();
+        assert_eq!(c.server.bind.to_string(), "127.0.0.1:2883");
+        assert_eq!(c.mqtt.max_inflight, 5);
+        assert_eq!(c.mqtt.max_queued_messages, 1000);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_str("[mqtt]\nmax_inflight = 0\n").unwrap_err();
+        assert!(e.0.starts_with("mqtt.max_inflight:"), "{e}");
+        let e = load_str("[mqtt]\nmax_infligt = 3\n").unwrap_err();
+        assert_eq!(e.0, "mqtt.max_infligt: unknown key");
+        let e = load_str("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err();
+        assert_eq!(e.0, "mqtt.max_inflight: expected integer, got string");
+        let e = load_str("[server]\nbind = \"localhost\"\n").unwrap_err();
+        assert!(
+            e.0.starts_with("server.bind: invalid socket address"),
+            "{e}"
+        );
+        let e = load_str("[mqtt]\nmax_inflight = 70000\n").unwrap_err();
+        assert!(e.0.starts_with("mqtt.max_inflight: invalid value"), "{e}");
+        let e = load_str("[log]\nlevel = \"loud\"\n").unwrap_err();
+        assert!(e.0.starts_with("log.level:"), "{e}");
+        let e = load_str("[mqtt\n").unwrap_err();
+        assert!(e.0.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_in_order_and_are_typed() {
+        let o = vec![
+            (
+                "mqtt.max_inflight".to_string(),
+                "7".to_string(),
+                Source::Env("VIBEMQ_MQTT_MAX_INFLIGHT"),
+            ),
+            (
+                "mqtt.max_inflight".to_string(),
+                "9".to_string(),
+                Source::Flag("--max-inflight"),
+            ),
+            (
+                "mqtt.queue_qos0_offline".to_string(),
+                "true".to_string(),
+                Source::Env("X"),
+            ),
+        ];
+        let c = Config::load(None, &o).unwrap();
+        assert_eq!(c.mqtt.max_inflight, 9);
+        assert!(c.mqtt.queue_qos0_offline);
+        let bad = vec![(
+            "mqtt.max_inflight".to_string(),
+            "x".to_string(),
+            Source::Env("VIBEMQ_MQTT_MAX_INFLIGHT"),
+        )];
+        let e = Config::load(None, &bad).unwrap_err();
+        assert_eq!(
+            e.0,
+            "mqtt.max_inflight (from VIBEMQ_MQTT_MAX_INFLIGHT): expected an integer, got `x`"
+        );
+    }
+
+    #[test]
+    fn env_names_map_to_keys() {
+        let vars = vec![
+            ("VIBEMQ_SERVER_BIND".to_string(), "127.0.0.1:1".to_string()),
+            ("VIBEMQ_NOPE".to_string(), "1".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let o = Config::env_overrides(vars);
+        assert_eq!(
+            o,
+            vec![(
+                "server.bind".into(),
+                "127.0.0.1:1".into(),
+                "VIBEMQ_SERVER_BIND".into()
+            )]
+        );
+    }
+}
