@@ -1,1 +1,165 @@
-fn main() {}
+//! The `vibemq` command: parse flags, load and validate configuration (exit 2 with one line
+//! naming the key on error), start a node, and stop it cleanly on SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vibemq::config::{Config, Source};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vibemq",
+    version,
+    about = "VibeMQ: a clustered MQTT 3.1.1 / 5.0 broker"
+)]
+struct Cli {
+    /// TOML configuration file (defaults are built in; see config/default.toml).
+    #[arg(long, short = 'c', env = "VIBEMQ_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// MQTT listen address (server.bind).
+    #[arg(long)]
+    bind: Option<String>,
+    /// Log level or tracing filter (log.level).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Largest packet in bytes (mqtt.max_packet_size).
+    #[arg(long)]
+    max_packet_size: Option<String>,
+    /// QoS 1/2 messages in flight per client (mqtt.max_inflight).
+    #[arg(long)]
+    max_inflight: Option<String>,
+    /// Messages queued per session (mqtt.max_queued_messages).
+    #[arg(long)]
+    max_queued_messages: Option<String>,
+    /// Cap on client keep alive in seconds (mqtt.max_keepalive).
+    #[arg(long)]
+    max_keepalive: Option<String>,
+    /// Most client connections (server.max_connections).
+    #[arg(long)]
+    max_connections: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a configuration file (with environment and flags applied) and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    fn flag_overrides(&self) -> Vec<(String, String, &'static str)> {
+        let flags = [
+            ("server.bind", &self.bind, "--bind"),
+            ("log.level", &self.log_level, "--log-level"),
+            (
+                "mqtt.max_packet_size",
+                &self.max_packet_size,
+                "--max-packet-size",
+            ),
+            ("mqtt.max_inflight", &self.max_inflight, "--max-inflight"),
+            (
+                "mqtt.max_queued_messages",
+                &self.max_queued_messages,
+                "--max-queued-messages",
+            ),
+            ("mqtt.max_keepalive", &self.max_keepalive, "--max-keepalive"),
+            (
+                "server.max_connections",
+                &self.max_connections,
+                "--max-connections",
+            ),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(key, value, flag)| {
+                value.as_ref().map(|v| (key.to_string(), v.clone(), flag))
+            })
+            .collect()
+    }
+}
+
+fn load(cli: &Cli, file: Option<&PathBuf>) -> Result<Config, vibemq::config::ConfigError> {
+    let env = Config::env_overrides(std::env::vars());
+    let flags = cli.flag_overrides();
+    let mut overrides: Vec<(String, String, Source<'_>)> = Vec::new();
+    for (key, value, var) in &env {
+        overrides.push((key.clone(), value.clone(), Source::Env(var)));
+    }
+    for (key, value, flag) in &flags {
+        overrides.push((key.clone(), value.clone(), Source::Flag(flag)));
+    }
+    Config::load(file.map(PathBuf::as_path), &overrides)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return match load(&cli, Some(file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vibemq: config error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match load(&cli, cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vibemq: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vibemq: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let bind = config.server.bind;
+        let node = match vibemq::Node::start(config).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("vibemq: cannot listen on {bind} (server.bind): {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown(Duration::from_secs(10)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

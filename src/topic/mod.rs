@@ -6,7 +6,9 @@ mod trie;
 mod validate;
 
 pub use trie::Trie;
-pub use validate::{SharedFilter, parse_shared, valid_filter, valid_topic_name};
+pub use validate::{
+    InvalidSharedFilter, SharedFilter, parse_shared, valid_filter, valid_topic_name,
+};
 
 /// Whether `filter` matches `topic` (for tests and one-off checks; the trie does the bulk work).
 pub fn matches(filter: &str, topic: &str) -> bool {

@@ -67,6 +67,14 @@ impl<V> Trie<V> {
         node.value.get_or_insert_with(make)
     }
 
+    pub fn get(&self, filter: &str) -> Option<&V> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.value.as_ref()
+    }
+
     pub fn get_mut(&mut self, filter: &str) -> Option<&mut V> {
         let mut node = &mut self.root;
         for level in filter.split('/') {

@@ -30,19 +30,23 @@ pub struct SharedFilter<'a> {
     pub filter: &'a str,
 }
 
+/// A `$share/...` filter that breaks the shared-subscription rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidSharedFilter;
+
 /// `Ok(None)` for an ordinary filter, `Ok(Some)` for a valid shared one, `Err` for a malformed
 /// shared one (empty or wildcard group, missing or invalid filter).
-pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, ()> {
+pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, InvalidSharedFilter> {
     let Some(rest) = filter.strip_prefix("$share/") else {
         return if filter == "$share" {
-            Err(())
+            Err(InvalidSharedFilter)
         } else {
             Ok(None)
         };
     };
-    let (group, inner) = rest.split_once('/').ok_or(())?;
+    let (group, inner) = rest.split_once('/').ok_or(InvalidSharedFilter)?;
     if group.is_empty() || group.contains(['+', '#']) || !valid_filter(inner) {
-        return Err(());
+        return Err(InvalidSharedFilter);
     }
     Ok(Some(SharedFilter {
         group,

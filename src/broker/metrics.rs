@@ -1,0 +1,33 @@
+//! Broker-wide counters, updated with relaxed atomics on the hot path and read by operators.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// Deliveries dropped because the session queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 deliveries not queued for an offline session.
+    pub dropped_qos0_offline: AtomicU64,
+    /// Deliveries whose Message Expiry Interval ran out before sending.
+    pub dropped_expired: AtomicU64,
+    /// Deliveries larger than the client's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
+    /// Connections closed for a protocol violation or malformed packet.
+    pub protocol_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

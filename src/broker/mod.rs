@@ -1,0 +1,313 @@
+//! The broker: sessions by client id, the router, retained messages and counters, and the
+//! session lifecycle (attach on CONNECT, detach on close, expiry, wills). It speaks in
+//! messages and sessions, never in sockets or bytes: `mqtt` drives it, `cluster` will feed it.
+
+mod message;
+mod metrics;
+mod retained;
+mod router;
+pub mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+pub use message::{Delivery, Message};
+pub use metrics::Metrics;
+pub use retained::RetainedStore;
+pub use router::Router;
+use session::PendingWill;
+pub use session::{ConnectionControl, Session};
+
+use crate::codec::{SubscriptionOptions, reason};
+use crate::config::Config;
+use crate::topic::{self, SharedFilter};
+
+/// How long a new connection waits for the connection it takes over from to finish closing.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub sessions: DashMap<Arc<str>, Arc<Session>>,
+    pub router: Router,
+    pub retained: RetainedStore,
+    pub metrics: Metrics,
+    next_connection_id: AtomicU64,
+    me: Weak<Broker>,
+}
+
+/// The result of attaching a connection to a session.
+pub struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+}
+
+/// What a closing connection leaves behind for its session.
+pub struct Detach {
+    /// Session Expiry Interval now in force (0 ends the session; u32::MAX never expires).
+    pub expiry_interval: u32,
+    /// The will to publish (None after a normal DISCONNECT).
+    pub will: Option<PendingWill>,
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Arc<Broker> {
+        Arc::new_cyclic(|me| Broker {
+            config: Arc::new(config),
+            sessions: DashMap::new(),
+            router: Router::default(),
+            retained: RetainedStore::default(),
+            metrics: Metrics::default(),
+            next_connection_id: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Publishes a message: stores or clears it as retained when flagged, then routes it.
+    /// Returns the number of sessions it was queued for.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
+        Metrics::add(&self.metrics.messages_received, 1);
+        if message.retain {
+            self.retained.set(message.clone());
+        }
+        self.router.publish(&message, &self.metrics)
+    }
+
+    /// Attaches connection `control` to the session for `client_id`, taking it over from any
+    /// connection that has it, and starting a new session when asked or when none exists.
+    pub async fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        control: &Arc<ConnectionControl>,
+    ) -> Attached {
+        loop {
+            let existing = self.sessions.get(client_id).map(|s| s.clone());
+            if let Some(session) = &existing {
+                let previous = {
+                    let mut st = session.state.lock();
+                    match &st.connection {
+                        Some(c) if c.id != control.id => st.connection.take(),
+                        _ => None,
+                    }
+                };
+                if let Some(previous) = previous {
+                    tracing::info!(client_id = %client_id, "client id taken over by a new connection");
+                    previous.kick(reason::SESSION_TAKEN_OVER);
+                    let _ = tokio::time::timeout(TAKEOVER_WAIT, previous.closed()).await;
+                    continue;
+                }
+            }
+            let resumable = existing.filter(|s| !clean_start && !s.state.lock().ended);
+            let (session, session_present) = match resumable {
+                Some(session) => (session, true),
+                None => {
+                    if let Some(old) = self.sessions.get(client_id).map(|s| s.clone()) {
+                        self.end_session(&old);
+                    }
+                    let mqtt = &self.config.mqtt;
+                    let session = Session::new(
+                        client_id.clone(),
+                        mqtt.max_queued_messages,
+                        mqtt.queue_qos0_offline,
+                    );
+                    self.sessions.insert(client_id.clone(), session.clone());
+                    (session, false)
+                }
+            };
+            let mut st = session.state.lock();
+            if st.connection.is_some() || st.ended {
+                // Another connection got in between; go round again.
+                continue;
+            }
+            st.connection = Some(control.clone());
+            st.generation += 1;
+            // A new connection before the will delay elapsed cancels the will (MQTT-3.1.3-9).
+            st.will = None;
+            drop(st);
+            session.set_online(true);
+            return Attached {
+                session,
+                session_present,
+            };
+        }
+    }
+
+    /// Called by a connection as it closes. Does nothing to the session if another connection
+    /// has taken it over meanwhile, except publish the closing connection's own will.
+    pub fn detach(&self, session: &Arc<Session>, control: &ConnectionControl, detach: Detach) {
+        let mut st = session.state.lock();
+        let owned = st.connection.as_ref().is_some_and(|c| c.id == control.id);
+        if !owned {
+            drop(st);
+            // Taken over: the will goes out unless it has a delay (the new connection is
+            // within it, so it is cancelled).
+            if let Some(w) = detach.will.filter(|w| w.delay == 0) {
+                self.publish_will(&session.client_id, w);
+            }
+            return;
+        }
+        st.connection = None;
+        st.generation += 1;
+        let generation = st.generation;
+        st.expiry_interval = detach.expiry_interval;
+        let shared = st.take_shared_unacknowledged();
+        let ends = detach.expiry_interval == 0;
+        let mut will_now = None;
+        match detach.will {
+            Some(w) if w.delay == 0 || ends => will_now = Some(w),
+            Some(w) => st.will = Some(w),
+            None => {}
+        }
+        let will_delay = st.will.as_ref().map(|w| w.delay);
+        drop(st);
+        session.set_online(false);
+
+        let kept = self.reassign_shared(session, shared);
+        if ends {
+            self.end_session(session);
+        } else if !kept.is_empty() {
+            session.requeue_front(kept);
+        }
+        if let Some(w) = will_now {
+            self.publish_will(&session.client_id, w);
+        }
+        if !ends {
+            self.arm_timers(session, generation, detach.expiry_interval, will_delay);
+        }
+    }
+
+    fn reassign_shared(
+        &self,
+        session: &Session,
+        deliveries: Vec<message::Delivery>,
+    ) -> Vec<message::Delivery> {
+        let mut kept = Vec::new();
+        for d in deliveries {
+            if let Some(back) = self
+                .router
+                .reassign_shared(&session.client_id, d, &self.metrics)
+            {
+                kept.push(back);
+            }
+        }
+        kept
+    }
+
+    fn arm_timers(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        expiry: u32,
+        will_delay: Option<u32>,
+    ) {
+        if let Some(delay) = will_delay.filter(|d| *d < expiry) {
+            let (me, session) = (self.me.clone(), session.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                let Some(broker) = me.upgrade() else { return };
+                let will = {
+                    let mut st = session.state.lock();
+                    if st.generation != generation {
+                        return;
+                    }
+                    st.will.take()
+                };
+                if let Some(w) = will {
+                    broker.publish_will(&session.client_id, w);
+                }
+            });
+        }
+        if expiry != u32::MAX {
+            let (me, session) = (self.me.clone(), session.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                let Some(broker) = me.upgrade() else { return };
+                if session.state.lock().generation == generation {
+                    tracing::debug!(client_id = %session.client_id, "session expired");
+                    broker.end_session(&session);
+                }
+            });
+        }
+    }
+
+    /// Discards a session: no more deliveries, its subscriptions removed, its pending will
+    /// published, its shared-subscription messages handed to other members.
+    pub fn end_session(&self, session: &Arc<Session>) {
+        let (subscriptions, will, shared) = {
+            let mut st = session.state.lock();
+            if st.ended {
+                return;
+            }
+            st.ended = true;
+            st.generation += 1;
+            let shared = st.take_shared_unacknowledged();
+            st.queue.clear();
+            st.inflight.clear();
+            (
+                std::mem::take(&mut st.subscriptions),
+                st.will.take(),
+                shared,
+            )
+        };
+        self.sessions
+            .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));
+        for filter in subscriptions.keys() {
+            let shared = topic::parse_shared(filter).ok().flatten();
+            self.router
+                .unsubscribe(&session.client_id, filter, shared.as_ref());
+        }
+        let lost = self.reassign_shared(session, shared).len();
+        Metrics::add(&self.metrics.dropped_queue_full, lost as u64);
+        if let Some(w) = will {
+            self.publish_will(&session.client_id, w);
+        }
+    }
+
+    pub fn publish_will(&self, client_id: &Arc<str>, pending: PendingWill) {
+        let w = pending.will;
+        tracing::debug!(client_id = %client_id, topic = %w.topic, "publishing will");
+        let message = Message::new(
+            w.topic.into(),
+            w.payload,
+            w.qos,
+            w.retain,
+            w.properties,
+            Some(client_id.clone()),
+        );
+        self.publish(Arc::new(message));
+    }
+
+    /// Adds a subscription for a session; true if it replaced one with the same filter.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        shared: Option<&SharedFilter<'_>>,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let record = session::SubscriptionRecord { options, id };
+        session
+            .state
+            .lock()
+            .subscriptions
+            .insert(filter.to_string(), record);
+        self.router.subscribe(session, filter, shared, options, id)
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let had = session.state.lock().subscriptions.remove(filter).is_some();
+        let shared = topic::parse_shared(filter).ok().flatten();
+        self.router
+            .unsubscribe(&session.client_id, filter, shared.as_ref());
+        had
+    }
+}

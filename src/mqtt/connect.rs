@@ -1,0 +1,258 @@
+//! The CONNECT handshake: read the first packet within the connect timeout, check it, answer
+//! refusals with the right CONNACK code for the client's protocol version, attach the session
+//! and send CONNACK, then resend whatever the resumed session had in flight.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::connection::Connection;
+use crate::broker::{Broker, ConnectionControl};
+use crate::codec::{
+    ConnAck, Connect, DecodeError, Packet, Properties, Protocol, decode_packet, encode_packet,
+    reason, v3_return,
+};
+use crate::topic::valid_topic_name;
+
+/// Reads CONNECT and sets the connection up; None when the connection is refused or lost.
+pub(super) async fn handshake(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+) -> Option<Connection> {
+    let timeout = Duration::from_secs(broker.config.server.connect_timeout);
+    let max_in = broker.config.mqtt.max_packet_size as usize;
+    let connect = match tokio::time::timeout(timeout, read_connect(stream, rbuf, max_in)).await {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within the connect timeout");
+            return None;
+        }
+        Ok(Err(ReadError::Io)) => return None,
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
+            tracing::info!(%peer, level, "refusing unsupported protocol level");
+            // A 3.1.1-format CONNACK is what every version can read.
+            let _ = stream
+                .write_all(&[0x20, 0x02, 0x00, v3_return::UNACCEPTABLE_PROTOCOL_VERSION])
+                .await;
+            return None;
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            crate::broker::Metrics::add(&broker.metrics.protocol_errors, 1);
+            tracing::info!(%peer, error = %e, "refusing connection: bad CONNECT");
+            return None;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let protocol = connect.protocol;
+    match check_connect(&connect, broker) {
+        Ok(()) => {}
+        Err(refusal) => {
+            tracing::info!(%peer, client_id = %connect.client_id, code = refusal.code(protocol), "refusing connection: {}", refusal.detail);
+            let ack = ConnAck {
+                session_present: false,
+                code: refusal.code(protocol),
+                properties: Properties::default(),
+            };
+            let mut out = BytesMut::new();
+            encode_packet(&Packet::ConnAck(ack), protocol, &mut out);
+            let _ = stream.write_all(&out).await;
+            return None;
+        }
+    }
+    Some(establish(*connect, peer, broker).await)
+}
+
+enum ReadError {
+    Io,
+    Decode(DecodeError),
+}
+
+async fn read_connect(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    max_in: usize,
+) -> Result<Box<Connect>, ReadError> {
+    loop {
+        match decode_packet(rbuf, None, max_in) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(_)) => {
+                return Err(ReadError::Decode(DecodeError::Protocol(
+                    "first packet must be CONNECT",
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Decode(e)),
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(ReadError::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A refused CONNECT: the v5 reason code, the v3 return code, and why.
+struct Refusal {
+    v5: u8,
+    v3: u8,
+    detail: &'static str,
+}
+
+impl Refusal {
+    fn code(&self, protocol: Protocol) -> u8 {
+        if protocol.is_v5() { self.v5 } else { self.v3 }
+    }
+}
+
+fn check_connect(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
+    let config = &broker.config;
+    let v5 = c.protocol.is_v5();
+    if c.client_id.is_empty() && !v5 && (!c.clean_start || !config.mqtt.allow_zero_length_clientid)
+    {
+        return Err(Refusal {
+            v5: reason::CLIENT_IDENTIFIER_NOT_VALID,
+            v3: v3_return::IDENTIFIER_REJECTED,
+            detail: "empty client id needs clean session",
+        });
+    }
+    let max_keepalive = config.mqtt.max_keepalive;
+    if !v5 && max_keepalive < u16::MAX && (c.keep_alive == 0 || c.keep_alive > max_keepalive) {
+        return Err(Refusal {
+            v5: reason::UNSPECIFIED_ERROR,
+            v3: v3_return::IDENTIFIER_REJECTED,
+            detail: "keep alive above mqtt.max_keepalive",
+        });
+    }
+    if c.properties.authentication_method.is_some() {
+        return Err(Refusal {
+            v5: reason::BAD_AUTHENTICATION_METHOD,
+            v3: v3_return::NOT_AUTHORIZED,
+            detail: "enhanced authentication is not supported",
+        });
+    }
+    if let Some(w) = &c.will {
+        if !valid_topic_name(&w.topic) {
+            return Err(Refusal {
+                v5: reason::TOPIC_NAME_INVALID,
+                v3: v3_return::NOT_AUTHORIZED,
+                detail: "invalid will topic",
+            });
+        }
+        if w.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&w.payload).is_err()
+        {
+            return Err(Refusal {
+                v5: reason::PAYLOAD_FORMAT_INVALID,
+                v3: v3_return::NOT_AUTHORIZED,
+                detail: "will payload is not UTF-8 as its format indicator says",
+            });
+        }
+    }
+    let current = broker
+        .metrics
+        .connections_current
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if current > config.server.max_connections as u64 {
+        return Err(Refusal {
+            v5: reason::SERVER_BUSY,
+            v3: v3_return::SERVER_UNAVAILABLE,
+            detail: "server.max_connections reached",
+        });
+    }
+    Ok(())
+}
+
+/// Attaches the session, sends CONNACK and resends what was in flight.
+async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connection {
+    let config = &broker.config.mqtt;
+    let v5 = c.protocol.is_v5();
+    let mut ack_props = Properties::default();
+
+    let client_id: Arc<str> = if c.client_id.is_empty() {
+        let id = format!(
+            "vibemq-{:016x}",
+            broker.next_connection_id() ^ random_salt()
+        );
+        if v5 {
+            ack_props.assigned_client_identifier = Some(id.clone());
+        }
+        id.into()
+    } else {
+        c.client_id.into()
+    };
+
+    let requested_expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry_interval = requested_expiry.min(config.max_session_expiry);
+    if v5 && expiry_interval != requested_expiry {
+        ack_props.session_expiry_interval = Some(expiry_interval);
+    }
+
+    let mut keep_alive = c.keep_alive;
+    if v5
+        && config.max_keepalive < u16::MAX
+        && (keep_alive == 0 || keep_alive > config.max_keepalive)
+    {
+        keep_alive = config.max_keepalive;
+        ack_props.server_keep_alive = Some(keep_alive);
+    }
+
+    if v5 {
+        ack_props.receive_maximum = Some(config.max_inflight);
+        ack_props.maximum_packet_size = Some(config.max_packet_size);
+        ack_props.topic_alias_maximum = Some(config.max_topic_alias);
+    }
+
+    let control = ConnectionControl::new(broker.next_connection_id());
+    let attached = broker.attach(&client_id, c.clean_start, &control).await;
+    tracing::debug!(%peer, client_id = %client_id, protocol = c.protocol.name(), session_present = attached.session_present, "client connected");
+
+    let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    let mut conn = Connection {
+        broker: broker.clone(),
+        peer,
+        protocol: c.protocol,
+        client_id,
+        session: attached.session,
+        control,
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        window: usize::from(client_receive_max.min(config.max_inflight)),
+        client_max_packet: c
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+        out_aliases: HashMap::new(),
+        in_aliases: HashMap::new(),
+        will: c.will,
+        expiry_interval,
+        connect_expiry_zero: requested_expiry == 0,
+        wbuf: BytesMut::with_capacity(8192),
+    };
+    let ack = ConnAck {
+        session_present: attached.session_present,
+        code: 0,
+        properties: ack_props,
+    };
+    conn.send(&Packet::ConnAck(ack));
+    conn.resend_inflight();
+    conn
+}
+
+/// Per-process salt so assigned client ids differ between restarts.
+fn random_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}

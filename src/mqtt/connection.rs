@@ -1,0 +1,233 @@
+//! One client connection from CONNECT to close: the read/write loop, keep alive, takeover and
+//! shutdown signals, and the orderly end (server DISCONNECT, will, session detach). The loop
+//! never blocks on one direction: it reads, writes and drains the session queue as each is
+//! ready, and it stops reading while too much output is waiting, so memory stays bounded.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::broker::session::PendingWill;
+use crate::broker::{Broker, ConnectionControl, Detach, Metrics, Session};
+use crate::codec::{Disconnect, Packet, Protocol, Will, decode_packet, encode_packet, reason};
+
+/// Stop moving queued messages into the write buffer past this many bytes.
+pub(super) const OUT_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from the client while this much output is waiting (it is not reading).
+const READ_PAUSE: usize = 1024 * 1024;
+/// How long the final DISCONNECT and pending bytes may take to flush at close.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why a connection ends.
+#[derive(Debug)]
+pub(super) enum Close {
+    /// The client sent DISCONNECT; `will` for v5 reason 0x04.
+    ClientDisconnect {
+        will: bool,
+    },
+    /// The client broke the protocol: a v5 client is told `reason`.
+    Violation {
+        reason: u8,
+        detail: String,
+    },
+    KeepAliveTimeout,
+    /// Another connection took the client id over (or another kick reason).
+    Kicked(u8),
+    Shutdown,
+    PeerClosed,
+    Io(std::io::Error),
+}
+
+impl Close {
+    pub(super) fn violation(reason: u8, detail: impl Into<String>) -> Close {
+        Close::Violation {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Per-connection state after a successful CONNECT.
+pub(super) struct Connection {
+    pub broker: Arc<Broker>,
+    pub peer: SocketAddr,
+    pub protocol: Protocol,
+    pub client_id: Arc<str>,
+    pub session: Arc<Session>,
+    pub control: Arc<ConnectionControl>,
+    /// Keep alive in force (zero: none).
+    pub keep_alive: Duration,
+    /// Outbound QoS 1/2 window: min(client Receive Maximum, mqtt.max_inflight).
+    pub window: usize,
+    /// The client's Maximum Packet Size (v5), else unlimited.
+    pub client_max_packet: usize,
+    /// The client's Topic Alias Maximum (v5), for aliases we assign.
+    pub client_alias_max: u16,
+    pub out_aliases: HashMap<Arc<str>, u16>,
+    pub in_aliases: HashMap<u16, String>,
+    pub will: Option<Will>,
+    /// Session Expiry Interval in force (u32::MAX: never).
+    pub expiry_interval: u32,
+    /// CONNECT asked for expiry 0; DISCONNECT may then not set a non-zero one (MQTT-3.14.2-2).
+    pub connect_expiry_zero: bool,
+    pub wbuf: BytesMut,
+}
+
+/// Serves one accepted socket to the end.
+pub(super) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    Metrics::add(&broker.metrics.connections_total, 1);
+    broker
+        .metrics
+        .connections_current
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut stream = stream;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    if let Some(conn) = super::connect::handshake(&mut stream, &mut rbuf, peer, &broker).await {
+        conn.serve(stream, rbuf, shutdown).await;
+    } else {
+        let _ = stream.shutdown().await;
+    }
+    broker
+        .metrics
+        .connections_current
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Connection {
+    /// Deadline for the next packet from the client under keep alive (1.5 times it).
+    fn next_deadline(&self) -> Option<Instant> {
+        (!self.keep_alive.is_zero()).then(|| Instant::now() + self.keep_alive.mul_f32(1.5))
+    }
+
+    async fn serve(
+        mut self,
+        stream: TcpStream,
+        mut rbuf: BytesMut,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (mut reader, mut writer) = stream.into_split();
+        let session = self.session.clone();
+        let control = self.control.clone();
+        let mut deadline = self.next_deadline();
+        let max_in = self.broker.config.mqtt.max_packet_size as usize;
+        // Packets that arrived together with CONNECT.
+        let mut close = self.process_input(&mut rbuf, max_in).err();
+        while close.is_none() {
+            if let Err(c) = self.fill_output() {
+                close = Some(c);
+                break;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = control.kicked() => {
+                    close = Some(Close::Kicked(control.kick_reason().unwrap_or(reason::SESSION_TAKEN_OVER)));
+                }
+                _ = super::listener::stopped(&mut shutdown) => close = Some(Close::Shutdown),
+                written = writer.write(&self.wbuf), if !self.wbuf.is_empty() => match written {
+                    Ok(n) => {
+                        Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+                        self.wbuf.advance(n);
+                    }
+                    Err(e) => close = Some(Close::Io(e)),
+                },
+                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE => match read {
+                    Ok(0) => close = Some(Close::PeerClosed),
+                    Ok(n) => {
+                        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                        deadline = self.next_deadline();
+                        close = self.process_input(&mut rbuf, max_in).err();
+                    }
+                    Err(e) => close = Some(Close::Io(e)),
+                },
+                _ = session.woken() => {}
+                _ = sleep => close = Some(Close::KeepAliveTimeout),
+            }
+        }
+        self.finish(close.expect("loop ends with a reason"), writer)
+            .await;
+    }
+
+    /// Decodes and handles every complete packet in `rbuf`.
+    fn process_input(&mut self, rbuf: &mut BytesMut, max_in: usize) -> Result<(), Close> {
+        loop {
+            match decode_packet(rbuf, Some(self.protocol), max_in) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::violation(e.reason_code(), e.to_string())),
+            }
+        }
+    }
+
+    /// Queues a control packet for writing.
+    pub(super) fn send(&mut self, packet: &Packet) {
+        encode_packet(packet, self.protocol, &mut self.wbuf);
+    }
+
+    async fn finish(mut self, close: Close, mut writer: OwnedWriteHalf) {
+        let v5 = self.protocol.is_v5();
+        let server_reason = match &close {
+            Close::Violation { reason, detail } => {
+                Metrics::add(&self.broker.metrics.protocol_errors, 1);
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, %detail, "closing connection: protocol violation");
+                Some(*reason)
+            }
+            Close::KeepAliveTimeout => {
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, "closing connection: keep alive timed out");
+                Some(reason::KEEP_ALIVE_TIMEOUT)
+            }
+            Close::Kicked(r) => Some(*r),
+            Close::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Close::Io(e) => {
+                tracing::debug!(client_id = %self.client_id, error = %e, "connection lost");
+                None
+            }
+            Close::PeerClosed | Close::ClientDisconnect { .. } => None,
+        };
+        if let (true, Some(r)) = (v5, server_reason) {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason: r,
+                ..Default::default()
+            }));
+        }
+        if !matches!(close, Close::Io(_)) {
+            let flush = async {
+                writer.write_all(&self.wbuf).await?;
+                writer.shutdown().await
+            };
+            let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
+        }
+        let will = match close {
+            Close::ClientDisconnect { will: false } => None,
+            _ => self.will.take().map(|will| {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                PendingWill { will, delay }
+            }),
+        };
+        tracing::debug!(client_id = %self.client_id, ?close, "connection closed");
+        let detach = Detach {
+            expiry_interval: self.expiry_interval,
+            will,
+        };
+        self.broker.detach(&self.session, &self.control, detach);
+        self.control.mark_closed();
+    }
+}

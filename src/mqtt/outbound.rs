@@ -1,0 +1,120 @@
+//! From session to socket: moves queued deliveries into the write buffer within the inflight
+//! window, assigns packet ids and outbound topic aliases, drops what has expired or exceeds the
+//! client's Maximum Packet Size, and resends what was in flight when a session resumes.
+
+use std::time::Instant;
+
+use super::connection::{Close, Connection, OUT_HIGH_WATER};
+use crate::broker::session::{Inflight, InflightState};
+use crate::broker::{Delivery, Metrics};
+use crate::codec::{Ack, OutboundPublish, Packet, QoS, encode_publish, publish_size};
+
+impl Connection {
+    /// Encodes as many queued deliveries as the window and the buffer allow.
+    pub(super) fn fill_output(&mut self) -> Result<(), Close> {
+        let session = self.session.clone();
+        let now = Instant::now();
+        let mut sent = 0u64;
+        let mut st = session.state.lock();
+        while self.wbuf.len() < OUT_HIGH_WATER {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
+                break;
+            }
+            let delivery = st.queue.pop_front().expect("front exists");
+            let Some(expiry) = delivery.message.expiry_left(now) else {
+                Metrics::add(&self.broker.metrics.dropped_expired, 1);
+                continue;
+            };
+            if delivery.qos == QoS::AtMostOnce {
+                sent += u64::from(self.write_publish(&delivery, 0, false, expiry));
+                continue;
+            }
+            let packet_id = st.allocate_packet_id();
+            if !self.write_publish(&delivery, packet_id, false, expiry) {
+                continue;
+            }
+            let state = if delivery.qos == QoS::AtLeastOnce {
+                InflightState::AwaitPubAck
+            } else {
+                InflightState::AwaitPubRec
+            };
+            st.inflight.push_back(Inflight {
+                packet_id,
+                state,
+                delivery,
+            });
+            sent += 1;
+        }
+        drop(st);
+        Metrics::add(&self.broker.metrics.messages_sent, sent);
+        Ok(())
+    }
+
+    /// After a session resumes: PUBLISH again (DUP) what was unacknowledged, PUBREL what was
+    /// received (MQTT-4.4.0-1).
+    pub(super) fn resend_inflight(&mut self) {
+        let session = self.session.clone();
+        let now = Instant::now();
+        let mut st = session.state.lock();
+        let inflight = std::mem::take(&mut st.inflight);
+        for f in inflight {
+            match f.state {
+                InflightState::AwaitPubComp => {
+                    self.send(&Packet::PubRel(Ack::new(f.packet_id, 0)));
+                    st.inflight.push_back(f);
+                }
+                _ => {
+                    let expiry = f.delivery.message.expiry_left(now).unwrap_or(Some(1));
+                    if self.write_publish(&f.delivery, f.packet_id, true, expiry) {
+                        st.inflight.push_back(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one PUBLISH for `d`; false (and counted) when it exceeds the client's Maximum
+    /// Packet Size, in which case nothing is written.
+    fn write_publish(
+        &mut self,
+        d: &Delivery,
+        packet_id: u16,
+        dup: bool,
+        expiry: Option<u32>,
+    ) -> bool {
+        let topic = &d.message.topic;
+        let mut new_alias = None;
+        let (topic_field, alias): (&str, Option<u16>) = match self.out_aliases.get(topic) {
+            Some(&a) => ("", Some(a)),
+            None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
+                let a = self.out_aliases.len() as u16 + 1;
+                new_alias = Some(a);
+                (topic, Some(a))
+            }
+            None => (topic, None),
+        };
+        let out = OutboundPublish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: topic_field,
+            packet_id,
+            payload: &d.message.payload,
+            properties: &d.message.properties,
+            message_expiry_interval: expiry,
+            topic_alias: alias,
+            subscription_identifiers: &d.subscription_ids,
+        };
+        if publish_size(&out, self.protocol) > self.client_max_packet {
+            Metrics::add(&self.broker.metrics.dropped_too_large, 1);
+            tracing::debug!(client_id = %self.client_id, topic = %topic, "message exceeds the client's maximum packet size; dropped");
+            return false;
+        }
+        encode_publish(&mut self.wbuf, &out, self.protocol);
+        if let Some(a) = new_alias {
+            self.out_aliases.insert(topic.clone(), a);
+        }
+        true
+    }
+}
