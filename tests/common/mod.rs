@@ -3,6 +3,8 @@
 //! clients whose incoming publishes arrive on a channel. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,89 @@
+//! The real `vibemq` binary as a child process, and the mosquitto command-line clients.
+//! Missing mosquitto-clients fail the test with the fix; every command has a time limit.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// A `vibemq` process on a free loopback port, killed when dropped.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl BrokerProcess {
+    pub async fn start(extra_args: &[&str]) -> BrokerProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
+            .args(["--bind", &addr.to_string(), "--log-level", "warn"])
+            .args(extra_args)
+            .kill_on_drop(true)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start vibemq");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "vibemq did not start listening on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        BrokerProcess { child, addr }
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+}
+
+/// Runs a mosquitto client (or any command) to completion within `limit`; returns stdout.
+pub async fn run(program: &str, args: &[&str], limit: Duration) -> String {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e}. Install mosquitto-clients (scripts/test.sh does).")
+        });
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {limit:?}"))
+        .expect("wait");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Starts a long-running client; the caller reads or kills it.
+pub fn spawn(program: &str, args: &[&str]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e}. Install mosquitto-clients (scripts/test.sh does).")
+        })
+}
