@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what the tests need when it is missing
+# (mosquitto-clients), then formatting, lints, and every test. Fails loudly; skips nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        have sudo || { echo "FATAL: need root or sudo to install: $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    have apt-get || { echo "FATAL: no apt-get here; install these yourself: $*" >&2; exit 1; }
+    log "installing $*"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! have mosquitto_pub || ! have mosquitto_sub; then
+    apt_install mosquitto-clients
+fi
+for tool in mosquitto_pub mosquitto_sub stdbuf cargo; do
+    have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
+done
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    profile=default
+    [ "${CI:-}" = "true" ] && profile=ci
+    # nextest's summary must stay the last line: CI reads it to count the tests run.
+    cargo nextest run --profile "$profile"
+else
+    cargo test
+fi
