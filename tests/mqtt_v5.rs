@@ -342,11 +342,24 @@ async fn connack_tells_limits_assigned_id_and_server_keep_alive() {
             .is_some_and(|id| id.starts_with("vibemq-"))
     );
     assert_eq!(ack.properties.maximum_packet_size, Some(1_048_576));
+    for flag in [
+        ack.properties.retain_available,
+        ack.properties.wildcard_subscription_available,
+        ack.properties.subscription_identifier_available,
+        ack.properties.shared_subscription_available,
+    ] {
+        assert_eq!(flag, Some(1));
+    }
     // Enhanced authentication is refused with Bad Authentication Method.
     let mut c = connect_packet(Protocol::V5, "auth", true);
     c.properties.authentication_method = Some("SCRAM-SHA-256".into());
     let (_s, ack) = RawClient::connect_with(node.mqtt_addr(), c).await;
     assert_eq!(ack.code, reason::BAD_AUTHENTICATION_METHOD);
+    assert!(
+        ack.properties
+            .reason_string
+            .is_some_and(|r| r.contains("authentication"))
+    );
 }
 
 #[tokio::test]

@@ -54,10 +54,14 @@ pub(super) async fn handshake(
         Ok(()) => {}
         Err(refusal) => {
             tracing::info!(%peer, client_id = %connect.client_id, code = refusal.code(protocol), "refusing connection: {}", refusal.detail);
+            let properties = Properties {
+                reason_string: protocol.is_v5().then(|| refusal.detail.to_string()),
+                ..Properties::default()
+            };
             let ack = ConnAck {
                 session_present: false,
                 code: refusal.code(protocol),
-                properties: Properties::default(),
+                properties,
             };
             let mut out = BytesMut::new();
             encode_packet(&Packet::ConnAck(ack), protocol, &mut out);
@@ -211,6 +215,11 @@ async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connec
         ack_props.receive_maximum = Some(config.max_inflight);
         ack_props.maximum_packet_size = Some(config.max_packet_size);
         ack_props.topic_alias_maximum = Some(config.max_topic_alias);
+        // All supported; said explicitly so clients and tools show it.
+        ack_props.retain_available = Some(1);
+        ack_props.wildcard_subscription_available = Some(1);
+        ack_props.subscription_identifier_available = Some(1);
+        ack_props.shared_subscription_available = Some(1);
     }
 
     let control = ConnectionControl::new(broker.next_connection_id());

@@ -184,29 +184,36 @@ impl Connection {
 
     async fn finish(mut self, close: Close, mut writer: OwnedWriteHalf) {
         let v5 = self.protocol.is_v5();
-        let server_reason = match &close {
+        // (reason code, reason string) for a server DISCONNECT.
+        let server_reason: Option<(u8, String)> = match &close {
             Close::Violation { reason, detail } => {
                 Metrics::add(&self.broker.metrics.protocol_errors, 1);
                 tracing::info!(client_id = %self.client_id, peer = %self.peer, %detail, "closing connection: protocol violation");
-                Some(*reason)
+                Some((*reason, detail.clone()))
             }
             Close::KeepAliveTimeout => {
                 tracing::info!(client_id = %self.client_id, peer = %self.peer, "closing connection: keep alive timed out");
-                Some(reason::KEEP_ALIVE_TIMEOUT)
+                Some((reason::KEEP_ALIVE_TIMEOUT, "keep alive timed out".into()))
             }
-            Close::Kicked(r) => Some(*r),
-            Close::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Close::Kicked(r) => Some((*r, "another connection took over this client id".into())),
+            Close::Shutdown => Some((reason::SERVER_SHUTTING_DOWN, "server shutting down".into())),
             Close::Io(e) => {
                 tracing::debug!(client_id = %self.client_id, error = %e, "connection lost");
                 None
             }
             Close::PeerClosed | Close::ClientDisconnect { .. } => None,
         };
-        if let (true, Some(r)) = (v5, server_reason) {
-            self.send(&Packet::Disconnect(Disconnect {
-                reason: r,
+        if let (true, Some((code, text))) = (v5, server_reason) {
+            let mut d = Disconnect {
+                reason: code,
                 ..Default::default()
-            }));
+            };
+            // A reason string may always ride on DISCONNECT (v5 3.1.2.11.7), but must not
+            // push the packet past the client's Maximum Packet Size.
+            if text.len() + 16 <= self.client_max_packet {
+                d.properties.reason_string = Some(text);
+            }
+            self.send(&Packet::Disconnect(d));
         }
         if !matches!(close, Close::Io(_)) {
             let flush = async {
