@@ -13,9 +13,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = node.mqtt_addr();
     println!("broker listening on {addr}");
 
-    let (client, mut events) = AsyncClient::new(MqttOptions::new("example", "127.0.0.1", addr.port()), 10);
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("example", "127.0.0.1", addr.port()), 10);
     client.subscribe("greetings/#", QoS::AtLeastOnce).await?;
-    client.publish("greetings/world", QoS::AtLeastOnce, false, "hello").await?;
+    client
+        .publish("greetings/world", QoS::AtLeastOnce, false, "hello")
+        .await?;
     let received = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Event::Incoming(Packet::Publish(p)) = events.poll().await? {

@@ -12,8 +12,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = args.next().map(|p| p.parse()).transpose()?.unwrap_or(1883);
 
     let (sub, mut sub_events) = AsyncClient::new(MqttOptions::new("pubsub-sub", &host, port), 10);
-    sub.subscribe("sensors/+/temperature", QoS::AtLeastOnce).await?;
-    let (publisher, mut pub_events) = AsyncClient::new(MqttOptions::new("pubsub-pub", &host, port), 10);
+    sub.subscribe("sensors/+/temperature", QoS::AtLeastOnce)
+        .await?;
+    let (publisher, mut pub_events) =
+        AsyncClient::new(MqttOptions::new("pubsub-pub", &host, port), 10);
     tokio::spawn(async move { while pub_events.poll().await.is_ok() {} });
 
     let mut sent = false;
@@ -21,7 +23,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Ok(event) = tokio::time::timeout_at(deadline, sub_events.poll()).await {
         match event? {
             Event::Incoming(Packet::SubAck(_)) if !sent => {
-                publisher.publish("sensors/kitchen/temperature", QoS::AtLeastOnce, false, "21.5").await?;
+                publisher
+                    .publish(
+                        "sensors/kitchen/temperature",
+                        QoS::AtLeastOnce,
+                        false,
+                        "21.5",
+                    )
+                    .await?;
                 sent = true;
             }
             Event::Incoming(Packet::Publish(p)) => {

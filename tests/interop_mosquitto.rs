@@ -13,27 +13,28 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const LIMIT: Duration = Duration::from_secs(15);
 const VERSIONS: [&str; 2] = ["mqttv311", "mqttv5"];
 
+/// `-h 127.0.0.1 -p PORT -V VERSION` followed by `rest`.
+fn args(b: &BrokerProcess, version: &str, rest: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = ["-h", "127.0.0.1", "-p", &b.port(), "-V", version]
+        .map(String::from)
+        .to_vec();
+    all.extend(rest.iter().map(|s| s.to_string()));
+    all
+}
+
+async fn mosquitto(program: &str, b: &BrokerProcess, version: &str, rest: &[&str]) -> String {
+    let all = args(b, version, rest);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run(program, &all, LIMIT).await
+}
+
 /// Creates a persistent subscription for `id` and returns once the broker acknowledged it.
 async fn subscribe_persistent(b: &BrokerProcess, version: &str, id: &str, filter: &str, qos: &str) {
-    run(
+    mosquitto(
         "mosquitto_sub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.port(),
-            "-V",
-            version,
-            "-c",
-            "-i",
-            id,
-            "-t",
-            filter,
-            "-q",
-            qos,
-            "-E",
-        ],
-        LIMIT,
+        b,
+        version,
+        &["-c", "-i", id, "-t", filter, "-q", qos, "-E"],
     )
     .await;
 }
@@ -47,40 +48,28 @@ async fn receive(
     qos: &str,
     count: usize,
 ) -> Vec<String> {
-    let out = run(
-        "mosquitto_sub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.port(),
-            "-V",
-            version,
-            "-c",
-            "-i",
-            id,
-            "-t",
-            filter,
-            "-q",
-            qos,
-            "-C",
-            &count.to_string(),
-            "-W",
-            "10",
-            "-F",
-            "%t %r %q %p",
-        ],
-        LIMIT,
-    )
-    .await;
+    let count = count.to_string();
+    let rest = [
+        "-c",
+        "-i",
+        id,
+        "-t",
+        filter,
+        "-q",
+        qos,
+        "-C",
+        &count,
+        "-W",
+        "10",
+        "-F",
+        "%t %r %q %p",
+    ];
+    let out = mosquitto("mosquitto_sub", b, version, &rest).await;
     out.lines().map(str::to_string).collect()
 }
 
-async fn publish(b: &BrokerProcess, version: &str, args: &[&str]) {
-    let port = b.port();
-    let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-V", version];
-    all.extend_from_slice(args);
-    run("mosquitto_pub", &all, LIMIT).await;
+async fn publish(b: &BrokerProcess, version: &str, rest: &[&str]) {
+    mosquitto("mosquitto_pub", b, version, rest).await;
 }
 
 #[tokio::test]
@@ -104,21 +93,9 @@ async fn qos_1_and_2_through_persistent_sessions() {
 async fn qos_0_to_a_live_subscriber() {
     let b = BrokerProcess::start(&[]).await;
     for version in VERSIONS {
-        let mut sub = spawn(
-            "mosquitto_sub",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &b.port(),
-                "-V",
-                version,
-                "-t",
-                "live/#",
-                "-F",
-                "%t %q %p",
-            ],
-        );
+        let sub_args = args(&b, version, &["-t", "live/#", "-F", "%t %q %p"]);
+        let sub_args: Vec<&str> = sub_args.iter().map(String::as_str).collect();
+        let mut sub = spawn("mosquitto_sub", &sub_args);
         let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
         // Probe until the subscription is in place, then send the real message.
         let probe = async {
@@ -171,45 +148,19 @@ async fn retained_message_reaches_a_later_subscriber_and_is_deleted() {
     for version in VERSIONS {
         let topic = format!("ret/{version}");
         publish(&b, version, &["-t", &topic, "-m", "kept", "-r", "-q", "1"]).await;
-        let out = run(
+        let out = mosquitto(
             "mosquitto_sub",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &b.port(),
-                "-V",
-                version,
-                "-t",
-                &topic,
-                "-C",
-                "1",
-                "-W",
-                "10",
-                "-F",
-                "%t %r %p",
-            ],
-            LIMIT,
+            &b,
+            version,
+            &["-t", &topic, "-C", "1", "-W", "10", "-F", "%t %r %p"],
         )
         .await;
         assert_eq!(out.trim(), format!("{topic} 1 kept"));
         publish(&b, version, &["-t", &topic, "-n", "-r"]).await;
         // Nothing retained now: a subscriber with a 1 s timeout sees no message.
+        // (mosquitto_sub exits non-zero on its -W timeout, so this one is not `run`.)
         let out = tokio::process::Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &b.port(),
-                "-V",
-                version,
-                "-t",
-                &topic,
-                "-C",
-                "1",
-                "-W",
-                "1",
-            ])
+            .args(args(&b, version, &["-t", &topic, "-C", "1", "-W", "1"]))
             .output();
         let out = tokio::time::timeout(LIMIT, out)
             .await
@@ -230,28 +181,21 @@ async fn will_is_published_when_a_client_dies() {
         subscribe_persistent(&b, version, &watcher, "will/#", "1").await;
         let will_topic = format!("will/{version}");
         // stdbuf: mosquitto_sub's -d lines are block-buffered on a pipe otherwise.
-        let mut doomed = spawn(
-            "stdbuf",
-            &[
-                "-oL",
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &b.port(),
-                "-V",
-                version,
-                "-t",
-                "nothing",
-                "-d",
-                "--will-topic",
-                &will_topic,
-                "--will-payload",
-                "died",
-                "--will-qos",
-                "1",
-            ],
-        );
+        let rest = [
+            "-t",
+            "nothing",
+            "-d",
+            "--will-topic",
+            &will_topic,
+            "--will-payload",
+            "died",
+            "--will-qos",
+            "1",
+        ];
+        let mut doomed_args = vec!["-oL".to_string(), "mosquitto_sub".to_string()];
+        doomed_args.extend(args(&b, version, &rest));
+        let doomed_args: Vec<&str> = doomed_args.iter().map(String::as_str).collect();
+        let mut doomed = spawn("stdbuf", &doomed_args);
         let mut lines = BufReader::new(doomed.stdout.take().unwrap()).lines();
         let connected = async {
             while let Ok(Some(line)) = lines.next_line().await {

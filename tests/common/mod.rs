@@ -226,6 +226,21 @@ impl RawClient {
     }
 }
 
+/// The next item within `WAIT`.
+async fn next_from<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) -> T {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("publish in time")
+        .expect("event loop alive")
+}
+
+/// Asserts nothing arrives within `wait`.
+async fn none_from<T: std::fmt::Debug>(rx: &mut tokio::sync::mpsc::Receiver<T>, wait: Duration) {
+    if let Ok(Some(p)) = tokio::time::timeout(wait, rx.recv()).await {
+        panic!("expected no publish, got {p:?}");
+    }
+}
+
 /// A rumqttc 3.1.1 client whose incoming publishes arrive on `rx`.
 pub struct V4Client {
     pub client: rumqttc::AsyncClient,
@@ -278,16 +293,11 @@ impl V4Client {
     }
 
     pub async fn next(&mut self) -> rumqttc::Publish {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("publish in time")
-            .expect("event loop alive")
+        next_from(&mut self.rx).await
     }
 
     pub async fn expect_none(&mut self, wait: Duration) {
-        if let Ok(Some(p)) = tokio::time::timeout(wait, self.rx.recv()).await {
-            panic!("expected no publish, got {p:?}");
-        }
+        none_from(&mut self.rx, wait).await
     }
 
     /// Ends the event loop without DISCONNECT (as if the network dropped).
@@ -348,16 +358,11 @@ impl V5Client {
     }
 
     pub async fn next(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("publish in time")
-            .expect("event loop alive")
+        next_from(&mut self.rx).await
     }
 
     pub async fn expect_none(&mut self, wait: Duration) {
-        if let Ok(Some(p)) = tokio::time::timeout(wait, self.rx.recv()).await {
-            panic!("expected no publish, got {p:?}");
-        }
+        none_from(&mut self.rx, wait).await
     }
 
     pub fn kill(self) {

@@ -51,16 +51,7 @@ impl BrokerProcess {
 
 /// Runs a mosquitto client (or any command) to completion within `limit`; returns stdout.
 pub async fn run(program: &str, args: &[&str], limit: Duration) -> String {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program}: {e}. Install mosquitto-clients (scripts/test.sh does).")
-        });
+    let child = spawn(program, args);
     let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {limit:?}"))
