@@ -173,3 +173,26 @@ async fn precedence_is_flag_then_env_then_file_then_default() {
         p
     );
 }
+
+#[tokio::test]
+async fn sigterm_tells_v5_clients_and_exits_cleanly() {
+    use common::RawClient;
+    use vibemq::codec::{Protocol, reason};
+    let mut b = common::process::BrokerProcess::start(&[]).await;
+    let mut client = RawClient::connect(b.addr, Protocol::V5, "stays", true).await;
+    let pid = b.child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(
+        client.expect_closed().await,
+        Some(reason::SERVER_SHUTTING_DOWN)
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(15), b.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -85,7 +85,13 @@ impl Connection {
     ) -> bool {
         let topic = &d.message.topic;
         let mut new_alias = None;
-        let (topic_field, alias): (&str, Option<u16>) = match self.out_aliases.get(topic) {
+        // Clients that take no aliases (all v3, most v5) skip the map and its hashing.
+        let known = if self.client_alias_max == 0 {
+            None
+        } else {
+            self.out_aliases.get(topic)
+        };
+        let (topic_field, alias): (&str, Option<u16>) = match known {
             Some(&a) => ("", Some(a)),
             None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
                 let a = self.out_aliases.len() as u16 + 1;
