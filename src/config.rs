@@ -17,6 +17,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub mqtt: MqttConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -39,6 +40,73 @@ pub struct MqttConfig {
     pub max_topic_alias: u16,
     pub max_session_expiry: u32,
     pub allow_zero_length_clientid: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    pub node_id: String,
+    pub name: String,
+    pub gossip_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub gossip_advertise_addr: String,
+    pub peer_advertise_addr: String,
+    pub seeds: Vec<String>,
+    pub secret: String,
+    pub secret_file: String,
+    pub gossip_interval_ms: u64,
+    pub failure_phi_threshold: f64,
+    pub failure_max_interval_ms: u64,
+    pub dead_node_grace_period: u64,
+    pub dns_refresh_interval: u64,
+    pub dns_server: String,
+    pub relay_queue_size: usize,
+}
+
+impl ClusterConfig {
+    /// The seeds as "host:port", with any "name@" prefix removed.
+    pub fn seed_addresses(&self) -> Vec<String> {
+        self.seeds
+            .iter()
+            .map(|s| s.split_once('@').map_or(s.as_str(), |(_, a)| a).to_string())
+            .collect()
+    }
+
+    /// The 32-byte secret from `secret` or `secret_file`, if one is set.
+    pub fn secret_key(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        use base64::Engine;
+        let (key, text) = match (self.secret.is_empty(), self.secret_file.is_empty()) {
+            (true, true) => return Ok(None),
+            (false, false) => {
+                return Err(err(
+                    "cluster.secret: set either secret or secret_file, not both",
+                ));
+            }
+            (false, true) => ("cluster.secret", self.secret.clone()),
+            (true, false) => (
+                "cluster.secret_file",
+                std::fs::read_to_string(&self.secret_file).map_err(|e| {
+                    err(format!(
+                        "cluster.secret_file: cannot read {}: {e}",
+                        self.secret_file
+                    ))
+                })?,
+            ),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| {
+                err(format!(
+                    "{key}: not valid base64 (make one with `head -c32 /dev/urandom | base64`)"
+                ))
+            })?;
+        let len = bytes.len();
+        bytes
+            .try_into()
+            .map(Some)
+            .map_err(|_| err(format!("{key}: must decode to 32 bytes, got {len} (make one with `head -c32 /dev/urandom | base64`)")))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +211,7 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections: must be at least 1 (got 0)"));
         }
+        self.validate_cluster()?;
         let plain_level =
             ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log.level.as_str());
         let directive = self.log.level.contains(['=', ',']);
@@ -154,6 +223,64 @@ impl Config {
                 self.log.level
             )));
         }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        for (i, seed) in c.seeds.iter().enumerate() {
+            let addr = seed.split_once('@').map_or(seed.as_str(), |(_, a)| a);
+            let port_ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                return Err(err(format!(
+                    "cluster.seeds[{i}]: `{seed}` needs a host and a port, e.g. `{}:7946`",
+                    addr.trim_end_matches(':')
+                )));
+            }
+        }
+        for (key, value) in [
+            ("cluster.gossip_advertise_addr", &c.gossip_advertise_addr),
+            ("cluster.peer_advertise_addr", &c.peer_advertise_addr),
+        ] {
+            if !value.is_empty()
+                && value
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(err(format!("{key}: `{value}` must be host:port")));
+            }
+        }
+        if !c.dns_server.is_empty() && c.dns_server.parse::<SocketAddr>().is_err() {
+            return Err(err(format!(
+                "cluster.dns_server: `{}` must be ip:port, e.g. 10.0.0.10:53",
+                c.dns_server
+            )));
+        }
+        if c.gossip_interval_ms < 10 {
+            return Err(err(format!(
+                "cluster.gossip_interval_ms: must be at least 10 (got {})",
+                c.gossip_interval_ms
+            )));
+        }
+        if c.failure_phi_threshold <= 0.0 {
+            return Err(err("cluster.failure_phi_threshold: must be above 0"));
+        }
+        if c.dns_refresh_interval == 0 {
+            return Err(err(
+                "cluster.dns_refresh_interval: must be at least 1 second (got 0)",
+            ));
+        }
+        if c.relay_queue_size == 0 {
+            return Err(err("cluster.relay_queue_size: must be at least 1 (got 0)"));
+        }
+        if c.name.is_empty() {
+            return Err(err("cluster.name: must not be empty"));
+        }
+        c.secret_key()?;
         Ok(())
     }
 }
@@ -172,12 +299,24 @@ impl ConfigError {
 
 /// Deep-merges `user` into `base`, refusing keys the defaults do not have.
 fn merge(base: &mut Table, user: Table, prefix: &str) -> Result<(), ConfigError> {
-    for (key, value) in user {
+    for (key, mut value) in user {
         let path = if prefix.is_empty() {
             key.clone()
         } else {
             format!("{prefix}.{key}")
         };
+        // Earlier docs show `[[cluster]]`: a one-element array of tables means the table.
+        if let Value::Array(items) = &mut value
+            && prefix.is_empty()
+            && base.get(&key).is_some_and(Value::is_table)
+        {
+            if items.len() != 1 || !items[0].is_table() {
+                return Err(err(format!(
+                    "{path}: the [[{path}]] form takes exactly one [[{path}]] table"
+                )));
+            }
+            value = items.remove(0);
+        }
         match (base.get_mut(&key), value) {
             (Some(Value::Table(b)), Value::Table(u)) => merge(b, u, &path)?,
             (Some(Value::Table(_)), _) => {
@@ -218,6 +357,19 @@ fn set_key(table: &mut Table, key: &str, raw: &str, source: Source<'_>) -> Resul
             raw.trim()
                 .parse()
                 .map_err(|_| err(format!("{origin}: expected an integer, got `{raw}`")))?,
+        ),
+        Value::Float(_) => Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| err(format!("{origin}: expected a number, got `{raw}`")))?,
+        ),
+        // Lists from the environment or flags: comma-separated.
+        Value::Array(_) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
         ),
         Value::Boolean(_) => Value::Boolean(match raw.trim() {
             "true" | "1" | "yes" | "on" => true,
@@ -323,6 +475,61 @@ mod tests {
             e.0,
             "mqtt.max_inflight (from VIBEMQ_MQTT_MAX_INFLIGHT): expected an integer, got `x`"
         );
+    }
+
+    #[test]
+    fn cluster_section_in_both_forms_and_its_errors() {
+        let table = "[cluster]\nenabled = true\nnode_id = \"n1\"\nseeds = [\"n2@node2:7946\", \"10.0.0.3:7946\"]\n";
+        let c = load_str(table).unwrap();
+        assert!(c.cluster.enabled);
+        assert_eq!(c.cluster.seed_addresses(), ["node2:7946", "10.0.0.3:7946"]);
+        let array = table.replace("[cluster]", "[[cluster]]");
+        assert_eq!(load_str(&array).unwrap().cluster.node_id, "n1");
+        let two = format!("{array}{array}");
+        assert!(
+            load_str(&two)
+                .unwrap_err()
+                .0
+                .starts_with("cluster: the [[cluster]] form")
+        );
+        let e = load_str("[cluster]\nseeds = [\"node1\"]\n").unwrap_err();
+        assert_eq!(
+            e.0,
+            "cluster.seeds[0]: `node1` needs a host and a port, e.g. `node1:7946`"
+        );
+        let e = load_str("[cluster]\nsecret = \"c2hvcnQ=\"\n").unwrap_err();
+        assert!(
+            e.0.starts_with("cluster.secret: must decode to 32 bytes, got 5"),
+            "{e}"
+        );
+        let e = load_str("[cluster]\nsecret = \"***\"\n").unwrap_err();
+        assert!(e.0.starts_with("cluster.secret: not valid base64"), "{e}");
+        let e = load_str("[cluster]\ndns_server = \"dns.local\"\n").unwrap_err();
+        assert!(e.0.starts_with("cluster.dns_server:"), "{e}");
+        let key = "[cluster]\nsecret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+        assert_eq!(
+            load_str(key).unwrap().cluster.secret_key().unwrap(),
+            Some([0u8; 32])
+        );
+    }
+
+    #[test]
+    fn list_and_float_overrides() {
+        let o = vec![
+            (
+                "cluster.seeds".to_string(),
+                "a:1, b:2".to_string(),
+                Source::Env("VIBEMQ_CLUSTER_SEEDS"),
+            ),
+            (
+                "cluster.failure_phi_threshold".to_string(),
+                "5.5".to_string(),
+                Source::Flag("--x"),
+            ),
+        ];
+        let c = Config::load(None, &o).unwrap();
+        assert_eq!(c.cluster.seeds, ["a:1", "b:2"]);
+        assert_eq!(c.cluster.failure_phi_threshold, 5.5);
     }
 
     #[test]
