@@ -33,7 +33,7 @@ impl Node {
     pub async fn start(config: Config) -> std::io::Result<Node> {
         let listener = TcpListener::bind(config.server.bind).await?;
         let mqtt_addr = listener.local_addr()?;
-        let broker = Broker::new(config);
+        let broker = Broker::new(config, Arc::from(""));
         let (shutdown, rx) = watch::channel(false);
         let listener = tokio::spawn(mqtt::serve(listener, broker.clone(), rx));
         tracing::info!(%mqtt_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");

@@ -22,6 +22,18 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; None for messages the broker makes.
     pub publisher: Option<Arc<str>>,
+    /// Node the message entered the cluster at; None when it is this node.
+    pub origin: Option<Arc<str>>,
+    /// Milliseconds since the Unix epoch at the origin: orders retained writes (last writer
+    /// wins, ties broken by origin).
+    pub timestamp_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Message {
@@ -49,7 +61,15 @@ impl Message {
             properties,
             expires_at,
             publisher,
+            origin: None,
+            timestamp_ms: now_ms(),
         }
+    }
+
+    /// Order of retained writes: timestamp, then origin node id (`local` for messages that
+    /// entered at this node). The larger one wins everywhere, so all nodes agree.
+    pub fn write_order<'a>(&'a self, local: &'a str) -> (u64, &'a str) {
+        (self.timestamp_ms, self.origin.as_deref().unwrap_or(local))
     }
 
     /// `None` when expired; otherwise the Message Expiry Interval left to send (if any).

@@ -7,6 +7,8 @@ pub struct Metrics {
     pub connections_current: AtomicU64,
     pub connections_total: AtomicU64,
     pub messages_received: AtomicU64,
+    /// Messages relayed to this node by other nodes.
+    pub messages_from_peers: AtomicU64,
     pub messages_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-pub use message::{Delivery, Message};
+pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
 pub use retained::RetainedStore;
-pub use router::Router;
+pub use router::{Audience, GroupPick, Router};
 use session::PendingWill;
 pub use session::{ConnectionControl, Session};
 
@@ -28,8 +28,23 @@ use crate::topic::{self, SharedFilter};
 /// How long a new connection waits for the connection it takes over from to finish closing.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
+/// The broker's view of the cluster, set once at start: it is told of every publish that
+/// entered at this node and of every route change, and forwards to the nodes that want them.
+pub trait ClusterHook: Send + Sync {
+    /// Sends `message` to the remote nodes whose routes match it (every node, for a retained
+    /// message). `local_groups` are the matching shared groups with members here; the cluster
+    /// gives each group one node and returns the groups this node should deliver to.
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Vec<Arc<str>>;
+    /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here
+    /// (`present`), or lost its last.
+    fn route_changed(&self, key: &str, present: bool);
+}
+
 pub struct Broker {
     pub config: Arc<Config>,
+    /// This node's id in the cluster (empty on a single node).
+    pub node_id: Arc<str>,
+    cluster: std::sync::OnceLock<Arc<dyn ClusterHook>>,
     pub sessions: DashMap<Arc<str>, Arc<Session>>,
     pub router: Router,
     pub retained: RetainedStore,
@@ -53,12 +68,14 @@ pub struct Detach {
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Broker> {
+    pub fn new(config: Config, node_id: Arc<str>) -> Arc<Broker> {
         Arc::new_cyclic(|me| Broker {
             config: Arc::new(config),
+            retained: RetainedStore::new(node_id.clone()),
+            node_id,
+            cluster: std::sync::OnceLock::new(),
             sessions: DashMap::new(),
             router: Router::default(),
-            retained: RetainedStore::default(),
             metrics: Metrics::default(),
             next_connection_id: AtomicU64::new(1),
             me: me.clone(),
@@ -69,14 +86,67 @@ impl Broker {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Publishes a message: stores or clears it as retained when flagged, then routes it.
-    /// Returns the number of sessions it was queued for.
+    /// Connects the cluster; later calls are ignored.
+    pub fn set_cluster(&self, cluster: Arc<dyn ClusterHook>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Publishes a message that entered at this node: stores or clears it as retained when
+    /// flagged, routes it here and hands it to the cluster. Returns the number of local
+    /// sessions it was queued for.
     pub fn publish(&self, message: Arc<Message>) -> usize {
         Metrics::add(&self.metrics.messages_received, 1);
         if message.retain {
             self.retained.set(message.clone());
         }
-        self.router.publish(&message, &self.metrics)
+        let Some(cluster) = self.cluster.get() else {
+            return self.router.publish(&message, Audience::ALL, &self.metrics);
+        };
+        let local_groups = if self.router.has_shared() {
+            self.router.matching_groups(&message.topic)
+        } else {
+            Vec::new()
+        };
+        let mine = cluster.forward(&message, local_groups);
+        self.router.publish(
+            &message,
+            Audience {
+                normal: true,
+                groups: GroupPick::Only(&mine),
+            },
+            &self.metrics,
+        )
+    }
+
+    /// Publishes a message relayed by another node: stored as retained if it is the latest
+    /// write, delivered here to the audience that node chose, never forwarded again.
+    pub fn publish_from_peer(
+        &self,
+        message: Arc<Message>,
+        normal: bool,
+        groups: &[Arc<str>],
+    ) -> usize {
+        Metrics::add(&self.metrics.messages_from_peers, 1);
+        if message.retain {
+            self.retained.set(message.clone());
+        }
+        if !normal && groups.is_empty() {
+            return 0;
+        }
+        self.router.publish(
+            &message,
+            Audience {
+                normal,
+                groups: GroupPick::Only(groups),
+            },
+            &self.metrics,
+        )
+    }
+
+    fn report_route(&self, key: &str, present: bool) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.route_changed(key, present);
+        }
     }
 
     /// Attaches connection `control` to the session for `client_id`, taking it over from any
@@ -259,9 +329,7 @@ impl Broker {
         self.sessions
             .remove_if(&session.client_id, |_, s| Arc::ptr_eq(s, session));
         for filter in subscriptions.keys() {
-            let shared = topic::parse_shared(filter).ok().flatten();
-            self.router
-                .unsubscribe(&session.client_id, filter, shared.as_ref());
+            self.remove_route_entry(&session.client_id, filter);
         }
         let lost = self.reassign_shared(session, shared).len();
         Metrics::add(&self.metrics.dropped_queue_full, lost as u64);
@@ -299,15 +367,28 @@ impl Broker {
             .lock()
             .subscriptions
             .insert(filter.to_string(), record);
-        self.router.subscribe(session, filter, shared, options, id)
+        let outcome = self.router.subscribe(session, filter, shared, options, id);
+        if outcome.route_added {
+            self.report_route(filter, true);
+        }
+        outcome.replaced
     }
 
     /// Removes a subscription; true if it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
         let had = session.state.lock().subscriptions.remove(filter).is_some();
-        let shared = topic::parse_shared(filter).ok().flatten();
-        self.router
-            .unsubscribe(&session.client_id, filter, shared.as_ref());
+        self.remove_route_entry(&session.client_id, filter);
         had
+    }
+
+    fn remove_route_entry(&self, client_id: &str, filter: &str) {
+        let shared = topic::parse_shared(filter).ok().flatten();
+        if self
+            .router
+            .unsubscribe(client_id, filter, shared.as_ref())
+            .route_removed
+        {
+            self.report_route(filter, false);
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Retained messages: a tree keyed by topic level, so a subscription with wildcards finds its
 //! retained messages by walking the matching branches rather than scanning every topic.
+//! Writes are ordered last-writer-wins by (timestamp, origin node), and a delete leaves a
+//! tombstone, so replicas that receive the same writes in any order end up the same.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ struct Node {
 pub struct RetainedStore {
     root: RwLock<Node>,
     count: std::sync::atomic::AtomicUsize,
+    /// This node's id, the origin of messages without one (empty on a single node).
+    local_origin: Arc<str>,
 }
 
 impl RetainedStore {
@@ -30,40 +34,53 @@ impl RetainedStore {
         self.len() == 0
     }
 
-    /// Stores `message` for its topic, or deletes the topic's retained message when the
-    /// payload is empty.
-    pub fn set(&self, message: Arc<Message>) {
-        let levels: Vec<&str> = message.topic.split('/').collect();
-        let mut root = self.root.write();
-        if message.payload.is_empty() {
-            if Self::remove(&mut root, &levels) {
-                self.count
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            return;
-        }
-        let mut node = &mut *root;
-        for level in levels {
-            node = node.children.entry(level.into()).or_default();
-        }
-        if node.message.replace(message).is_none() {
-            self.count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pub fn new(local_origin: Arc<str>) -> RetainedStore {
+        RetainedStore {
+            local_origin,
+            ..RetainedStore::default()
         }
     }
 
-    fn remove(node: &mut Node, levels: &[&str]) -> bool {
-        let Some((first, rest)) = levels.split_first() else {
-            return node.message.take().is_some();
-        };
-        let Some(child) = node.children.get_mut(*first) else {
-            return false;
-        };
-        let removed = Self::remove(child, rest);
-        if child.message.is_none() && child.children.is_empty() {
-            node.children.remove(*first);
+    /// Stores `message` for its topic (an empty payload deletes: it is kept as a tombstone),
+    /// unless the store holds a later write. Returns whether it was applied.
+    pub fn set(&self, message: Arc<Message>) -> bool {
+        let mut root = self.root.write();
+        let mut node = &mut *root;
+        for level in message.topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
         }
-        removed
+        let local = &*self.local_origin;
+        if let Some(existing) = &node.message
+            && existing.write_order(local) > message.write_order(local)
+        {
+            return false;
+        }
+        let was_live = node.message.as_ref().is_some_and(|m| !m.payload.is_empty());
+        let is_live = !message.payload.is_empty();
+        node.message = Some(message);
+        match (was_live, is_live) {
+            (false, true) => self
+                .count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            (true, false) => self
+                .count
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed),
+            _ => 0,
+        };
+        true
+    }
+
+    /// Every retained message and tombstone, for bringing another node up to date.
+    pub fn snapshot(&self) -> Vec<Arc<Message>> {
+        fn walk(node: &Node, out: &mut Vec<Arc<Message>>) {
+            out.extend(node.message.clone());
+            for child in node.children.values() {
+                walk(child, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root.read(), &mut out);
+        out
     }
 
     /// The retained messages whose topics match `filter`, skipping expired ones.
@@ -123,6 +140,7 @@ impl RetainedStore {
 
     fn push(node: &Node, now: Instant, out: &mut Vec<Arc<Message>>) {
         if let Some(m) = &node.message
+            && !m.payload.is_empty()
             && m.expiry_left(now).is_some()
         {
             out.push(m.clone());
@@ -177,6 +195,45 @@ mod tests {
         assert_eq!(topics(&s, "a/#"), ["a", "a/b/c"]);
         s.set(msg("nothing/here", ""));
         assert_eq!(s.len(), 5);
+    }
+
+    #[test]
+    fn last_writer_wins_in_any_order() {
+        let at = |payload: &'static str, ts: u64, origin: &str| {
+            let mut m = Message::new(
+                "t".into(),
+                Bytes::from_static(payload.as_bytes()),
+                QoS::AtMostOnce,
+                true,
+                Properties::default(),
+                None,
+            );
+            m.timestamp_ms = ts;
+            m.origin = Some(origin.into());
+            Arc::new(m)
+        };
+        let writes = [
+            at("a", 10, "n1"),
+            at("b", 20, "n1"),
+            at("", 15, "n2"),
+            at("c", 20, "n2"),
+        ];
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+            let s = RetainedStore::new("n1".into());
+            for i in order {
+                s.set(writes[i].clone());
+            }
+            assert_eq!(&s.matching("t")[0].payload[..], b"c", "order {order:?}");
+            assert_eq!(s.len(), 1);
+        }
+        // A later delete wins over an earlier set, and a stale set does not resurrect it.
+        let s = RetainedStore::new("n1".into());
+        s.set(at("a", 10, "n1"));
+        s.set(at("", 30, "n2"));
+        assert!(!s.set(at("old", 20, "n3")));
+        assert!(s.matching("t").is_empty());
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.snapshot().len(), 1, "tombstone kept for replication");
     }
 
     #[test]

@@ -71,6 +71,48 @@ impl SharedGroup {
 #[derive(Default)]
 pub struct Router {
     trie: RwLock<Trie<SubscriberSet>>,
+    shared_groups: AtomicUsize,
+}
+
+/// Which of the matching subscribers a publish goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Audience<'a> {
+    /// Ordinary (non-shared) subscriptions.
+    pub normal: bool,
+    pub groups: GroupPick<'a>,
+}
+
+impl Audience<'_> {
+    /// Everyone: a single node, or a message this node alone serves.
+    pub const ALL: Audience<'static> = Audience {
+        normal: true,
+        groups: GroupPick::All,
+    };
+}
+
+/// Which shared groups get a copy.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupPick<'a> {
+    All,
+    /// Only these `$share/{group}/{filter}` keys (the cluster chose this node for them).
+    Only(&'a [Arc<str>]),
+}
+
+/// What a subscribe changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The client already had this filter (its options were replaced).
+    pub replaced: bool,
+    /// First subscriber for this filter (or shared group) on this node: a new route.
+    pub route_added: bool,
+}
+
+/// What an unsubscribe changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsubscribed {
+    pub existed: bool,
+    /// Last subscriber for this filter (or shared group) on this node is gone.
+    pub route_removed: bool,
 }
 
 /// A client's merged view of all its subscriptions matching one topic.
@@ -87,7 +129,7 @@ impl Router {
         self.trie.read().len()
     }
 
-    /// Adds or replaces a subscription. Returns true if it replaced an existing one.
+    /// Adds or replaces a subscription (`filter` as subscribed, `$share/...` included).
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -95,7 +137,7 @@ impl Router {
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> bool {
+    ) -> Subscribed {
         let subscriber = Subscriber {
             session: session.clone(),
             options,
@@ -105,12 +147,19 @@ impl Router {
         match shared {
             None => {
                 let set = trie.get_or_insert_with(filter, SubscriberSet::default);
-                set.clients
+                let route_added = set.clients.is_empty();
+                let replaced = set
+                    .clients
                     .insert(session.client_id.clone(), subscriber)
-                    .is_some()
+                    .is_some();
+                Subscribed {
+                    replaced,
+                    route_added,
+                }
             }
             Some(sf) => {
                 let set = trie.get_or_insert_with(sf.filter, SubscriberSet::default);
+                let route_added = !set.shared.contains_key(sf.group);
                 let group = set
                     .shared
                     .entry(sf.group.into())
@@ -119,65 +168,112 @@ impl Router {
                         members: Vec::new(),
                         cursor: AtomicUsize::new(0),
                     });
-                if let Some(m) = group
+                let existing = group
                     .members
                     .iter_mut()
-                    .find(|m| m.session.client_id == session.client_id)
-                {
-                    *m = subscriber;
-                    true
-                } else {
-                    group.members.push(subscriber);
-                    false
+                    .find(|m| m.session.client_id == session.client_id);
+                let replaced = match existing {
+                    Some(m) => {
+                        *m = subscriber;
+                        true
+                    }
+                    None => {
+                        group.members.push(subscriber);
+                        false
+                    }
+                };
+                if route_added {
+                    self.shared_groups.fetch_add(1, Ordering::Relaxed);
+                }
+                Subscribed {
+                    replaced,
+                    route_added,
                 }
             }
         }
     }
 
-    /// Removes a client's subscription; true if it existed.
+    /// Removes a client's subscription.
     pub fn unsubscribe(
         &self,
         client_id: &str,
         filter: &str,
         shared: Option<&SharedFilter<'_>>,
-    ) -> bool {
+    ) -> Unsubscribed {
         let mut trie = self.trie.write();
-        let mut existed = false;
+        let mut out = Unsubscribed {
+            existed: false,
+            route_removed: false,
+        };
         let inner = shared.map_or(filter, |s| s.filter);
         trie.edit(inner, |set| {
             match shared {
-                None => existed = set.clients.remove(client_id).is_some(),
+                None => {
+                    out.existed = set.clients.remove(client_id).is_some();
+                    out.route_removed = out.existed && set.clients.is_empty();
+                }
                 Some(sf) => {
                     if let Some(group) = set.shared.get_mut(sf.group) {
                         let before = group.members.len();
                         group.members.retain(|m| &*m.session.client_id != client_id);
-                        existed = group.members.len() != before;
+                        out.existed = group.members.len() != before;
                         if group.members.is_empty() {
                             set.shared.remove(sf.group);
+                            out.route_removed = true;
+                            self.shared_groups.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
                 }
             }
             set.is_empty()
         });
-        existed
+        out
     }
 
-    /// Delivers `message` to every matching session; returns how many it was offered to.
-    pub fn publish(&self, message: &Arc<Message>, metrics: &Metrics) -> usize {
+    /// Whether any shared subscription exists on this node.
+    pub fn has_shared(&self) -> bool {
+        self.shared_groups.load(Ordering::Relaxed) > 0
+    }
+
+    /// The shared groups (`$share/{group}/{filter}`) with members here that match `topic`.
+    pub fn matching_groups(&self, topic: &str) -> Vec<Arc<str>> {
+        let trie = self.trie.read();
+        let mut out = Vec::new();
+        trie.for_each_match(topic, |set| {
+            out.extend(set.shared.values().map(|g| g.key.clone()))
+        });
+        out
+    }
+
+    /// Delivers `message` to the matching sessions `audience` selects; returns how many it was
+    /// queued for.
+    pub fn publish(
+        &self,
+        message: &Arc<Message>,
+        audience: Audience<'_>,
+        metrics: &Metrics,
+    ) -> usize {
         let trie = self.trie.read();
         let mut sets: SmallVec<[&SubscriberSet; 8]> = SmallVec::new();
         trie.for_each_match(&message.topic, |set| sets.push(set));
         let mut offered = 0;
+        let own = |client: &str| message.publisher.as_deref() == Some(client);
 
-        let with_clients = sets.iter().filter(|s| !s.clients.is_empty()).count();
+        let with_clients = if audience.normal {
+            sets.iter().filter(|s| !s.clients.is_empty()).count()
+        } else {
+            0
+        };
         if with_clients == 1 {
             // The common case: one matching filter, no overlap to merge.
             let set = sets
                 .iter()
                 .find(|s| !s.clients.is_empty())
                 .expect("counted above");
-            for sub in set.clients.values() {
+            for (client, sub) in &set.clients {
+                if sub.options.no_local && own(client) {
+                    continue;
+                }
                 let merged = Merged {
                     subscriber: sub,
                     qos: sub.options.qos,
@@ -190,16 +286,16 @@ impl Router {
             let mut merged: HashMap<&str, Merged<'_>> = HashMap::new();
             for set in &sets {
                 for (client, sub) in &set.clients {
+                    // No Local on one subscription does not stop another that matches.
+                    if sub.options.no_local && own(client) {
+                        continue;
+                    }
                     let entry = merged.entry(client).or_insert_with(|| Merged {
                         subscriber: sub,
                         qos: QoS::AtMostOnce,
                         retain_as_published: false,
                         ids: SmallVec::new(),
                     });
-                    // No Local on any matching subscription keeps its own rule.
-                    if sub.options.no_local && message.publisher.as_deref() == Some(client) {
-                        continue;
-                    }
                     if sub.options.qos >= entry.qos {
                         entry.subscriber = sub;
                     }
@@ -215,6 +311,11 @@ impl Router {
 
         for set in &sets {
             for group in set.shared.values() {
+                if let GroupPick::Only(keys) = audience.groups
+                    && !keys.iter().any(|k| **k == *group.key)
+                {
+                    continue;
+                }
                 if let Some(member) = group.pick(None) {
                     let delivery = Delivery {
                         message: message.clone(),
@@ -233,11 +334,6 @@ impl Router {
 
     fn offer(message: &Arc<Message>, m: Merged<'_>, metrics: &Metrics) -> bool {
         let session = &m.subscriber.session;
-        if m.subscriber.options.no_local
-            && message.publisher.as_deref() == Some(&*session.client_id)
-        {
-            return false;
-        }
         let delivery = Delivery {
             message: message.clone(),
             qos: message.qos.min(m.qos),
@@ -325,7 +421,10 @@ mod tests {
         let a = online("a");
         r.subscribe(&a, "x/+", None, opts(QoS::AtMostOnce), Some(1));
         r.subscribe(&a, "x/#", None, opts(QoS::ExactlyOnce), Some(2));
-        assert_eq!(r.publish(&msg("x/y", QoS::ExactlyOnce, None), &m), 1);
+        assert_eq!(
+            r.publish(&msg("x/y", QoS::ExactlyOnce, None), Audience::ALL, &m),
+            1
+        );
         let got = queued(&a);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].qos, QoS::ExactlyOnce);
@@ -341,8 +440,8 @@ mod tests {
         let m = Metrics::default();
         let a = online("a");
         r.subscribe(&a, "t", None, opts(QoS::AtLeastOnce), None);
-        r.publish(&msg("t", QoS::ExactlyOnce, None), &m);
-        r.publish(&msg("t", QoS::AtMostOnce, None), &m);
+        r.publish(&msg("t", QoS::ExactlyOnce, None), Audience::ALL, &m);
+        r.publish(&msg("t", QoS::AtMostOnce, None), Audience::ALL, &m);
         let got: Vec<QoS> = queued(&a).iter().map(|d| d.qos).collect();
         assert_eq!(got, [QoS::AtLeastOnce, QoS::AtMostOnce]);
     }
@@ -359,9 +458,86 @@ mod tests {
             retain_handling: 0,
         };
         r.subscribe(&a, "t", None, o, None);
-        assert_eq!(r.publish(&msg("t", QoS::AtLeastOnce, Some("a")), &m), 0);
-        assert_eq!(r.publish(&msg("t", QoS::AtLeastOnce, Some("b")), &m), 1);
+        assert_eq!(
+            r.publish(&msg("t", QoS::AtLeastOnce, Some("a")), Audience::ALL, &m),
+            0
+        );
+        assert_eq!(
+            r.publish(&msg("t", QoS::AtLeastOnce, Some("b")), Audience::ALL, &m),
+            1
+        );
         assert!(queued(&a)[0].retain);
+    }
+
+    #[test]
+    fn route_transitions_are_reported_once_per_filter() {
+        let r = Router::default();
+        let (a, b) = (online("a"), online("b"));
+        assert!(
+            r.subscribe(&a, "t/#", None, opts(QoS::AtMostOnce), None)
+                .route_added
+        );
+        assert!(
+            !r.subscribe(&b, "t/#", None, opts(QoS::AtMostOnce), None)
+                .route_added
+        );
+        let again = r.subscribe(&b, "t/#", None, opts(QoS::AtLeastOnce), None);
+        assert_eq!(
+            again,
+            Subscribed {
+                replaced: true,
+                route_added: false
+            }
+        );
+        assert!(!r.unsubscribe("a", "t/#", None).route_removed);
+        assert!(r.unsubscribe("b", "t/#", None).route_removed);
+        let sf = SharedFilter {
+            group: "g",
+            filter: "t/#",
+        };
+        assert!(
+            r.subscribe(&a, "$share/g/t/#", Some(&sf), opts(QoS::AtMostOnce), None)
+                .route_added
+        );
+        assert!(r.has_shared());
+        assert_eq!(
+            r.matching_groups("t/x"),
+            vec![Arc::<str>::from("$share/g/t/#")]
+        );
+        assert!(r.unsubscribe("a", "$share/g/t/#", Some(&sf)).route_removed);
+        assert!(!r.has_shared());
+    }
+
+    #[test]
+    fn audience_selects_normal_and_groups() {
+        let r = Router::default();
+        let m = Metrics::default();
+        let (a, b) = (online("a"), online("b"));
+        r.subscribe(&a, "t", None, opts(QoS::AtMostOnce), None);
+        let sf = SharedFilter {
+            group: "g",
+            filter: "t",
+        };
+        r.subscribe(&b, "$share/g/t", Some(&sf), opts(QoS::AtMostOnce), None);
+        let none: [Arc<str>; 0] = [];
+        let only_normal = Audience {
+            normal: true,
+            groups: GroupPick::Only(&none),
+        };
+        assert_eq!(
+            r.publish(&msg("t", QoS::AtMostOnce, None), only_normal, &m),
+            1
+        );
+        let g = [Arc::<str>::from("$share/g/t")];
+        let only_group = Audience {
+            normal: false,
+            groups: GroupPick::Only(&g),
+        };
+        assert_eq!(
+            r.publish(&msg("t", QoS::AtMostOnce, None), only_group, &m),
+            1
+        );
+        assert_eq!((queued(&a).len(), queued(&b).len()), (1, 1));
     }
 
     #[test]
@@ -377,7 +553,7 @@ mod tests {
         r.subscribe(&b, "$share/g/s/+", Some(&sf), opts(QoS::AtLeastOnce), None);
         r.subscribe(&c, "s/+", None, opts(QoS::AtLeastOnce), None);
         for _ in 0..10 {
-            r.publish(&msg("s/1", QoS::AtLeastOnce, None), &m);
+            r.publish(&msg("s/1", QoS::AtLeastOnce, None), Audience::ALL, &m);
         }
         let (na, nb, nc) = (queued(&a).len(), queued(&b).len(), queued(&c).len());
         assert_eq!(na + nb, 10);
@@ -386,12 +562,25 @@ mod tests {
         // An offline member is skipped while another is online.
         b.set_online(false);
         for _ in 0..4 {
-            r.publish(&msg("s/1", QoS::AtLeastOnce, None), &m);
+            r.publish(&msg("s/1", QoS::AtLeastOnce, None), Audience::ALL, &m);
         }
         assert_eq!(queued(&a).len(), 4);
-        assert!(r.unsubscribe("a", "$share/g/s/+", Some(&sf)));
-        assert!(r.unsubscribe("b", "$share/g/s/+", Some(&sf)));
-        assert!(!r.unsubscribe("b", "$share/g/s/+", Some(&sf)));
+        let gone = |existed, route_removed| Unsubscribed {
+            existed,
+            route_removed,
+        };
+        assert_eq!(
+            r.unsubscribe("a", "$share/g/s/+", Some(&sf)),
+            gone(true, false)
+        );
+        assert_eq!(
+            r.unsubscribe("b", "$share/g/s/+", Some(&sf)),
+            gone(true, true)
+        );
+        assert_eq!(
+            r.unsubscribe("b", "$share/g/s/+", Some(&sf)),
+            gone(false, false)
+        );
         assert_eq!(r.filter_count(), 1);
     }
 
@@ -406,7 +595,7 @@ mod tests {
         };
         r.subscribe(&a, "$share/g/s", Some(&sf), opts(QoS::AtLeastOnce), None);
         r.subscribe(&b, "$share/g/s", Some(&sf), opts(QoS::AtLeastOnce), None);
-        r.publish(&msg("s", QoS::AtLeastOnce, None), &m);
+        r.publish(&msg("s", QoS::AtLeastOnce, None), Audience::ALL, &m);
         let (from, to) = if a.state.lock().queue.is_empty() {
             (&b, &a)
         } else {
