@@ -3,6 +3,7 @@
 //! routing, `mqtt` the client-facing listener, `config` the settings.
 
 pub mod broker;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod mqtt;
@@ -19,9 +20,16 @@ use tokio::task::JoinHandle;
 use broker::Broker;
 pub use config::Config;
 
+/// Resolves once a shutdown signal is true (at once if it already is, or if its sender is
+/// gone, which also means stop).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
 /// A running broker node.
 pub struct Node {
     broker: Arc<Broker>,
+    cluster: Option<Arc<cluster::Cluster>>,
     mqtt_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
@@ -30,19 +38,35 @@ pub struct Node {
 impl Node {
     /// Binds the listeners and starts serving. Port 0 in `server.bind` picks a free port;
     /// `mqtt_addr` tells which.
-    pub async fn start(config: Config) -> std::io::Result<Node> {
-        let listener = TcpListener::bind(config.server.bind).await?;
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("server.bind {}: {e}", config.server.bind))?;
         let mqtt_addr = listener.local_addr()?;
-        let broker = Broker::new(config, Arc::from(""));
+        let cluster_config = config.cluster.enabled.then(|| config.cluster.clone());
+        let node_id = cluster_config
+            .as_ref()
+            .map_or_else(|| Arc::from(""), cluster::node_id);
+        let broker = Broker::new(config, node_id);
+        let cluster = match cluster_config {
+            Some(c) => Some(cluster::Cluster::start(c, &broker).await?),
+            None => None,
+        };
         let (shutdown, rx) = watch::channel(false);
         let listener = tokio::spawn(mqtt::serve(listener, broker.clone(), rx));
         tracing::info!(%mqtt_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");
         Ok(Node {
             broker,
+            cluster,
             mqtt_addr,
             shutdown,
             listener,
         })
+    }
+
+    /// The cluster this node is part of, when clustering is enabled.
+    pub fn cluster(&self) -> Option<&Arc<cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
@@ -66,6 +90,9 @@ impl Node {
         };
         if tokio::time::timeout(deadline, closed).await.is_err() {
             tracing::warn!("shutdown deadline passed with connections still open");
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
         }
     }
 }

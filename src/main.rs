@@ -135,11 +135,10 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let bind = config.server.bind;
         let node = match vibemq::Node::start(config).await {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("vibemq: cannot listen on {bind} (server.bind): {e}");
+                eprintln!("vibemq: cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };

@@ -143,6 +143,14 @@ impl Broker {
         )
     }
 
+    /// Publishes a message made by this node for its own clients only (never forwarded).
+    pub fn publish_local(&self, message: Arc<Message>) -> usize {
+        if message.retain {
+            self.retained.set(message.clone());
+        }
+        self.router.publish(&message, Audience::ALL, &self.metrics)
+    }
+
     fn report_route(&self, key: &str, present: bool) {
         if let Some(cluster) = self.cluster.get() {
             cluster.route_changed(key, present);

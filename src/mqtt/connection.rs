@@ -141,7 +141,7 @@ impl Connection {
                 _ = control.kicked() => {
                     close = Some(Close::Kicked(control.kick_reason().unwrap_or(reason::SESSION_TAKEN_OVER)));
                 }
-                _ = super::listener::stopped(&mut shutdown) => close = Some(Close::Shutdown),
+                _ = crate::stopped(&mut shutdown) => close = Some(Close::Shutdown),
                 written = writer.write(&self.wbuf), if !self.wbuf.is_empty() => match written {
                     Ok(n) => {
                         Metrics::add(&self.broker.metrics.bytes_sent, n as u64);

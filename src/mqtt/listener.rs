@@ -23,14 +23,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = stopped(&mut stop) => break,
+            _ = crate::stopped(&mut stop) => break,
         }
-    }
-}
-
-/// Resolves once the shutdown signal is true (at once if it already is).
-pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        // The sender is gone: the node is being dropped, which is a stop too.
     }
 }

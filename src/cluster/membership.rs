@@ -1,0 +1,160 @@
+//! Membership: follows chitchat's view of live nodes and turns it into links and routes. A node
+//! that appears gets an outbound link and its gossiped routes; one that restarts (a new
+//! generation) gets a fresh link; one that disappears is reported as left (it said it was
+//! leaving) or failed (the failure detector gave up on it), and its routes and queued frames
+//! are dropped. Each event is logged once, counted, and published on
+//! `$SYS/vibemq/cluster/events`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chitchat::{ChitchatId, NodeState};
+use tokio::sync::watch;
+
+use super::Cluster;
+use super::link::{self, Link};
+use super::routes::parse_chunks;
+use crate::broker::Metrics;
+
+pub const KEY_PEER_ADDR: &str = "peer_addr";
+pub const KEY_STATUS: &str = "status";
+pub const KEY_ROUTES_VERSION: &str = "routes.v";
+pub const KEY_ROUTES_CHUNKS: &str = "routes.n";
+pub const STATUS_LEAVING: &str = "leaving";
+
+pub fn routes_chunk_key(i: usize) -> String {
+    format!("routes.{i}")
+}
+
+/// What this node last saw of another.
+struct Known {
+    generation: u64,
+    routes_version: Option<u64>,
+    leaving: bool,
+    peer_addr: SocketAddr,
+}
+
+/// Runs until shutdown, applying every change of chitchat's live-node view.
+pub async fn watch(
+    cluster: Arc<Cluster>,
+    mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut known: HashMap<Arc<str>, Known> = HashMap::new();
+    loop {
+        let snapshot = live.borrow_and_update().clone();
+        apply(&cluster, &snapshot, &mut known);
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { break },
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+    for (node, _) in known.drain() {
+        cluster.drop_node(&node);
+    }
+}
+
+fn apply(
+    cluster: &Arc<Cluster>,
+    snapshot: &BTreeMap<ChitchatId, NodeState>,
+    known: &mut HashMap<Arc<str>, Known>,
+) {
+    // The newest generation of each node id (a restarted node's old one lingers until it is
+    // declared dead).
+    let mut newest: HashMap<&str, (&ChitchatId, &NodeState)> = HashMap::new();
+    for (id, state) in snapshot {
+        if *id.node_id == *cluster.node_id {
+            continue;
+        }
+        let slot = newest.entry(&id.node_id).or_insert((id, state));
+        if id.generation_id > slot.0.generation_id {
+            *slot = (id, state);
+        }
+    }
+
+    let gone: Vec<Arc<str>> = known
+        .keys()
+        .filter(|n| !newest.contains_key(&***n))
+        .cloned()
+        .collect();
+    for node in gone {
+        let k = known.remove(&node).expect("listed above");
+        let event = if k.leaving { "left" } else { "failed" };
+        let dropped = cluster.drop_node(&node);
+        if k.leaving {
+            Metrics::add(&cluster.metrics.nodes_left, 1);
+            tracing::info!(node = %node, generation = k.generation, dropped, "cluster node left");
+        } else {
+            Metrics::add(&cluster.metrics.nodes_failed, 1);
+            tracing::warn!(node = %node, generation = k.generation, dropped, "cluster node failed");
+        }
+        cluster.publish_event(event, &node, k.generation);
+    }
+
+    for (node_id, (id, state)) in newest {
+        let Some(peer_addr) = state
+            .get(KEY_PEER_ADDR)
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            continue; // not fully announced yet
+        };
+        let node: Arc<str> = Arc::from(node_id);
+        let leaving = state.get(KEY_STATUS) == Some(STATUS_LEAVING);
+        match known.get_mut(&node) {
+            Some(k) if k.generation == id.generation_id && k.peer_addr == peer_addr => {
+                if leaving && !k.leaving {
+                    tracing::info!(node = %node, "cluster node is leaving");
+                }
+                k.leaving = leaving;
+            }
+            previous => {
+                let rejoined = previous.is_some();
+                if rejoined {
+                    cluster.drop_node(&node);
+                    Metrics::add(&cluster.metrics.nodes_updated, 1);
+                    tracing::info!(node = %node, generation = id.generation_id, %peer_addr, "cluster node restarted or moved");
+                    cluster.publish_event("updated", &node, id.generation_id);
+                } else {
+                    Metrics::add(&cluster.metrics.nodes_joined, 1);
+                    tracing::info!(node = %node, generation = id.generation_id, %peer_addr, "cluster node joined");
+                    cluster.publish_event("joined", &node, id.generation_id);
+                }
+                let l = Link::new(
+                    node.clone(),
+                    id.generation_id,
+                    peer_addr,
+                    cluster.config.relay_queue_size,
+                );
+                cluster.links.write().insert(node.clone(), l.clone());
+                tokio::spawn(link::run(l, cluster.clone()));
+                known.insert(
+                    node.clone(),
+                    Known {
+                        generation: id.generation_id,
+                        routes_version: None,
+                        leaving,
+                        peer_addr,
+                    },
+                );
+            }
+        }
+        let k = known.get_mut(&node).expect("inserted above");
+        let version = state
+            .get(KEY_ROUTES_VERSION)
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(v) = version
+            && k.routes_version != Some(v)
+        {
+            let n = state
+                .get(KEY_ROUTES_CHUNKS)
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            let keys: Vec<String> = (0..n).map(routes_chunk_key).collect();
+            let routes = parse_chunks(keys.iter().filter_map(|k| state.get(k)));
+            tracing::debug!(node = %node, version = v, routes = routes.len(), "routes gossiped");
+            cluster.remote.apply_gossip(&node, v, routes);
+            k.routes_version = Some(v);
+        }
+    }
+}

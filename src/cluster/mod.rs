@@ -1,0 +1,475 @@
+//! The cluster: several nodes acting as one broker. Membership is chitchat gossip (`membership`,
+//! over `transport`); each node advertises the filters it serves (`routes`), found through
+//! seeds (`discovery`); publishes travel over authenticated TCP links (`link` outbound,
+//! `inbound` accepting, `wire` format) only to the nodes whose routes match, retained messages
+//! to every node. The broker sees all this only through the `ClusterHook` trait.
+
+mod discovery;
+mod inbound;
+mod link;
+mod membership;
+pub mod routes;
+mod transport;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{Notify, watch};
+
+use crate::broker::{Broker, ClusterHook, Message, Metrics, now_ms};
+use crate::codec::QoS;
+use crate::config::ClusterConfig;
+use link::Link;
+use routes::{LocalRoutes, RemoteRoutes};
+use wire::{Frame, WireMessage};
+
+/// Counters for operators (see README, Operations).
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    pub nodes_joined: AtomicU64,
+    pub nodes_left: AtomicU64,
+    pub nodes_failed: AtomicU64,
+    pub nodes_updated: AtomicU64,
+    pub frames_forwarded: AtomicU64,
+    pub frames_received: AtomicU64,
+    /// Frames dropped: a full link queue, no link to a node that has routes, or a node that
+    /// failed with frames queued for it.
+    pub relay_dropped: AtomicU64,
+    pub link_reconnects: AtomicU64,
+    pub auth_failures: AtomicU64,
+}
+
+/// One peer as seen from this node.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub node_id: Arc<str>,
+    pub generation: u64,
+    pub peer_addr: SocketAddr,
+    /// The link is up and authenticated.
+    pub connected: bool,
+    /// Frames waiting to be sent or acknowledged.
+    pub queued: usize,
+}
+
+pub struct Cluster {
+    pub node_id: Arc<str>,
+    /// Distinguishes this run of the node from earlier ones (chitchat generation).
+    pub generation: u64,
+    pub name: String,
+    pub gossip_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    config: ClusterConfig,
+    key: Option<[u8; 32]>,
+    broker: Weak<Broker>,
+    pub local: LocalRoutes,
+    pub remote: RemoteRoutes,
+    links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
+    /// Last reliable sequence number processed per (peer, peer generation).
+    progress: Mutex<HashMap<(Arc<str>, u64), u64>>,
+    group_cursor: AtomicUsize,
+    routes_dirty: Notify,
+    pub metrics: ClusterMetrics,
+    chitchat: Mutex<Option<ChitchatHandle>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// This node's id: the configured one, else the host name.
+pub fn node_id(config: &ClusterConfig) -> Arc<str> {
+    if config.node_id.is_empty() {
+        gethostname::gethostname()
+            .to_string_lossy()
+            .into_owned()
+            .into()
+    } else {
+        config.node_id.as_str().into()
+    }
+}
+
+/// The address others reach a socket bound at `bound` by: the configured advertise address,
+/// else the bound one, with an unspecified IP replaced by this host's address.
+async fn advertised(configured: &str, bound: SocketAddr, key: &str) -> anyhow::Result<SocketAddr> {
+    if !configured.is_empty() {
+        let mut addrs = tokio::net::lookup_host(configured)
+            .await
+            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        let addr = addrs
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{key}: {configured} has no address"))?;
+        // Port 0 in the advertised address means "the port actually bound".
+        return Ok(if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), bound.port())
+        } else {
+            addr
+        });
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let ip = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .ok()
+        .and_then(|mut a| a.find(|a| !a.ip().is_loopback()).map(|a| a.ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    Ok(SocketAddr::new(ip, bound.port()))
+}
+
+impl Cluster {
+    /// Binds the gossip and peer sockets, joins through the seeds and connects `broker`.
+    pub async fn start(
+        config: ClusterConfig,
+        broker: &Arc<Broker>,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let key = config.secret_key().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let gossip_socket = UdpSocket::bind(config.gossip_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster.gossip_addr {}: {e}", config.gossip_addr))?;
+        let peer_listener = TcpListener::bind(config.peer_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster.peer_addr {}: {e}", config.peer_addr))?;
+        let gossip_bound = gossip_socket.local_addr()?;
+        let gossip_addr = advertised(
+            &config.gossip_advertise_addr,
+            gossip_bound,
+            "cluster.gossip_advertise_addr",
+        )
+        .await?;
+        let peer_addr = advertised(
+            &config.peer_advertise_addr,
+            peer_listener.local_addr()?,
+            "cluster.peer_advertise_addr",
+        )
+        .await?;
+
+        let node_id = broker.node_id.clone();
+        let generation = now_ms();
+        let seeds = discovery::Seeds::new(&config)?;
+        let first_seeds: Vec<String> = seeds
+            .resolve()
+            .await
+            .into_iter()
+            .filter(|a| *a != gossip_addr)
+            .map(|a| a.to_string())
+            .collect();
+        let interval = Duration::from_millis(config.gossip_interval_ms);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId {
+                node_id: node_id.clone(),
+                generation_id: generation,
+                gossip_advertise_addr: gossip_addr,
+            },
+            cluster_id: config.name.clone(),
+            gossip_interval: interval,
+            listen_addr: gossip_bound,
+            seed_nodes: first_seeds,
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.failure_phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_millis(config.failure_max_interval_ms),
+                initial_interval: interval,
+                dead_node_grace_period: Duration::from_secs(config.dead_node_grace_period),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(config.dead_node_grace_period),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let initial = vec![
+            (membership::KEY_PEER_ADDR.to_string(), peer_addr.to_string()),
+            (membership::KEY_STATUS.to_string(), "up".to_string()),
+        ];
+        let transport = transport::GossipTransport::new(gossip_socket, key);
+        let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
+        let live = handle.chitchat().lock().await.live_nodes_watcher();
+
+        let cluster = Arc::new(Cluster {
+            node_id,
+            generation,
+            name: config.name.clone(),
+            gossip_addr,
+            peer_addr,
+            key,
+            broker: Arc::downgrade(broker),
+            local: LocalRoutes::default(),
+            remote: RemoteRoutes::default(),
+            links: RwLock::new(HashMap::new()),
+            progress: Mutex::new(HashMap::new()),
+            group_cursor: AtomicUsize::new(0),
+            routes_dirty: Notify::new(),
+            metrics: ClusterMetrics::default(),
+            chitchat: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+            config,
+        });
+        let chitchat = handle.chitchat();
+        *cluster.chitchat.lock() = Some(handle);
+
+        tokio::spawn(inbound::serve(
+            peer_listener,
+            cluster.clone(),
+            cluster.shutdown.subscribe(),
+        ));
+        tokio::spawn(membership::watch(
+            cluster.clone(),
+            live,
+            cluster.shutdown.subscribe(),
+        ));
+        tokio::spawn(gossip_routes(cluster.clone(), chitchat));
+        let dns_interval = Duration::from_secs(cluster.config.dns_refresh_interval);
+        let for_gossip = Arc::downgrade(&cluster);
+        let gossip_with = move |addr| {
+            if let Some(c) = for_gossip.upgrade()
+                && let Some(h) = c.chitchat.lock().as_ref()
+            {
+                let _ = h.gossip(addr);
+            }
+        };
+        tokio::spawn(discovery::refresh(
+            seeds,
+            dns_interval,
+            gossip_addr,
+            gossip_with,
+            cluster.shutdown.subscribe(),
+        ));
+        broker.set_cluster(cluster.clone());
+        tracing::info!(
+            node = %cluster.node_id, generation, %gossip_addr, %peer_addr,
+            secret = cluster.key.is_some(), "cluster node started"
+        );
+        Ok(cluster)
+    }
+
+    pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
+        self.broker.upgrade()
+    }
+
+    /// The nodes this node links to.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .links
+            .read()
+            .values()
+            .map(|l| PeerInfo {
+                node_id: l.node_id.clone(),
+                generation: l.generation,
+                peer_addr: l.addr,
+                connected: l.is_connected(),
+                queued: l.depth(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
+    }
+
+    /// Announces that this node is leaving, gives gossip time to spread it, and stops.
+    pub async fn leave(&self) {
+        let chitchat = self.chitchat.lock().as_ref().map(ChitchatHandle::chitchat);
+        if let Some(cc) = chitchat {
+            cc.lock()
+                .await
+                .self_node_state()
+                .set(membership::KEY_STATUS, membership::STATUS_LEAVING);
+        }
+        tokio::time::sleep(Duration::from_millis(self.config.gossip_interval_ms * 3)).await;
+        self.shutdown.send_replace(true);
+        for link in self.links.write().drain().map(|(_, l)| l) {
+            link.close();
+        }
+        let handle = self.chitchat.lock().take();
+        if let Some(handle) = handle {
+            let _ = handle.shutdown().await;
+        }
+    }
+
+    fn processed(&self, peer: &Arc<str>, generation: u64) -> u64 {
+        self.progress
+            .lock()
+            .get(&(peer.clone(), generation))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_processed(&self, peer: &Arc<str>, generation: u64, seq: u64) {
+        let mut p = self.progress.lock();
+        // Older generations of this peer will never come back.
+        p.retain(|(n, g), _| n != peer || *g >= generation);
+        p.insert((peer.clone(), generation), seq);
+    }
+
+    /// Stops the link to a node and forgets its routes; returns how many frames were dropped.
+    fn drop_node(&self, node: &Arc<str>) -> usize {
+        let dropped = self.links.write().remove(node).map_or(0, |l| l.close());
+        Metrics::add(&self.metrics.relay_dropped, dropped as u64);
+        self.remote.remove_node(node);
+        dropped
+    }
+
+    fn apply_retained(&self, messages: Vec<WireMessage>) {
+        let Some(broker) = self.broker() else { return };
+        for m in messages {
+            broker.retained.set(Arc::new(m.into_message()));
+        }
+    }
+
+    /// This node's retained messages and tombstones as snapshot frames.
+    fn retained_frames(&self) -> Vec<Frame> {
+        const BATCH: usize = 500;
+        let Some(broker) = self.broker() else {
+            return Vec::new();
+        };
+        let all: Vec<WireMessage> = broker
+            .retained
+            .snapshot()
+            .iter()
+            .filter_map(|m| WireMessage::from_message(m, &self.node_id))
+            .collect();
+        let mut frames: Vec<Frame> = all
+            .chunks(BATCH)
+            .map(|c| Frame::Retained {
+                messages: c.to_vec(),
+                done: false,
+            })
+            .collect();
+        match frames.last_mut() {
+            Some(Frame::Retained { done, .. }) => *done = true,
+            _ => frames.push(Frame::Retained {
+                messages: Vec::new(),
+                done: true,
+            }),
+        }
+        frames
+    }
+
+    fn publish_event(&self, event: &str, node: &str, generation: u64) {
+        let Some(broker) = self.broker() else { return };
+        let payload = format!(
+            r#"{{"event":"{event}","node":"{node}","generation":{generation},"observer":"{}"}}"#,
+            self.node_id
+        );
+        let message = Message::new(
+            "$SYS/vibemq/cluster/events".into(),
+            payload.into(),
+            QoS::AtMostOnce,
+            false,
+            Default::default(),
+            None,
+        );
+        // Every node observes and reports for itself: delivered here only.
+        broker.publish_local(Arc::new(message));
+    }
+}
+
+impl ClusterHook for Cluster {
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        let matched = self.remote.match_topic(&message.topic);
+        let links = self.links.read();
+        if matched.nodes.is_empty() && matched.groups.is_empty() && !message.retain {
+            return local_groups;
+        }
+        // node -> (ordinary subscribers wanted, shared groups it delivers)
+        let mut targets: HashMap<Arc<str>, (bool, Vec<String>)> = HashMap::new();
+        for n in &matched.nodes {
+            targets.entry(n.clone()).or_default().0 = true;
+        }
+        if message.retain {
+            // Retained messages are stored on every node.
+            for n in links.keys() {
+                targets.entry(n.clone()).or_default();
+            }
+        }
+        // Each shared group gets one node, in turn: None is this node.
+        let mut mine = Vec::new();
+        type Candidates = Vec<Option<Arc<str>>>;
+        let mut groups: Vec<(Arc<str>, Candidates)> =
+            local_groups.into_iter().map(|g| (g, vec![None])).collect();
+        for (key, nodes) in matched.groups {
+            let candidates = nodes.into_iter().map(Some);
+            match groups.iter_mut().find(|(g, _)| *g == key) {
+                Some((_, c)) => c.extend(candidates),
+                None => groups.push((key, candidates.collect())),
+            }
+        }
+        for (key, candidates) in groups {
+            let turn = self.group_cursor.fetch_add(1, Ordering::Relaxed) % candidates.len();
+            match &candidates[turn] {
+                None => mine.push(key),
+                Some(node) => targets
+                    .entry(node.clone())
+                    .or_default()
+                    .1
+                    .push(key.to_string()),
+            }
+        }
+        if targets.is_empty() {
+            return mine;
+        }
+        let Some(wire) = WireMessage::from_message(message, &self.node_id) else {
+            return mine;
+        };
+        let encoded = wire::encode_message(&wire);
+        let reliable = message.qos != QoS::AtMostOnce;
+        for (node, (normal, groups)) in targets {
+            let sent = links
+                .get(&node)
+                .is_some_and(|l| l.send_publish(reliable, normal, groups, encoded.clone()));
+            if !sent {
+                Metrics::add(&self.metrics.relay_dropped, 1);
+                tracing::debug!(node = %node, topic = %message.topic, "relay queue full or no link; message not forwarded");
+            }
+        }
+        mine
+    }
+
+    fn route_changed(&self, key: &str, present: bool) {
+        let version = self.local.update(key, present);
+        let frame = Frame::Route {
+            version,
+            key: key.to_string(),
+            present,
+        };
+        for link in self.links.read().values() {
+            if !link.send_control(&frame) {
+                Metrics::add(&self.metrics.relay_dropped, 1);
+            }
+        }
+        self.routes_dirty.notify_one();
+    }
+}
+
+/// Writes this node's routes into its gossip state whenever they change (batched: at most one
+/// write per 50 ms). Chunks are written before the version, so a peer that sees the new
+/// version has the chunks that go with it.
+async fn gossip_routes(
+    cluster: Arc<Cluster>,
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+) {
+    let mut stop = cluster.shutdown.subscribe();
+    let mut published = (u64::MAX, 0usize);
+    loop {
+        if published.0 == cluster.local.version() {
+            tokio::select! {
+                _ = cluster.routes_dirty.notified() => {}
+                _ = crate::stopped(&mut stop) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (version, chunks) = cluster.local.gossip_chunks();
+        let mut cc = chitchat.lock().await;
+        let state = cc.self_node_state();
+        for (i, chunk) in chunks.iter().enumerate() {
+            state.set(membership::routes_chunk_key(i), chunk);
+        }
+        for i in chunks.len()..published.1 {
+            state.set(membership::routes_chunk_key(i), "");
+        }
+        state.set(membership::KEY_ROUTES_CHUNKS, chunks.len());
+        state.set(membership::KEY_ROUTES_VERSION, version);
+        published = (version, chunks.len());
+    }
+}

@@ -1,0 +1,400 @@
+//! Routes: which filters each node has subscribers for. `LocalRoutes` is this node's set, as
+//! the router reports first and last subscribers, summarised to fit gossip (filters widened to
+//! wildcards past a size budget: a wider route costs a wasted forward, a missing one a lost
+//! message). `RemoteRoutes` merges every other node's routes into one trie, combining each
+//! node's gossiped set with changes pushed over peer links that gossip has not caught up with.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
+
+use crate::topic::{Trie, parse_shared};
+
+/// Most bytes of route text one gossip value carries (chitchat drops values over ~64 KB).
+pub const CHUNK_BYTES: usize = 48 * 1024;
+/// Most chunks a node advertises; past CHUNK_BYTES * MAX_CHUNKS routes are widened.
+pub const MAX_CHUNKS: usize = 4;
+
+#[derive(Default)]
+pub struct LocalRoutes {
+    keys: Mutex<BTreeSet<String>>,
+    version: AtomicU64,
+}
+
+impl LocalRoutes {
+    /// Applies a router transition; returns the new version.
+    pub fn update(&self, key: &str, present: bool) -> u64 {
+        let mut keys = self.keys.lock();
+        if present {
+            keys.insert(key.to_string());
+        } else {
+            keys.remove(key);
+        }
+        self.version.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (version, chunks of newline-separated routes) to gossip.
+    pub fn gossip_chunks(&self) -> (u64, Vec<String>) {
+        let keys = self.keys.lock();
+        let version = self.version();
+        let summary = summarize(&keys, CHUNK_BYTES * MAX_CHUNKS);
+        (version, chunk(&summary, CHUNK_BYTES))
+    }
+}
+
+/// `filter` cut to its first `depth` levels plus `#` (unchanged when it is no deeper).
+fn widen(filter: &str, depth: usize) -> String {
+    if let Ok(Some(sf)) = parse_shared(filter) {
+        return format!("$share/{}/{}", sf.group, widen(sf.filter, depth));
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    if levels.len() <= depth {
+        return filter.to_string();
+    }
+    let mut out = levels[..depth].join("/");
+    out.push_str("/#");
+    out
+}
+
+fn text_len(keys: &BTreeSet<String>) -> usize {
+    keys.iter().map(|k| k.len() + 1).sum()
+}
+
+/// The routes, widened until their text fits `budget` bytes. Each result matches at least
+/// every topic its originals matched.
+pub fn summarize(keys: &BTreeSet<String>, budget: usize) -> BTreeSet<String> {
+    if text_len(keys) <= budget {
+        return keys.clone();
+    }
+    let deepest = keys.iter().map(|k| k.split('/').count()).max().unwrap_or(1);
+    for depth in (1..deepest).rev() {
+        let widened: BTreeSet<String> = keys.iter().map(|k| widen(k, depth)).collect();
+        if text_len(&widened) <= budget {
+            return widened;
+        }
+    }
+    // Everything: "#" for ordinary topics, "$X/#" for each `$` root, one per shared group.
+    let mut all = BTreeSet::from(["#".to_string()]);
+    for k in keys {
+        match parse_shared(k) {
+            Ok(Some(sf)) => {
+                all.insert(format!("$share/{}/#", sf.group));
+            }
+            _ if k.starts_with('$') => {
+                all.insert(widen(k, 1));
+            }
+            _ => {}
+        }
+    }
+    all
+}
+
+fn chunk(keys: &BTreeSet<String>, max: usize) -> Vec<String> {
+    let mut chunks = vec![String::new()];
+    for k in keys {
+        let current = chunks.last_mut().expect("never empty");
+        if !current.is_empty() && current.len() + k.len() + 1 > max {
+            chunks.push(String::new());
+        }
+        let current = chunks.last_mut().expect("never empty");
+        current.push_str(k);
+        current.push('\n');
+    }
+    chunks
+}
+
+/// The routes in gossiped chunks.
+pub fn parse_chunks<'a>(chunks: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
+    chunks
+        .into_iter()
+        .flat_map(str::lines)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Node ids, usually a few.
+pub type NodeList = SmallVec<[Arc<str>; 4]>;
+
+/// What the remote nodes want for one topic.
+#[derive(Debug, Default, PartialEq)]
+pub struct RemoteMatch {
+    /// Nodes with ordinary subscribers.
+    pub nodes: NodeList,
+    /// Shared groups (`$share/{group}/{filter}`) and the nodes with members in them.
+    pub groups: Vec<(Arc<str>, NodeList)>,
+}
+
+#[derive(Default)]
+struct Entry {
+    nodes: NodeList,
+    groups: HashMap<Arc<str>, NodeList>,
+}
+
+#[derive(Default)]
+struct NodeRoutes {
+    gossip_version: u64,
+    gossip: HashSet<String>,
+    /// Pushed changes newer than the gossip seen, in order.
+    pushed: Vec<(u64, String, bool)>,
+    effective: HashSet<String>,
+}
+
+/// Pushed changes kept per node before gossip catches up (gossip repairs any dropped).
+const MAX_PUSHED: usize = 100_000;
+
+#[derive(Default)]
+struct RemoteIndex {
+    trie: Trie<Entry>,
+    nodes: HashMap<Arc<str>, NodeRoutes>,
+}
+
+#[derive(Default)]
+pub struct RemoteRoutes {
+    index: RwLock<RemoteIndex>,
+}
+
+impl RemoteIndex {
+    fn add(&mut self, node: &Arc<str>, key: &str) {
+        let shared = parse_shared(key).ok().flatten();
+        let filter = shared.as_ref().map_or(key, |s| s.filter);
+        let entry = self.trie.get_or_insert_with(filter, Entry::default);
+        let nodes = match shared {
+            None => &mut entry.nodes,
+            Some(_) => entry.groups.entry(Arc::from(key)).or_default(),
+        };
+        if !nodes.contains(node) {
+            nodes.push(node.clone());
+        }
+    }
+
+    fn remove(&mut self, node: &Arc<str>, key: &str) {
+        let shared = parse_shared(key).ok().flatten();
+        let filter = shared.as_ref().map_or(key, |s| s.filter);
+        self.trie.edit(filter, |entry| {
+            match shared {
+                None => entry.nodes.retain(|n| n != node),
+                Some(_) => {
+                    if let Some(nodes) = entry.groups.get_mut(key) {
+                        nodes.retain(|n| n != node);
+                        if nodes.is_empty() {
+                            entry.groups.remove(key);
+                        }
+                    }
+                }
+            }
+            entry.nodes.is_empty() && entry.groups.is_empty()
+        });
+    }
+
+    /// Recomputes a node's effective routes and applies the difference to the trie.
+    fn refresh(&mut self, node: &Arc<str>) {
+        let Some(routes) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let mut effective = routes.gossip.clone();
+        for (_, key, present) in &routes.pushed {
+            if *present {
+                effective.insert(key.clone());
+            } else {
+                effective.remove(key);
+            }
+        }
+        let old = std::mem::replace(&mut routes.effective, effective.clone());
+        for key in old.difference(&effective) {
+            self.remove(node, key);
+        }
+        for key in effective.difference(&old) {
+            self.add(node, key);
+        }
+    }
+}
+
+impl RemoteRoutes {
+    /// A node's gossiped routes at `version` (ignored when older than what is known).
+    pub fn apply_gossip(&self, node: &Arc<str>, version: u64, keys: HashSet<String>) {
+        let mut index = self.index.write();
+        let routes = index.nodes.entry(node.clone()).or_default();
+        if version < routes.gossip_version {
+            return;
+        }
+        routes.gossip_version = version;
+        routes.gossip = keys;
+        routes.pushed.retain(|(v, _, _)| *v > version);
+        index.refresh(node);
+    }
+
+    /// A route change pushed over a peer link, ahead of gossip.
+    pub fn apply_push(&self, node: &Arc<str>, version: u64, key: String, present: bool) {
+        let mut index = self.index.write();
+        let routes = index.nodes.entry(node.clone()).or_default();
+        if version <= routes.gossip_version {
+            return;
+        }
+        if routes.pushed.len() >= MAX_PUSHED {
+            routes.pushed.remove(0);
+        }
+        routes.pushed.push((version, key, present));
+        index.refresh(node);
+    }
+
+    /// Forgets a node (failed or left).
+    pub fn remove_node(&self, node: &Arc<str>) {
+        let mut index = self.index.write();
+        if let Some(routes) = index.nodes.remove(node) {
+            for key in &routes.effective {
+                index.remove(node, key);
+            }
+        }
+    }
+
+    /// Number of (node, route) pairs known.
+    pub fn len(&self) -> usize {
+        self.index
+            .read()
+            .nodes
+            .values()
+            .map(|n| n.effective.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn match_topic(&self, topic: &str) -> RemoteMatch {
+        let index = self.index.read();
+        let mut out = RemoteMatch::default();
+        index.trie.for_each_match(topic, |entry| {
+            for n in &entry.nodes {
+                if !out.nodes.contains(n) {
+                    out.nodes.push(n.clone());
+                }
+            }
+            for (key, nodes) in &entry.groups {
+                out.groups.push((key.clone(), nodes.clone()));
+            }
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::matches;
+
+    fn set(keys: &[&str]) -> HashSet<String> {
+        keys.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn summary_is_exact_when_small_and_a_superset_when_widened() {
+        let keys: BTreeSet<String> = (0..100_000)
+            .map(|i| format!("fleet/{}/device-{i}/telemetry", i % 50))
+            .collect();
+        let summary = summarize(&keys, CHUNK_BYTES * MAX_CHUNKS);
+        assert!(text_len(&summary) <= CHUNK_BYTES * MAX_CHUNKS);
+        assert!(
+            summary.contains("fleet/7/#"),
+            "{:?}",
+            summary.iter().take(3).collect::<Vec<_>>()
+        );
+        for k in keys.iter().step_by(997) {
+            let topic = k.as_str();
+            assert!(
+                summary.iter().any(|f| matches(f, topic)),
+                "{topic} lost by widening"
+            );
+        }
+        let chunks = chunk(&summary, CHUNK_BYTES);
+        assert!(chunks.len() <= MAX_CHUNKS && chunks.iter().all(|c| c.len() <= CHUNK_BYTES));
+        assert_eq!(
+            parse_chunks(chunks.iter().map(String::as_str)),
+            summary.into_iter().collect()
+        );
+
+        let small: BTreeSet<String> = ["a/b", "$share/g/x/y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(summarize(&small, 1000), small);
+    }
+
+    #[test]
+    fn widest_fallback_keeps_dollar_roots_and_groups() {
+        let keys: BTreeSet<String> = ["a", "b", "$SYS/x", "$share/g/q"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let all = summarize(&keys, 1);
+        assert_eq!(
+            all,
+            ["#", "$SYS/#", "$share/g/#"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        );
+    }
+
+    #[test]
+    fn remote_index_merges_gossip_and_pushes() {
+        let r = RemoteRoutes::default();
+        let (n1, n2): (Arc<str>, Arc<str>) = ("n1".into(), "n2".into());
+        r.apply_gossip(&n1, 5, set(&["a/+", "$share/g/a/#"]));
+        r.apply_gossip(&n2, 1, set(&["a/b"]));
+        let m = r.match_topic("a/b");
+        let mut nodes: Vec<&str> = m.nodes.iter().map(|n| &**n).collect();
+        nodes.sort();
+        assert_eq!(nodes, ["n1", "n2"]);
+        assert_eq!(m.groups.len(), 1);
+        assert_eq!(&*m.groups[0].0, "$share/g/a/#");
+
+        // A push newer than gossip takes effect; an older gossip snapshot does not undo it.
+        r.apply_push(&n2, 2, "x/#".into(), true);
+        assert_eq!(r.match_topic("x/y").nodes.len(), 1);
+        r.apply_gossip(&n2, 1, set(&["a/b"]));
+        assert_eq!(r.match_topic("x/y").nodes.len(), 1, "stale gossip ignored");
+        // Gossip that has caught up replaces the pushes.
+        r.apply_gossip(&n2, 2, set(&["a/b", "x/#"]));
+        r.apply_push(&n2, 3, "x/#".into(), false);
+        assert!(r.match_topic("x/y").nodes.is_empty());
+        // A push older than gossip is ignored.
+        r.apply_push(&n1, 4, "old/#".into(), true);
+        assert!(r.match_topic("old/x").nodes.is_empty());
+
+        r.remove_node(&n1);
+        assert!(r.match_topic("a/b").groups.is_empty());
+        assert_eq!(
+            r.match_topic("a/b").nodes.as_slice(),
+            std::slice::from_ref(&n2)
+        );
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn local_routes_version_every_change() {
+        let l = LocalRoutes::default();
+        assert_eq!(l.update("a", true), 1);
+        assert_eq!(l.update("b", true), 2);
+        assert_eq!(l.update("a", false), 3);
+        let (v, chunks) = l.gossip_chunks();
+        assert_eq!(v, 3);
+        assert_eq!(parse_chunks(chunks.iter().map(String::as_str)), set(&["b"]));
+    }
+}
