@@ -47,6 +47,7 @@ pub async fn watch(
         apply(&cluster, &snapshot, &mut known);
         tokio::select! {
             changed = live.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => cluster.expire_suspended(),
             _ = crate::stopped(&mut shutdown) => break,
         }
     }
@@ -81,13 +82,14 @@ fn apply(
     for node in gone {
         let k = known.remove(&node).expect("listed above");
         let event = if k.leaving { "left" } else { "failed" };
-        let dropped = cluster.drop_node(&node);
         if k.leaving {
+            let dropped = cluster.drop_node(&node);
             Metrics::add(&cluster.metrics.nodes_left, 1);
             tracing::info!(node = %node, generation = k.generation, dropped, "cluster node left");
         } else {
+            let queued = cluster.suspend_node(&node);
             Metrics::add(&cluster.metrics.nodes_failed, 1);
-            tracing::warn!(node = %node, generation = k.generation, dropped, "cluster node failed");
+            tracing::warn!(node = %node, generation = k.generation, queued, "cluster node failed");
         }
         cluster.publish_event(event, &node, k.generation);
     }
@@ -107,6 +109,20 @@ fn apply(
                     tracing::info!(node = %node, "cluster node is leaving");
                 }
                 k.leaving = leaving;
+            }
+            None if cluster.resume_node(&node, id.generation_id, peer_addr) => {
+                Metrics::add(&cluster.metrics.nodes_joined, 1);
+                tracing::info!(node = %node, generation = id.generation_id, "cluster node is back");
+                cluster.publish_event("joined", &node, id.generation_id);
+                known.insert(
+                    node.clone(),
+                    Known {
+                        generation: id.generation_id,
+                        routes_version: None,
+                        leaving,
+                        peer_addr,
+                    },
+                );
             }
             previous => {
                 let rejoined = previous.is_some();

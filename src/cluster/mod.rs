@@ -30,6 +30,9 @@ use link::Link;
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::{Frame, WireMessage};
 
+/// How long a failed node's link and queue are kept in case it comes back.
+const SUSPENDED_GRACE: Duration = Duration::from_secs(30);
+
 /// Counters for operators (see README, Operations).
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
@@ -71,6 +74,9 @@ pub struct Cluster {
     pub local: LocalRoutes,
     pub remote: RemoteRoutes,
     links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
+    /// Links to nodes the failure detector gave up on, kept (queue and all) for
+    /// `SUSPENDED_GRACE` in case the node was only slow: it then resumes where it stopped.
+    suspended: Mutex<HashMap<Arc<str>, (Arc<Link>, std::time::Instant)>>,
     /// Last reliable sequence number processed per (peer, peer generation).
     progress: Mutex<HashMap<(Arc<str>, u64), u64>>,
     group_cursor: AtomicUsize,
@@ -173,7 +179,9 @@ impl Cluster {
                 phi_threshold: config.failure_phi_threshold,
                 sampling_window_size: 1000,
                 max_interval: Duration::from_millis(config.failure_max_interval_ms),
-                initial_interval: interval,
+                // Until it has samples the detector assumes this heartbeat gap; a tight value
+                // makes a freshly joined node look dead at the first hiccup.
+                initial_interval: interval * 10,
                 dead_node_grace_period: Duration::from_secs(config.dead_node_grace_period),
             },
             marked_for_deletion_grace_period: Duration::from_secs(config.dead_node_grace_period),
@@ -199,6 +207,7 @@ impl Cluster {
             local: LocalRoutes::default(),
             remote: RemoteRoutes::default(),
             links: RwLock::new(HashMap::new()),
+            suspended: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
             group_cursor: AtomicUsize::new(0),
             routes_dirty: Notify::new(),
@@ -304,10 +313,57 @@ impl Cluster {
 
     /// Stops the link to a node and forgets its routes; returns how many frames were dropped.
     fn drop_node(&self, node: &Arc<str>) -> usize {
-        let dropped = self.links.write().remove(node).map_or(0, |l| l.close());
+        let active = self.links.write().remove(node);
+        let suspended = self.suspended.lock().remove(node).map(|(l, _)| l);
+        let dropped: usize = active.into_iter().chain(suspended).map(|l| l.close()).sum();
         Metrics::add(&self.metrics.relay_dropped, dropped as u64);
         self.remote.remove_node(node);
         dropped
+    }
+
+    /// A node the failure detector declared failed: no more routing to it, but its link keeps
+    /// its queue (and keeps trying) for a while. Returns how many frames wait in it.
+    fn suspend_node(&self, node: &Arc<str>) -> usize {
+        self.remote.remove_node(node);
+        let Some(link) = self.links.write().remove(node) else {
+            return 0;
+        };
+        let queued = link.depth();
+        self.suspended
+            .lock()
+            .insert(node.clone(), (link, std::time::Instant::now()));
+        queued
+    }
+
+    /// Takes back a suspended link if the node returned as the same run at the same address.
+    fn resume_node(&self, node: &Arc<str>, generation: u64, addr: SocketAddr) -> bool {
+        let mut suspended = self.suspended.lock();
+        match suspended.remove(node) {
+            Some((link, _)) if link.generation == generation && link.addr == addr => {
+                self.links.write().insert(node.clone(), link);
+                true
+            }
+            Some((link, _)) => {
+                let dropped = link.close();
+                Metrics::add(&self.metrics.relay_dropped, dropped as u64);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Closes suspended links older than the grace period, counting what they still held.
+    fn expire_suspended(&self) {
+        let mut suspended = self.suspended.lock();
+        suspended.retain(|node, (link, since)| {
+            if since.elapsed() < SUSPENDED_GRACE {
+                return true;
+            }
+            let dropped = link.close();
+            Metrics::add(&self.metrics.relay_dropped, dropped as u64);
+            tracing::info!(node = %node, dropped, "gave up on failed node; its queued messages are dropped");
+            false
+        });
     }
 
     fn apply_retained(&self, messages: Vec<WireMessage>) {
@@ -459,7 +515,14 @@ async fn gossip_routes(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (version, chunks) = cluster.local.gossip_chunks();
+        // Summarising 100k routes takes a while: off the async workers, so gossip heartbeats
+        // keep flowing meanwhile.
+        let c = cluster.clone();
+        let Ok((version, chunks)) =
+            tokio::task::spawn_blocking(move || c.local.gossip_chunks()).await
+        else {
+            return;
+        };
         let mut cc = chitchat.lock().await;
         let state = cc.self_node_state();
         for (i, chunk) in chunks.iter().enumerate() {

@@ -48,10 +48,13 @@ impl LocalRoutes {
         self.len() == 0
     }
 
-    /// (version, chunks of newline-separated routes) to gossip.
+    /// (version, chunks of newline-separated routes) to gossip. The routes are copied under
+    /// the lock and summarised outside it, so subscribers are not held up meanwhile.
     pub fn gossip_chunks(&self) -> (u64, Vec<String>) {
-        let keys = self.keys.lock();
-        let version = self.version();
+        let (version, keys) = {
+            let keys = self.keys.lock();
+            (self.version(), keys.clone())
+        };
         let summary = summarize(&keys, CHUNK_BYTES * MAX_CHUNKS);
         (version, chunk(&summary, CHUNK_BYTES))
     }
@@ -151,7 +154,7 @@ struct NodeRoutes {
     gossip_version: u64,
     gossip: HashSet<String>,
     /// Pushed changes newer than the gossip seen, in order.
-    pushed: Vec<(u64, String, bool)>,
+    pushed: std::collections::VecDeque<(u64, String, bool)>,
     effective: HashSet<String>,
 }
 
@@ -239,7 +242,8 @@ impl RemoteRoutes {
         index.refresh(node);
     }
 
-    /// A route change pushed over a peer link, ahead of gossip.
+    /// A route change pushed over a peer link, ahead of gossip. Applied on its own (one key),
+    /// so a burst of subscriptions costs linear time, not quadratic.
     pub fn apply_push(&self, node: &Arc<str>, version: u64, key: String, present: bool) {
         let mut index = self.index.write();
         let routes = index.nodes.entry(node.clone()).or_default();
@@ -247,10 +251,21 @@ impl RemoteRoutes {
             return;
         }
         if routes.pushed.len() >= MAX_PUSHED {
-            routes.pushed.remove(0);
+            routes.pushed.pop_front();
         }
-        routes.pushed.push((version, key, present));
-        index.refresh(node);
+        routes.pushed.push_back((version, key.clone(), present));
+        let changed = if present {
+            routes.effective.insert(key.clone())
+        } else {
+            routes.effective.remove(&key)
+        };
+        if changed {
+            if present {
+                index.add(node, &key);
+            } else {
+                index.remove(node, &key);
+            }
+        }
     }
 
     /// Forgets a node (failed or left).

@@ -15,9 +15,8 @@ pub async fn node(id: &str, seeds: &[String], edit: impl FnOnce(&mut vibemq::Con
         c.cluster.gossip_addr = "127.0.0.1:0".parse().unwrap();
         c.cluster.peer_addr = "127.0.0.1:0".parse().unwrap();
         c.cluster.seeds = seeds.to_vec();
-        c.cluster.gossip_interval_ms = 50;
-        c.cluster.failure_phi_threshold = 4.0;
-        c.cluster.failure_max_interval_ms = 1000;
+        c.cluster.gossip_interval_ms = 100;
+        c.cluster.failure_max_interval_ms = 2000;
         edit(c);
     })
     .await

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod process;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;
