@@ -30,6 +30,9 @@ use link::Link;
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::{Frame, WireMessage};
 
+/// A failed node's link and when it was suspended.
+type SuspendedLink = (Arc<Link>, std::time::Instant);
+
 /// How long a failed node's link and queue are kept in case it comes back.
 const SUSPENDED_GRACE: Duration = Duration::from_secs(30);
 
@@ -76,7 +79,7 @@ pub struct Cluster {
     links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
     /// Links to nodes the failure detector gave up on, kept (queue and all) for
     /// `SUSPENDED_GRACE` in case the node was only slow: it then resumes where it stopped.
-    suspended: Mutex<HashMap<Arc<str>, (Arc<Link>, std::time::Instant)>>,
+    suspended: Mutex<HashMap<Arc<str>, SuspendedLink>>,
     /// Last reliable sequence number processed per (peer, peer generation).
     progress: Mutex<HashMap<(Arc<str>, u64), u64>>,
     group_cursor: AtomicUsize,
