@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (mosquitto-clients), then formatting, lints, and every test. Fails loudly; skips nothing.
+# (mosquitto-clients, dnsmasq-base), then formatting, lints, and every test. Fails loudly; skips nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +19,16 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! have mosquitto_pub || ! have mosquitto_sub; then
-    apt_install mosquitto-clients
+# mosquitto-clients: interop tests. dnsmasq-base: the DNS server of the discovery tests
+# (the binary only; it starts no system service).
+missing=()
+{ have mosquitto_pub && have mosquitto_sub; } || missing+=(mosquitto-clients)
+have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
 fi
-for tool in mosquitto_pub mosquitto_sub stdbuf cargo; do
+export PATH="$PATH:/usr/sbin"
+for tool in mosquitto_pub mosquitto_sub dnsmasq stdbuf cargo; do
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
 
