@@ -1,0 +1,301 @@
+//! Three processes of the real `vibemq` binary, started from the shipped config/nodeN.toml
+//! (ports, seeds, secret and a short gossip interval overridden through VIBEMQ_* variables),
+//! driven with mosquitto_pub and mosquitto_sub: cross-node QoS 0/1/2 and wildcards for
+//! MQTT 3.1.1 and 5.0, retained messages on every node, `kill -9` of a node with traffic
+//! still flowing between the others, and the killed node restarted and rejoining.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::process::{free_port, run, spawn};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const LIMIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "dmliZW1xLXByb2Nlc3MtdGVzdC1zZWNyZXQtMzJiISE=";
+
+struct ProcessNode {
+    n: usize,
+    mqtt: u16,
+    gossip: u16,
+    peer: u16,
+    seed: u16,
+    child: Child,
+}
+
+impl ProcessNode {
+    fn spawn(n: usize, mqtt: u16, gossip: u16, peer: u16, seed: u16) -> ProcessNode {
+        let config = format!("{}/config/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
+        let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
+            .args(["--config", &config, "--log-level", "warn"])
+            .env("VIBEMQ_SERVER_BIND", format!("127.0.0.1:{mqtt}"))
+            .env("VIBEMQ_CLUSTER_GOSSIP_ADDR", format!("127.0.0.1:{gossip}"))
+            .env("VIBEMQ_CLUSTER_PEER_ADDR", format!("127.0.0.1:{peer}"))
+            .env(
+                "VIBEMQ_CLUSTER_SEEDS",
+                if n == 1 {
+                    String::new()
+                } else {
+                    format!("127.0.0.1:{seed}")
+                },
+            )
+            .env("VIBEMQ_CLUSTER_SECRET", SECRET)
+            .env("VIBEMQ_CLUSTER_GOSSIP_INTERVAL_MS", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start vibemq");
+        ProcessNode {
+            n,
+            mqtt,
+            gossip,
+            peer,
+            seed,
+            child,
+        }
+    }
+
+    async fn start(n: usize, seed: u16) -> ProcessNode {
+        let node = ProcessNode::spawn(n, free_port(), free_port(), free_port(), seed);
+        node.wait_listening().await;
+        node
+    }
+
+    async fn wait_listening(&self) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.mqtt))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node{} did not start",
+                self.n
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The same node started again (a new run: new generation, same addresses).
+    async fn restart(&mut self) {
+        self.kill9().await;
+        *self = ProcessNode::spawn(self.n, self.mqtt, self.gossip, self.peer, self.seed);
+        self.wait_listening().await;
+    }
+
+    async fn kill9(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reaped");
+    }
+
+    fn port(&self) -> String {
+        self.mqtt.to_string()
+    }
+}
+
+async fn three() -> [ProcessNode; 3] {
+    let n1 = ProcessNode::start(1, 0).await;
+    let n2 = ProcessNode::start(2, n1.gossip).await;
+    let n3 = ProcessNode::start(3, n1.gossip).await;
+    [n1, n2, n3]
+}
+
+/// A live mosquitto_sub printing "topic qos retain payload" lines.
+struct LiveSub {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl LiveSub {
+    fn start(node: &ProcessNode, version: &str, filter: &str, qos: &str) -> LiveSub {
+        let port = node.port();
+        let args = [
+            "-p",
+            port.as_str(),
+            "-V",
+            version,
+            "-t",
+            filter,
+            "-q",
+            qos,
+            "-F",
+            "%t %q %r %p",
+        ];
+        let mut child = spawn("mosquitto_sub", &args);
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        LiveSub { child, lines }
+    }
+
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(LIMIT, self.lines.next_line())
+            .await
+            .expect("a message in time")
+            .unwrap()
+            .expect("open")
+    }
+
+    /// Publishes `probe_topic` on `via` until this subscriber sees it: the route is in place.
+    async fn wait_routed(&mut self, via: &ProcessNode, version: &str, probe_topic: &str) {
+        let probe = async {
+            loop {
+                publish(via, version, &["-t", probe_topic, "-m", "probe"]).await;
+                if let Ok(Ok(Some(line))) =
+                    tokio::time::timeout(Duration::from_millis(300), self.lines.next_line()).await
+                {
+                    assert!(line.starts_with(probe_topic), "unexpected {line}");
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, probe)
+            .await
+            .expect("route in place in time");
+        // Drain probes still in flight.
+        while let Ok(Ok(Some(_))) =
+            tokio::time::timeout(Duration::from_millis(300), self.lines.next_line()).await
+        {}
+    }
+}
+
+impl Drop for LiveSub {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn publish(node: &ProcessNode, version: &str, rest: &[&str]) {
+    let port = node.port();
+    let mut args = vec!["-p", port.as_str(), "-V", version];
+    args.extend_from_slice(rest);
+    run("mosquitto_pub", &args, LIMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_behave_as_one_broker_for_mosquitto_clients() {
+    let [n1, n2, n3] = three().await;
+    for version in ["mqttv311", "mqttv5"] {
+        let mut sub = LiveSub::start(&n1, version, &format!("{version}/+/data/#"), "2");
+        sub.wait_routed(&n2, version, &format!("{version}/probe/data"))
+            .await;
+        publish(
+            &n2,
+            version,
+            &["-t", &format!("{version}/a/data"), "-m", "q0"],
+        )
+        .await;
+        publish(
+            &n2,
+            version,
+            &["-t", &format!("{version}/b/data/x"), "-m", "q1", "-q", "1"],
+        )
+        .await;
+        publish(
+            &n3,
+            version,
+            &["-t", &format!("{version}/c/data"), "-m", "q2", "-q", "2"],
+        )
+        .await;
+        publish(
+            &n3,
+            version,
+            &["-t", &format!("{version}/c/other"), "-m", "no", "-q", "1"],
+        )
+        .await;
+        publish(
+            &n2,
+            version,
+            &["-t", &format!("{version}/d/data"), "-m", "last", "-q", "1"],
+        )
+        .await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(sub.next().await);
+        }
+        got.sort();
+        let want = [
+            format!("{version}/a/data 0 0 q0"),
+            format!("{version}/b/data/x 1 0 q1"),
+            format!("{version}/c/data 2 0 q2"),
+            format!("{version}/d/data 1 0 last"),
+        ];
+        assert_eq!(got, want, "{version}");
+    }
+
+    // Retained on node2: a later subscriber on node1 and on node3 gets it.
+    publish(
+        &n2,
+        "mqttv311",
+        &["-t", "config/site", "-m", "v1", "-r", "-q", "1"],
+    )
+    .await;
+    for node in [&n1, &n3] {
+        let port = node.port();
+        let args = [
+            "-p",
+            port.as_str(),
+            "-t",
+            "config/site",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-F",
+            "%t %r %p",
+        ];
+        let out = run("mosquitto_sub", &args, LIMIT).await;
+        assert_eq!(out.trim(), "config/site 1 v1", "node{}", node.n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_does_not_stop_the_others_and_rejoins_after_restart() {
+    let [n1, n2, mut n3] = three().await;
+    let mut events = LiveSub::start(&n1, "mqttv311", "$SYS/vibemq/cluster/events", "0");
+    let mut sub = LiveSub::start(&n1, "mqttv5", "k/#", "1");
+    sub.wait_routed(&n2, "mqttv5", "k/probe").await;
+
+    n3.kill9().await;
+    // Traffic between node1 and node2 goes on while node3 is being declared failed.
+    for i in 0..30 {
+        publish(
+            &n2,
+            "mqttv5",
+            &["-t", "k/stream", "-m", &i.to_string(), "-q", "1"],
+        )
+        .await;
+        assert_eq!(sub.next().await, format!("k/stream 1 0 {i}"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = async {
+        loop {
+            let line = events.next().await;
+            if line.contains(r#""event":"failed""#) && line.contains(r#""node":"node3""#) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, failed)
+        .await
+        .expect("node1 reports node3 failed");
+
+    n3.restart().await;
+    let joined = async {
+        loop {
+            let line = events.next().await;
+            if line.contains(r#""event":"joined""#) && line.contains(r#""node":"node3""#) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, joined)
+        .await
+        .expect("node1 reports node3 joined again");
+    // The restarted node serves subscribers again, for messages published anywhere.
+    let mut sub3 = LiveSub::start(&n3, "mqttv311", "k/#", "1");
+    sub3.wait_routed(&n1, "mqttv311", "k/probe3").await;
+    publish(&n2, "mqttv311", &["-t", "k/after", "-m", "back", "-q", "1"]).await;
+    assert_eq!(sub3.next().await, "k/after 1 0 back");
+}
