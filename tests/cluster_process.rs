@@ -180,36 +180,28 @@ async fn three_processes_behave_as_one_broker_for_mosquitto_clients() {
         let mut sub = LiveSub::start(&n1, version, &format!("{version}/+/data/#"), "2");
         sub.wait_routed(&n2, version, &format!("{version}/probe/data"))
             .await;
-        publish(
-            &n2,
-            version,
-            &["-t", &format!("{version}/a/data"), "-m", "q0"],
-        )
-        .await;
-        publish(
-            &n2,
-            version,
-            &["-t", &format!("{version}/b/data/x"), "-m", "q1", "-q", "1"],
-        )
-        .await;
-        publish(
-            &n3,
-            version,
-            &["-t", &format!("{version}/c/data"), "-m", "q2", "-q", "2"],
-        )
-        .await;
-        publish(
-            &n3,
-            version,
-            &["-t", &format!("{version}/c/other"), "-m", "no", "-q", "1"],
-        )
-        .await;
-        publish(
-            &n2,
-            version,
-            &["-t", &format!("{version}/d/data"), "-m", "last", "-q", "1"],
-        )
-        .await;
+        // (node, topic under the version, payload, QoS): the c/other one matches no filter.
+        let sends = [
+            (&n2, "a/data", "q0", "0"),
+            (&n2, "b/data/x", "q1", "1"),
+            (&n3, "c/data", "q2", "2"),
+        ];
+        let more = [(&n3, "c/other", "no", "1"), (&n2, "d/data", "last", "1")];
+        for (node, topic, payload, qos) in sends.into_iter().chain(more) {
+            publish(
+                node,
+                version,
+                &[
+                    "-t",
+                    &format!("{version}/{topic}"),
+                    "-m",
+                    payload,
+                    "-q",
+                    qos,
+                ],
+            )
+            .await;
+        }
         let mut got = Vec::new();
         for _ in 0..4 {
             got.push(sub.next().await);

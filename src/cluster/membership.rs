@@ -110,49 +110,44 @@ fn apply(
                 }
                 k.leaving = leaving;
             }
-            None if cluster.resume_node(&node, id.generation_id, peer_addr) => {
-                Metrics::add(&cluster.metrics.nodes_joined, 1);
-                tracing::info!(node = %node, generation = id.generation_id, "cluster node is back");
-                cluster.publish_event("joined", &node, id.generation_id);
-                known.insert(
-                    node.clone(),
-                    Known {
-                        generation: id.generation_id,
-                        routes_version: None,
-                        leaving,
-                        peer_addr,
-                    },
-                );
-            }
             previous => {
-                let rejoined = previous.is_some();
-                if rejoined {
+                let restarted = previous.is_some();
+                // A node thought failed that comes back as the same run keeps its link.
+                let resumed = !restarted && cluster.resume_node(&node, id.generation_id, peer_addr);
+                let (event, what) = if restarted {
                     cluster.drop_node(&node);
                     Metrics::add(&cluster.metrics.nodes_updated, 1);
-                    tracing::info!(node = %node, generation = id.generation_id, %peer_addr, "cluster node restarted or moved");
-                    cluster.publish_event("updated", &node, id.generation_id);
+                    ("updated", "cluster node restarted or moved")
                 } else {
                     Metrics::add(&cluster.metrics.nodes_joined, 1);
-                    tracing::info!(node = %node, generation = id.generation_id, %peer_addr, "cluster node joined");
-                    cluster.publish_event("joined", &node, id.generation_id);
-                }
-                let l = Link::new(
-                    node.clone(),
-                    id.generation_id,
-                    peer_addr,
-                    cluster.config.relay_queue_size,
-                );
-                cluster.links.write().insert(node.clone(), l.clone());
-                tokio::spawn(link::run(l, cluster.clone()));
-                known.insert(
-                    node.clone(),
-                    Known {
-                        generation: id.generation_id,
-                        routes_version: None,
-                        leaving,
+                    (
+                        "joined",
+                        if resumed {
+                            "cluster node is back"
+                        } else {
+                            "cluster node joined"
+                        },
+                    )
+                };
+                tracing::info!(node = %node, generation = id.generation_id, %peer_addr, "{what}");
+                cluster.publish_event(event, &node, id.generation_id);
+                if !resumed {
+                    let l = Link::new(
+                        node.clone(),
+                        id.generation_id,
                         peer_addr,
-                    },
-                );
+                        cluster.config.relay_queue_size,
+                    );
+                    cluster.links.write().insert(node.clone(), l.clone());
+                    tokio::spawn(link::run(l, cluster.clone()));
+                }
+                let k = Known {
+                    generation: id.generation_id,
+                    routes_version: None,
+                    leaving,
+                    peer_addr,
+                };
+                known.insert(node.clone(), k);
             }
         }
         let k = known.get_mut(&node).expect("inserted above");
