@@ -9,6 +9,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = vibemq::Config::default_config();
     config.server.bind = "127.0.0.1:0".parse()?;
+    config.http.enabled = false;
     let node = vibemq::Node::start(config).await?;
     let addr = node.mqtt_addr();
     println!("broker listening on {addr}");

@@ -17,6 +17,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub mqtt: MqttConfig,
+    pub http: HttpConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
@@ -27,6 +28,14 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub connect_timeout: u64,
     pub max_connections: usize,
+    pub shutdown_timeout: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +48,7 @@ pub struct MqttConfig {
     pub queue_qos0_offline: bool,
     pub max_topic_alias: u16,
     pub max_session_expiry: u32,
+    pub sys_interval: u64,
     pub allow_zero_length_clientid: bool,
 }
 
@@ -113,6 +123,7 @@ impl ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
+    pub format: String,
 }
 
 /// A configuration problem, phrased as one line naming the key.
@@ -212,6 +223,12 @@ impl Config {
             return Err(err("server.max_connections: must be at least 1 (got 0)"));
         }
         self.validate_cluster()?;
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(err(format!(
+                "log.format: must be \"text\" or \"json\" (got {:?})",
+                self.log.format
+            )));
+        }
         let plain_level =
             ["error", "warn", "info", "debug", "trace", "off"].contains(&self.log.level.as_str());
         let directive = self.log.level.contains(['=', ',']);

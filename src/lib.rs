@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod mqtt;
+pub mod ops;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -30,19 +31,31 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 pub struct Node {
     broker: Arc<Broker>,
     cluster: Option<Arc<cluster::Cluster>>,
+    ops: Arc<ops::OpsState>,
     mqtt_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
 }
 
 impl Node {
-    /// Binds the listeners and starts serving. Port 0 in `server.bind` picks a free port;
-    /// `mqtt_addr` tells which.
+    /// Binds the listeners and starts serving. Port 0 in `server.bind` (or `http.bind`) picks
+    /// a free port; `mqtt_addr` (and `http_addr`) tell which.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         let listener = TcpListener::bind(config.server.bind)
             .await
             .map_err(|e| anyhow::anyhow!("server.bind {}: {e}", config.server.bind))?;
         let mqtt_addr = listener.local_addr()?;
+        let http = match config.http.enabled {
+            true => Some(
+                TcpListener::bind(config.http.bind)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("http.bind {}: {e}", config.http.bind))?,
+            ),
+            false => None,
+        };
+        let http_addr = http.as_ref().map(TcpListener::local_addr).transpose()?;
+        let sys_interval = config.mqtt.sys_interval;
         let cluster_config = config.cluster.enabled.then(|| config.cluster.clone());
         let node_id = cluster_config
             .as_ref()
@@ -53,12 +66,30 @@ impl Node {
             None => None,
         };
         let (shutdown, rx) = watch::channel(false);
+        let ops = Arc::new(ops::OpsState {
+            broker: broker.clone(),
+            cluster: cluster.clone(),
+            mqtt_up: std::sync::atomic::AtomicBool::new(true),
+            started: std::time::Instant::now(),
+        });
+        if let Some(http) = http {
+            tokio::spawn(ops::http::serve(http, ops.clone(), rx.clone()));
+        }
+        if sys_interval > 0 {
+            tokio::spawn(ops::sys::run(
+                ops.clone(),
+                Duration::from_secs(sys_interval),
+                rx.clone(),
+            ));
+        }
         let listener = tokio::spawn(mqtt::serve(listener, broker.clone(), rx));
-        tracing::info!(%mqtt_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");
+        tracing::info!(%mqtt_addr, ?http_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");
         Ok(Node {
             broker,
             cluster,
+            ops,
             mqtt_addr,
+            http_addr,
             shutdown,
             listener,
         })
@@ -73,13 +104,24 @@ impl Node {
         self.mqtt_addr
     }
 
+    /// The HTTP endpoint's address, when it is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
 
-    /// Stops accepting, tells connected clients the server is shutting down (v5 DISCONNECT
-    /// 0x8B), and waits up to `deadline` for their connections to close.
+    /// Stops gracefully within `deadline`: readiness turns false, the listener stops
+    /// accepting, connected clients are told the server is shutting down (v5 DISCONNECT 0x8B;
+    /// wills are published as for any connection the server ends), then the node announces
+    /// that it is leaving the cluster and flushes its relay queues.
     pub async fn shutdown(self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        self.ops
+            .mqtt_up
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.shutdown.send_replace(true);
         let _ = self.listener.await;
         let current = &self.broker.metrics.connections_current;
@@ -88,11 +130,11 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        if tokio::time::timeout(deadline, closed).await.is_err() {
-            tracing::warn!("shutdown deadline passed with connections still open");
+        if tokio::time::timeout_at(until, closed).await.is_err() {
+            tracing::warn!("shutdown deadline passed with client connections still open");
         }
         if let Some(cluster) = &self.cluster {
-            cluster.leave().await;
+            cluster.leave(until).await;
         }
     }
 }

@@ -39,6 +39,18 @@ struct Cli {
     /// Most client connections (server.max_connections).
     #[arg(long)]
     max_connections: Option<String>,
+    /// HTTP endpoint address (http.bind).
+    #[arg(long)]
+    http_bind: Option<String>,
+    /// Log format: text or json (log.format).
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Cluster node id (cluster.node_id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Cluster seeds, comma-separated host:port (cluster.seeds).
+    #[arg(long)]
+    seeds: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -118,12 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,6 +141,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let shutdown_timeout = config.server.shutdown_timeout;
     runtime.block_on(async {
         let node = match vibemq::Node::start(config).await {
             Ok(n) => n,
@@ -143,10 +151,26 @@ fn main() -> ExitCode {
             }
         };
         wait_for_signal().await;
-        tracing::info!("shutting down");
-        node.shutdown(Duration::from_secs(10)).await;
+        tracing::info!(deadline_secs = shutdown_timeout, "shutting down");
+        node.shutdown(Duration::from_secs(shutdown_timeout)).await;
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+fn init_logging(log: &vibemq::config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::new(&log.level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 async fn wait_for_signal() {

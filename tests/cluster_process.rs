@@ -31,6 +31,7 @@ impl ProcessNode {
         let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
             .args(["--config", &config, "--log-level", "warn"])
             .env("VIBEMQ_SERVER_BIND", format!("127.0.0.1:{mqtt}"))
+            .env("VIBEMQ_HTTP_BIND", "127.0.0.1:0")
             .env("VIBEMQ_CLUSTER_GOSSIP_ADDR", format!("127.0.0.1:{gossip}"))
             .env("VIBEMQ_CLUSTER_PEER_ADDR", format!("127.0.0.1:{peer}"))
             .env(

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub connections_current: AtomicU64,
     pub connections_total: AtomicU64,
-    pub messages_received: AtomicU64,
+    /// Messages published by clients of this node, by QoS.
+    pub messages_received: [AtomicU64; 3],
     /// Messages relayed to this node by other nodes.
     pub messages_from_peers: AtomicU64,
-    pub messages_sent: AtomicU64,
+    /// PUBLISH packets sent to clients, by QoS.
+    pub messages_sent: [AtomicU64; 3],
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Deliveries dropped because the session queue was full.
@@ -31,5 +33,9 @@ impl Metrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub fn sum(counters: &[AtomicU64]) -> u64 {
+        counters.iter().map(Metrics::get).sum()
     }
 }

@@ -95,7 +95,7 @@ impl Broker {
     /// flagged, routes it here and hands it to the cluster. Returns the number of local
     /// sessions it was queued for.
     pub fn publish(&self, message: Arc<Message>) -> usize {
-        Metrics::add(&self.metrics.messages_received, 1);
+        Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
         if message.retain {
             self.retained.set(message.clone());
         }

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use super::{Delivery, Metrics};
-use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::codec::{Protocol, QoS, SubscriptionOptions, Will};
 
 /// Where an outbound QoS 1/2 message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,10 @@ pub struct PendingWill {
 #[derive(Debug)]
 pub struct ConnectionControl {
     pub id: u64,
+    /// What the admin API shows of the connection.
+    pub protocol: Protocol,
+    pub peer: Option<std::net::SocketAddr>,
+    pub connected_at_ms: u64,
     kick_reason: AtomicU8,
     kicked: Notify,
     closed_tx: watch::Sender<bool>,
@@ -57,8 +61,19 @@ pub struct ConnectionControl {
 
 impl ConnectionControl {
     pub fn new(id: u64) -> Arc<ConnectionControl> {
+        ConnectionControl::for_client(id, Protocol::V311, None)
+    }
+
+    pub fn for_client(
+        id: u64,
+        protocol: Protocol,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Arc<ConnectionControl> {
         Arc::new(ConnectionControl {
             id,
+            protocol,
+            peer,
+            connected_at_ms: super::now_ms(),
             kick_reason: AtomicU8::new(0),
             kicked: Notify::new(),
             closed_tx: watch::channel(false).0,

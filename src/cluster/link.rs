@@ -44,6 +44,7 @@ pub struct Link {
     pub node_id: Arc<str>,
     pub generation: u64,
     pub addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
     queue: Mutex<LinkQueue>,
     wake: Notify,
     connected: AtomicBool,
@@ -52,11 +53,18 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(node_id: Arc<str>, generation: u64, addr: SocketAddr, capacity: usize) -> Arc<Link> {
+    pub fn new(
+        node_id: Arc<str>,
+        generation: u64,
+        addr: SocketAddr,
+        gossip_addr: SocketAddr,
+        capacity: usize,
+    ) -> Arc<Link> {
         Arc::new(Link {
             node_id,
             generation,
             addr,
+            gossip_addr,
             queue: Mutex::new(LinkQueue {
                 next_seq: 1,
                 ..LinkQueue::default()
@@ -340,7 +348,8 @@ mod tests {
     use super::*;
 
     fn link(capacity: usize) -> Arc<Link> {
-        Link::new("peer".into(), 1, "127.0.0.1:1".parse().unwrap(), capacity)
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Link::new("peer".into(), 1, addr, addr, capacity)
     }
 
     fn seqs(link: &Link) -> (Vec<u64>, Vec<u64>) {

@@ -94,6 +94,9 @@ fn apply(
         cluster.publish_event(event, &node, k.generation);
     }
 
+    cluster
+        .members
+        .store(newest.len(), std::sync::atomic::Ordering::Relaxed);
     for (node_id, (id, state)) in newest {
         let Some(peer_addr) = state
             .get(KEY_PEER_ADDR)
@@ -136,6 +139,7 @@ fn apply(
                         node.clone(),
                         id.generation_id,
                         peer_addr,
+                        id.gossip_advertise_addr,
                         cluster.config.relay_queue_size,
                     );
                     cluster.links.write().insert(node.clone(), l.clone());
@@ -168,4 +172,11 @@ fn apply(
             k.routes_version = Some(v);
         }
     }
+    let pending = known
+        .values()
+        .filter(|k| k.routes_version.is_none())
+        .count();
+    cluster
+        .routes_pending
+        .store(pending, std::sync::atomic::Ordering::Relaxed);
 }

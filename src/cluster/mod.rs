@@ -53,15 +53,41 @@ pub struct ClusterMetrics {
 }
 
 /// One peer as seen from this node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerInfo {
     pub node_id: Arc<str>,
+    /// The run of the node: milliseconds since the epoch when it started.
     pub generation: u64,
+    pub gossip_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// "connected", "connecting" (link not up yet, or reconnecting) or "suspended" (declared
+    /// failed, queue kept for a while in case it comes back).
+    pub status: &'static str,
     /// The link is up and authenticated.
     pub connected: bool,
     /// Frames waiting to be sent or acknowledged.
     pub queued: usize,
+}
+
+impl PeerInfo {
+    fn of(link: &Link, suspended: bool) -> PeerInfo {
+        let connected = link.is_connected();
+        PeerInfo {
+            node_id: link.node_id.clone(),
+            generation: link.generation,
+            gossip_addr: link.gossip_addr,
+            peer_addr: link.addr,
+            status: if suspended {
+                "suspended"
+            } else if connected {
+                "connected"
+            } else {
+                "connecting"
+            },
+            connected: connected && !suspended,
+            queued: link.depth(),
+        }
+    }
 }
 
 pub struct Cluster {
@@ -84,6 +110,9 @@ pub struct Cluster {
     progress: Mutex<HashMap<(Arc<str>, u64), u64>>,
     group_cursor: AtomicUsize,
     routes_dirty: Notify,
+    /// Other nodes chitchat sees as live.
+    members: AtomicUsize,
+    routes_pending: AtomicUsize,
     pub metrics: ClusterMetrics,
     chitchat: Mutex<Option<ChitchatHandle>>,
     shutdown: watch::Sender<bool>,
@@ -214,6 +243,8 @@ impl Cluster {
             progress: Mutex::new(HashMap::new()),
             group_cursor: AtomicUsize::new(0),
             routes_dirty: Notify::new(),
+            members: AtomicUsize::new(0),
+            routes_pending: AtomicUsize::new(0),
             metrics: ClusterMetrics::default(),
             chitchat: Mutex::new(None),
             shutdown: watch::channel(false).0,
@@ -261,26 +292,37 @@ impl Cluster {
         self.broker.upgrade()
     }
 
-    /// The nodes this node links to.
+    /// The nodes this node links to, suspended ones included.
     pub fn peers(&self) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self
             .links
             .read()
             .values()
-            .map(|l| PeerInfo {
-                node_id: l.node_id.clone(),
-                generation: l.generation,
-                peer_addr: l.addr,
-                connected: l.is_connected(),
-                queued: l.depth(),
-            })
+            .map(|l| PeerInfo::of(l, false))
             .collect();
+        out.extend(
+            self.suspended
+                .lock()
+                .values()
+                .map(|(l, _)| PeerInfo::of(l, true)),
+        );
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         out
     }
 
-    /// Announces that this node is leaving, gives gossip time to spread it, and stops.
-    pub async fn leave(&self) {
+    /// Other nodes chitchat sees as live.
+    pub fn live_members(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    /// Live nodes whose routes have not reached this node yet.
+    pub fn routes_pending(&self) -> usize {
+        self.routes_pending.load(Ordering::Relaxed)
+    }
+
+    /// Announces that this node is leaving, gives gossip time to spread it, sends what the
+    /// relay queues still hold (until `until`), and stops.
+    pub async fn leave(&self, until: tokio::time::Instant) {
         let chitchat = self.chitchat.lock().as_ref().map(ChitchatHandle::chitchat);
         if let Some(cc) = chitchat {
             cc.lock()
@@ -288,9 +330,32 @@ impl Cluster {
                 .self_node_state()
                 .set(membership::KEY_STATUS, membership::STATUS_LEAVING);
         }
-        tokio::time::sleep(Duration::from_millis(self.config.gossip_interval_ms * 3)).await;
+        let flushed = async {
+            loop {
+                let pending: usize = self
+                    .links
+                    .read()
+                    .values()
+                    .filter(|l| l.is_connected())
+                    .map(|l| l.depth())
+                    .sum();
+                if pending == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout_at(until, flushed).await.is_err() {
+            tracing::warn!("shutdown deadline passed with relay queues not empty");
+        }
+        // Gossip rounds for the "leaving" status to reach the others, within the deadline.
+        let spread = Duration::from_millis(self.config.gossip_interval_ms * 3);
+        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + spread)).await;
         self.shutdown.send_replace(true);
         for link in self.links.write().drain().map(|(_, l)| l) {
+            link.close();
+        }
+        for (_, (link, _)) in self.suspended.lock().drain() {
             link.close();
         }
         let handle = self.chitchat.lock().take();
@@ -382,10 +447,12 @@ impl Cluster {
         let Some(broker) = self.broker() else {
             return Vec::new();
         };
+        // Each node's $SYS figures are its own: never replicated.
         let all: Vec<WireMessage> = broker
             .retained
             .snapshot()
             .iter()
+            .filter(|m| !m.topic.starts_with("$SYS/"))
             .filter_map(|m| WireMessage::from_message(m, &self.node_id))
             .collect();
         let mut frames: Vec<Frame> = all

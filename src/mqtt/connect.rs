@@ -222,7 +222,8 @@ async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connec
         ack_props.shared_subscription_available = Some(1);
     }
 
-    let control = ConnectionControl::new(broker.next_connection_id());
+    let control =
+        ConnectionControl::for_client(broker.next_connection_id(), c.protocol, Some(peer));
     let attached = broker.attach(&client_id, c.clean_start, &control).await;
     tracing::debug!(%peer, client_id = %client_id, protocol = c.protocol.name(), session_present = attached.session_present, "client connected");
 

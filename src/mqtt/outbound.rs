@@ -14,7 +14,7 @@ impl Connection {
     pub(super) fn fill_output(&mut self) -> Result<(), Close> {
         let session = self.session.clone();
         let now = Instant::now();
-        let mut sent = 0u64;
+        let mut sent = [0u64; 3];
         let mut st = session.state.lock();
         while self.wbuf.len() < OUT_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
@@ -27,7 +27,7 @@ impl Connection {
                 continue;
             };
             if delivery.qos == QoS::AtMostOnce {
-                sent += u64::from(self.write_publish(&delivery, 0, false, expiry));
+                sent[0] += u64::from(self.write_publish(&delivery, 0, false, expiry));
                 continue;
             }
             let packet_id = st.allocate_packet_id();
@@ -39,15 +39,17 @@ impl Connection {
             } else {
                 InflightState::AwaitPubRec
             };
+            sent[delivery.qos as usize] += 1;
             st.inflight.push_back(Inflight {
                 packet_id,
                 state,
                 delivery,
             });
-            sent += 1;
         }
         drop(st);
-        Metrics::add(&self.broker.metrics.messages_sent, sent);
+        for (counter, n) in self.broker.metrics.messages_sent.iter().zip(sent) {
+            Metrics::add(counter, n);
+        }
         Ok(())
     }
 

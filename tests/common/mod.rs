@@ -26,6 +26,9 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub async fn start(edit: impl FnOnce(&mut Config)) -> vibemq::Node {
     let mut config = Config::default_config();
     config.server.bind = "127.0.0.1:0".parse().unwrap();
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    // $SYS figures are retained messages: off unless a test is about them.
+    config.mqtt.sys_interval = 0;
     edit(&mut config);
     vibemq::Node::start(config).await.expect("node starts")
 }

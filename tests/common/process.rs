@@ -26,7 +26,14 @@ impl BrokerProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
-            .args(["--bind", &addr.to_string(), "--log-level", "warn"])
+            .args([
+                "--bind",
+                &addr.to_string(),
+                "--http-bind",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
             .args(extra_args)
             .kill_on_drop(true)
             .stdout(Stdio::null())

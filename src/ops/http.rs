@@ -1,0 +1,152 @@
+//! The HTTP endpoint (axum): `/health` (alive), `/ready` (serving, and joined when seeds are
+//! configured), `/metrics` (Prometheus), `/api/v1/cluster` and `/api/v1/clients` (paged).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{OpsState, metrics};
+
+struct AppState {
+    ops: Arc<OpsState>,
+    registry: Registry,
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, ops: Arc<OpsState>, mut shutdown: watch::Receiver<bool>) {
+    let registry = metrics::registry(ops.clone());
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(prometheus))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/clients", get(clients))
+        .with_state(Arc::new(AppState { ops, registry }));
+    let stop = async move { crate::stopped(&mut shutdown).await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::warn!(error = %e, "HTTP endpoint stopped");
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(app): State<Arc<AppState>>) -> Response {
+    let ops = &app.ops;
+    let peers = ops
+        .cluster
+        .as_ref()
+        .map(|c| c.peers().iter().filter(|p| p.connected).count());
+    let mut body = json!({
+        "node_id": &*ops.broker.node_id,
+        "peers_connected": peers,
+        "clients": crate::broker::Metrics::get(&ops.broker.metrics.connections_current),
+    });
+    match ops.not_ready_reason() {
+        None => {
+            body["status"] = json!("ready");
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Some(reason) => {
+            body["status"] = json!("not ready");
+            body["reason"] = json!(reason);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn prometheus(State(app): State<Arc<AppState>>) -> Response {
+    let text = metrics::render(&app.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn cluster(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let ops = &app.ops;
+    let now = crate::broker::now_ms();
+    let Some(c) = &ops.cluster else {
+        return Json(json!({ "enabled": false, "members": [] }));
+    };
+    let mut members = vec![json!({
+        "node_id": &*c.node_id,
+        "self": true,
+        "gossip_addr": c.gossip_addr,
+        "peer_addr": c.peer_addr,
+        "status": "self",
+        "generation": c.generation,
+        "uptime_secs": now.saturating_sub(c.generation) / 1000,
+    })];
+    for p in c.peers() {
+        members.push(json!({
+            "node_id": &*p.node_id,
+            "self": false,
+            "gossip_addr": p.gossip_addr,
+            "peer_addr": p.peer_addr,
+            "status": p.status,
+            "generation": p.generation,
+            "uptime_secs": now.saturating_sub(p.generation) / 1000,
+            "link": if p.connected { "up" } else { "down" },
+            "queued": p.queued,
+        }));
+    }
+    Json(json!({ "enabled": true, "cluster": c.name, "node_id": &*c.node_id, "members": members }))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+async fn clients(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<Page>,
+) -> Json<serde_json::Value> {
+    let per_page = q.per_page.unwrap_or(100).clamp(1, 1000);
+    let page = q.page.unwrap_or(1).max(1);
+    let broker = &app.ops.broker;
+    let mut ids: Vec<Arc<str>> = broker.sessions.iter().map(|e| e.key().clone()).collect();
+    ids.sort();
+    let total = ids.len();
+    let rows: Vec<serde_json::Value> = ids
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .filter_map(|id| broker.sessions.get(id).map(|s| s.clone()))
+        .map(|s| {
+            let st = s.state.lock();
+            let conn = st.connection.as_ref();
+            json!({
+                "client_id": &*s.client_id,
+                "node": &*broker.node_id,
+                "connected": conn.is_some(),
+                "protocol": conn.map(|c| c.protocol.name()),
+                "peer": conn.and_then(|c| c.peer),
+                "connected_at_ms": conn.map(|c| c.connected_at_ms),
+                "subscriptions": st.subscriptions.len(),
+                "queued": st.queue.len(),
+                "inflight": st.inflight.len(),
+            })
+        })
+        .collect();
+    Json(json!({ "total": total, "page": page, "per_page": per_page, "clients": rows }))
+}

@@ -1,0 +1,287 @@
+//! Prometheus metrics in text format (prometheus-client): a collector that reads the broker's
+//! and the cluster's counters at scrape time, so the publish path keeps its plain atomics.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::OpsState;
+use crate::broker::Metrics;
+
+#[derive(Debug)]
+struct StateCollector(Arc<OpsStateRef>);
+
+/// `OpsState` is not `Debug`; the collector needs to be.
+struct OpsStateRef(Arc<OpsState>);
+
+impl std::fmt::Debug for OpsStateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpsState")
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+fn labelled(
+    e: &mut DescriptorEncoder,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(String, u64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (l, v) in values {
+        let labels = vec![(label.to_string(), l.clone())];
+        let mut f = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => f.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+            _ => f.encode_gauge(&(*v as i64))?,
+        }
+    }
+    Ok(())
+}
+
+fn by_qos(counters: &[std::sync::atomic::AtomicU64; 3]) -> Vec<(String, u64)> {
+    counters
+        .iter()
+        .enumerate()
+        .map(|(q, c)| (q.to_string(), Metrics::get(c)))
+        .collect()
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = &self.0.0;
+        let b = &state.broker;
+        let m = &b.metrics;
+        gauge(
+            &mut e,
+            "vibemq_uptime_seconds",
+            "Seconds since the node started",
+            state.uptime_secs() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_connections",
+            "Client connections open now",
+            Metrics::get(&m.connections_current) as i64,
+        )?;
+        counter(
+            &mut e,
+            "vibemq_connections",
+            "Client connections accepted",
+            Metrics::get(&m.connections_total),
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_sessions",
+            "Sessions held (connected and offline persistent)",
+            b.sessions.len() as i64,
+        )?;
+        let qos = MetricType::Counter;
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_messages_received",
+            "Messages published by this node's clients",
+            "qos",
+            &by_qos(&m.messages_received),
+        )?;
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_messages_sent",
+            "PUBLISH packets sent to clients",
+            "qos",
+            &by_qos(&m.messages_sent),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_bytes_received",
+            "Bytes read from clients",
+            Metrics::get(&m.bytes_received),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_bytes_sent",
+            "Bytes written to clients",
+            Metrics::get(&m.bytes_sent),
+        )?;
+        let dropped = [
+            ("queue_full", Metrics::get(&m.dropped_queue_full)),
+            ("qos0_offline", Metrics::get(&m.dropped_qos0_offline)),
+            ("expired", Metrics::get(&m.dropped_expired)),
+            ("too_large", Metrics::get(&m.dropped_too_large)),
+        ]
+        .map(|(r, v)| (r.to_string(), v));
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_messages_dropped",
+            "Deliveries dropped, by reason",
+            "reason",
+            &dropped,
+        )?;
+        counter(
+            &mut e,
+            "vibemq_protocol_errors",
+            "Connections closed for bad input",
+            Metrics::get(&m.protocol_errors),
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_subscription_filters",
+            "Distinct subscription filters",
+            b.router.filter_count() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_retained_messages",
+            "Retained messages stored",
+            b.retained.len() as i64,
+        )?;
+        let Some(c) = &state.cluster else {
+            return Ok(());
+        };
+        let cm = &c.metrics;
+        counter(
+            &mut e,
+            "vibemq_cluster_messages_from_peers",
+            "Messages relayed to this node",
+            Metrics::get(&m.messages_from_peers),
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_cluster_members",
+            "Other nodes gossip sees as live",
+            c.live_members() as i64,
+        )?;
+        let peers = c.peers();
+        gauge(
+            &mut e,
+            "vibemq_cluster_links_up",
+            "Peer links up",
+            peers.iter().filter(|p| p.connected).count() as i64,
+        )?;
+        let up: Vec<(String, u64)> = peers
+            .iter()
+            .map(|p| (p.node_id.to_string(), u64::from(p.connected)))
+            .collect();
+        labelled(
+            &mut e,
+            MetricType::Gauge,
+            "vibemq_cluster_link_up",
+            "1 when the link to a peer is up",
+            "peer",
+            &up,
+        )?;
+        let depth: Vec<(String, u64)> = peers
+            .iter()
+            .map(|p| (p.node_id.to_string(), p.queued as u64))
+            .collect();
+        labelled(
+            &mut e,
+            MetricType::Gauge,
+            "vibemq_cluster_relay_queue",
+            "Frames queued for a peer",
+            "peer",
+            &depth,
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_frames_forwarded",
+            "Frames written to peers",
+            Metrics::get(&cm.frames_forwarded),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_frames_received",
+            "Publish frames received from peers",
+            Metrics::get(&cm.frames_received),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_relay_dropped",
+            "Frames dropped (queue full, no link, failed node)",
+            Metrics::get(&cm.relay_dropped),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_link_reconnects",
+            "Peer link reconnects",
+            Metrics::get(&cm.link_reconnects),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_auth_failures",
+            "Peer links refused for authentication",
+            Metrics::get(&cm.auth_failures),
+        )?;
+        let events = [
+            ("joined", Metrics::get(&cm.nodes_joined)),
+            ("left", Metrics::get(&cm.nodes_left)),
+            ("failed", Metrics::get(&cm.nodes_failed)),
+            ("updated", Metrics::get(&cm.nodes_updated)),
+        ]
+        .map(|(r, v)| (r.to_string(), v));
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_cluster_node_events",
+            "Membership events seen",
+            "event",
+            &events,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_cluster_local_routes",
+            "Filters this node advertises",
+            c.local.len() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_cluster_remote_routes",
+            "Routes known for other nodes",
+            c.remote.len() as i64,
+        )?;
+        // Converged: every live member is linked and has told us its routes.
+        let converged = c.live_members() == peers.iter().filter(|p| p.connected).count()
+            && c.routes_pending() == 0;
+        gauge(
+            &mut e,
+            "vibemq_cluster_gossip_converged",
+            "1 when every live member is linked and its routes are known",
+            i64::from(converged),
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry the `/metrics` endpoint encodes.
+pub fn registry(state: Arc<OpsState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StateCollector(Arc::new(OpsStateRef(state)))));
+    registry
+}
+
+/// The metrics in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        let _ = writeln!(out, "# metrics could not be encoded");
+    }
+    out
+}
