@@ -69,6 +69,7 @@ impl Cli {
         let flags = [
             ("server.bind", &self.bind, "--bind"),
             ("log.level", &self.log_level, "--log-level"),
+            ("log.format", &self.log_format, "--log-format"),
             (
                 "mqtt.max_packet_size",
                 &self.max_packet_size,
@@ -86,6 +87,9 @@ impl Cli {
                 &self.max_connections,
                 "--max-connections",
             ),
+            ("http.bind", &self.http_bind, "--http-bind"),
+            ("cluster.node_id", &self.node_id, "--node-id"),
+            ("cluster.seeds", &self.seeds, "--seeds"),
         ];
         flags
             .into_iter()

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod dns;
+pub mod http;
 pub mod process;
 pub mod proxy;
 

@@ -1,0 +1,34 @@
+//! A minimal HTTP/1.1 GET over a real socket, enough for the ops endpoints (which always send
+//! a Content-Length or close the connection).
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// (status code, body) of `GET path`.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to the HTTP endpoint");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        String::from_utf8(raw).expect("utf-8 response")
+    };
+    let text = tokio::time::timeout(super::WAIT, fetch)
+        .await
+        .expect("HTTP answer in time");
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, body.to_string())
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}

@@ -1,0 +1,215 @@
+//! Operations as an operator meets them: the HTTP endpoints (health, readiness with its
+//! reasons, Prometheus metrics, cluster and clients API), `$SYS` figures, a graceful stop
+//! that hands wills on and flushes the relay, and JSON logs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{gossip_addr, node, three};
+use common::http::{get, json};
+use common::*;
+use vibemq::codec::{Packet, Protocol, QoS, Will};
+
+#[tokio::test]
+async fn health_ready_metrics_and_clients() {
+    let node = start(|_| {}).await;
+    let http = node.http_addr().expect("HTTP enabled by default");
+    assert_eq!(get(http, "/health").await.0, 200);
+    let (status, body) = get(http, "/ready").await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["status"], "ready");
+
+    let mut a = RawClient::connect(node.mqtt_addr(), Protocol::V5, "alpha", true).await;
+    a.subscribe("m/#", QoS::AtLeastOnce).await;
+    let _b = RawClient::connect(node.mqtt_addr(), Protocol::V311, "bravo", true).await;
+    a.publish("m/x", b"1", QoS::AtLeastOnce, false, 1).await;
+    let _ = a.recv().await;
+    let _ = a.recv().await;
+
+    let (status, text) = get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "vibemq_connections 2",
+        "vibemq_messages_received_total{qos=\"1\"} 1",
+        "vibemq_messages_sent_total{qos=\"1\"} 1",
+        "vibemq_subscription_filters 1",
+        "vibemq_messages_dropped_total{reason=\"queue_full\"} 0",
+        "# TYPE vibemq_retained_messages gauge",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+
+    let (_, body) = get(http, "/api/v1/clients?per_page=1&page=2").await;
+    let v = json(&body);
+    assert_eq!(v["total"], 2);
+    assert_eq!(v["clients"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["clients"][0]["client_id"], "bravo",
+        "sorted by client id, second page"
+    );
+    assert_eq!(v["clients"][0]["protocol"], "3.1.1");
+    let (_, body) = get(http, "/api/v1/clients").await;
+    let v = json(&body);
+    assert_eq!(v["clients"][0]["client_id"], "alpha");
+    assert_eq!(v["clients"][0]["subscriptions"], 1);
+    assert_eq!(v["clients"][0]["protocol"], "5.0");
+    let (_, body) = get(http, "/api/v1/cluster").await;
+    assert_eq!(json(&body)["enabled"], false);
+}
+
+#[tokio::test]
+async fn not_ready_until_a_seeded_node_has_joined() {
+    // A seed nobody answers at: the node serves MQTT but is not ready.
+    let lonely = node("lonely", &["127.0.0.1:9".to_string()], |_| {}).await;
+    let (status, body) = get(lonely.http_addr().unwrap(), "/ready").await;
+    assert_eq!(status, 503);
+    let v = json(&body);
+    assert_eq!(v["status"], "not ready");
+    assert!(v["reason"].as_str().unwrap().contains("no peer linked"));
+    assert_eq!(v["node_id"], "lonely");
+    // Joining through a real seed makes it ready.
+    let first = node("first", &[], |_| {}).await;
+    let second = node("second", &[gossip_addr(&first)], |_| {}).await;
+    let http = second.http_addr().unwrap();
+    let ready = async {
+        while get(http, "/ready").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, ready)
+        .await
+        .expect("ready once joined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_api_and_metrics_show_members_and_links() {
+    let [n1, _n2, _n3] = three().await;
+    let http = n1.http_addr().unwrap();
+    let v = json(&get(http, "/api/v1/cluster").await.1);
+    let members = v["members"].as_array().unwrap();
+    let ids: Vec<&str> = members
+        .iter()
+        .map(|m| m["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["node1", "node2", "node3"]);
+    for m in &members[1..] {
+        assert_eq!(m["status"], "connected");
+        assert_eq!(m["link"], "up");
+        assert!(m["generation"].as_u64().unwrap() > 0);
+        assert!(m["peer_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    }
+    let text = get(http, "/metrics").await.1;
+    for needle in [
+        "vibemq_cluster_members 2",
+        "vibemq_cluster_links_up 2",
+        "vibemq_cluster_link_up{peer=\"node2\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn sys_topics_carry_the_figures_mosquitto_users_know() {
+    let node = start(|c| c.mqtt.sys_interval = 1).await;
+    let mut s = RawClient::connect(node.mqtt_addr(), Protocol::V311, "watcher", true).await;
+    s.subscribe("$SYS/broker/#", QoS::AtMostOnce).await;
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 11 {
+        let m = s.recv_publish().await;
+        assert!(m.retain, "the first copy of each figure is retained");
+        seen.insert(
+            m.topic.clone(),
+            String::from_utf8(m.payload.to_vec()).unwrap(),
+        );
+    }
+    assert_eq!(
+        seen["$SYS/broker/version"],
+        format!("vibemq {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    // The next round counts the watcher itself.
+    let clients = loop {
+        let m = s.recv_publish().await;
+        if m.topic == "$SYS/broker/clients/connected" {
+            break String::from_utf8(m.payload.to_vec()).unwrap();
+        }
+    };
+    assert_eq!(clients, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_hands_wills_to_other_nodes_and_is_seen_as_leaving() {
+    let [n1, n2, n3] = three().await;
+    let mut watcher = RawClient::connect(n2.mqtt_addr(), Protocol::V311, "watcher", true).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    watcher
+        .subscribe("$SYS/vibemq/cluster/events", QoS::AtMostOnce)
+        .await;
+    common::cluster::wait_route(&n1, "wills/x", 1).await;
+    let mut c = connect_packet(Protocol::V5, "device", true);
+    c.will = Some(Will {
+        topic: "wills/device".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (mut device, _) = RawClient::connect_with(n1.mqtt_addr(), c).await;
+    n1.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        device.expect_closed().await,
+        Some(vibemq::codec::reason::SERVER_SHUTTING_DOWN)
+    );
+    // The will went out over the relay before node1 stopped, and node2 saw node1 leave.
+    let mut will = None;
+    let mut left = false;
+    while will.is_none() || !left {
+        match watcher.recv().await {
+            Packet::Publish(p) if p.topic == "wills/device" => will = Some(p),
+            Packet::Publish(p) if p.topic.starts_with("$SYS") => {
+                let text = String::from_utf8_lossy(&p.payload).to_string();
+                left |= text.contains(r#""event":"left""#) && text.contains(r#""node":"node1""#);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(&will.unwrap().payload[..], b"gone");
+    drop(n3);
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    use std::process::Stdio;
+    let port = common::process::free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vibemq"))
+        .args([
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--http-bind",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("a log line")
+        .unwrap()
+        .unwrap();
+    let v = json(&line);
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("listening"),
+        "{line}"
+    );
+    child.kill().await.unwrap();
+}
