@@ -57,6 +57,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// GET a path of the HTTP endpoint and print the body: exit 0 on 2xx, 1 otherwise. For
+    /// container healthchecks (`vibemq probe /ready`) where no curl is installed.
+    Probe {
+        /// Path to request, e.g. /ready, /health, /api/v1/cluster.
+        path: String,
+        /// Address of the HTTP endpoint.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: String,
+    },
     /// Validate a configuration file (with environment and flags applied) and exit.
     CheckConfig {
         /// The file to check.
@@ -115,6 +124,9 @@ fn load(cli: &Cli, file: Option<&PathBuf>) -> Result<Config, vibemq::config::Con
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { path, addr }) = &cli.command {
+        return probe(addr, path);
+    }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return match load(&cli, Some(file)) {
             Ok(_) => {
@@ -160,6 +172,47 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// A blocking HTTP/1.1 GET with a 5 s limit.
+fn probe(addr: &str, path: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let limit = Duration::from_secs(5);
+    let result = (|| -> std::io::Result<String> {
+        let target = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&target, limit)?;
+        s.set_read_timeout(Some(limit))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response) => {
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            let ok = head
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|code| code.starts_with('2'));
+            println!("{body}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("vibemq probe: http://{addr}{path}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(log: &vibemq::config::LogConfig) {

@@ -1,0 +1,19 @@
+# VibeMQ image for hosts that reach a registry: `docker build -t vibemq .`
+# (Without a registry, scripts/build-image.sh makes the same image offline.)
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin vibemq \
+    && strip --strip-debug target/release/vibemq
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --no-create-home vibemq \
+    && mkdir -p /etc/vibemq
+COPY --from=build /src/target/release/vibemq /usr/local/bin/vibemq
+COPY config/default.toml /etc/vibemq/vibemq.toml
+USER 10001:10001
+# MQTT, gossip (UDP), peer relay, HTTP (health, readiness, metrics, API).
+EXPOSE 1883 7946/udp 7947 9090
+HEALTHCHECK --interval=10s --timeout=5s CMD ["/usr/local/bin/vibemq", "probe", "/ready"]
+ENTRYPOINT ["/usr/local/bin/vibemq"]
+CMD ["--config", "/etc/vibemq/vibemq.toml"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the vibemq:latest Docker image without a registry: the release binary from this
+# checkout plus the shared libraries it links (as ldd lists them), a non-root user, on an
+# empty base, loaded with `docker import`. Where a registry is reachable, `docker build .`
+# (the Dockerfile) gives the same image from a Debian base.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+image="${1:-vibemq:latest}"
+
+cargo build --release --locked --bin vibemq
+binary=target/release/vibemq
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/usr/local/bin" "$root/etc/vibemq" "$root/tmp"
+chmod 1777 "$root/tmp"
+cp "$binary" "$root/usr/local/bin/vibemq"
+# The release profile keeps debug info for profiling; the image does not need it.
+strip --strip-debug "$root/usr/local/bin/vibemq" 2>/dev/null || true
+# Every library the binary needs, at the path the dynamic loader looks for it.
+for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+done
+echo 'root:x:0:0:root:/root:/sbin/nologin'$'\n''vibemq:x:10001:10001:vibemq:/nonexistent:/sbin/nologin' > "$root/etc/passwd"
+echo 'root:x:0:'$'\n''vibemq:x:10001:' > "$root/etc/group"
+echo 'hosts: files dns' > "$root/etc/nsswitch.conf"
+cp config/default.toml "$root/etc/vibemq/vibemq.toml"
+
+tar -C "$root" -c . | docker import \
+    --change 'USER 10001:10001' \
+    --change 'ENTRYPOINT ["/usr/local/bin/vibemq"]' \
+    --change 'CMD ["--config", "/etc/vibemq/vibemq.toml"]' \
+    --change 'EXPOSE 1883 7946/udp 7947 9090' \
+    - "$image" >/dev/null
+echo "built $image ($(docker image inspect "$image" --format '{{.Size}}') bytes)"
