@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (mosquitto-clients, dnsmasq-base), then formatting, lints, and every test. Fails loudly; skips nothing.
+# (mosquitto-clients, dnsmasq-base, the deployment validators), then formatting, lints, the
+# deployment checks, the Docker Compose test and every test. Fails loudly; skips nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,15 +29,29 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-for tool in mosquitto_pub mosquitto_sub dnsmasq stdbuf cargo; do
+for tool in mosquitto_pub mosquitto_sub dnsmasq stdbuf cargo python3 docker docker-compose; do
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
+# The offline validators of the deployment files (PyPI).
+if ! have kubernetes-validate || ! have check-jsonschema; then
+    log "installing kubernetes-validate and check-jsonschema"
+    python3 -m pip install --quiet kubernetes-validate check-jsonschema \
+        || { echo "FATAL: cannot install kubernetes-validate / check-jsonschema from PyPI" >&2; exit 1; }
+fi
+docker info >/dev/null 2>&1 || { echo "FATAL: the Docker Engine is not reachable (docker info fails)" >&2; exit 1; }
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
 log "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+log "deployment files (kubernetes.yaml, docker-compose.yml) against the binary"
+cargo build --quiet --bin vibemq
+python3 scripts/check-deploy.py target/debug/vibemq
+
+log "docker compose: the README's steps against the real engine"
+bash scripts/compose-test.sh
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
