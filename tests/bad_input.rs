@@ -203,3 +203,40 @@ async fn a_subscriber_that_stops_reading_costs_bounded_memory_and_slows_no_one()
     );
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_qos1_subscriber_holds_publishers_back_only_briefly() {
+    let node = start(|c| c.mqtt.max_queued_messages = 100).await;
+    let addr = node.mqtt_addr();
+    // Subscribes at QoS 1 and never reads again.
+    let mut stuck = RawClient::connect(addr, Protocol::V311, "stuck", true).await;
+    stuck.subscribe("hold", QoS::AtLeastOnce).await;
+    let mut p = RawClient::connect(addr, Protocol::V311, "p", true).await;
+    let started = std::time::Instant::now();
+    for i in 1..=1000u16 {
+        p.publish("hold", &[0u8; 32], QoS::AtLeastOnce, false, i)
+            .await;
+        match p.try_recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::PubAck(_))) => {}
+            other => panic!("publisher stuck behind a stalled subscriber at {i}: {other:?}"),
+        }
+    }
+    // Held back at most about the stall time once, then messages to the stalled one are dropped.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(Metrics::get(&node.broker().metrics.dropped_queue_full) > 0);
+    let queued = node
+        .broker()
+        .sessions
+        .get("stuck")
+        .unwrap()
+        .state
+        .lock()
+        .queue
+        .len();
+    assert!(queued <= 100 + 65_536, "bounded: {queued}");
+    drop(stuck);
+}

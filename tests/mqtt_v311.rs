@@ -365,3 +365,50 @@ async fn silent_client_is_dropped_after_one_and_a_half_keep_alives() {
         "closed too early: {waited:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_fan_in_faster_than_the_subscriber_is_held_back_not_dropped() {
+    // A queue bound of 50 and ten publishers that do not wait for acknowledgements: the
+    // broker reads from them only as fast as the subscriber takes messages.
+    let node = start(|c| c.mqtt.max_queued_messages = 50).await;
+    let addr = node.mqtt_addr();
+    let mut s = RawClient::connect(addr, Protocol::V311, "sink", true).await;
+    s.subscribe("in/+", QoS::AtLeastOnce).await;
+    const PER: u16 = 300;
+    let mut publishers = Vec::new();
+    for p in 0..10u16 {
+        publishers.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(addr, Protocol::V311, &format!("src-{p}"), true).await;
+            let mut bytes = bytes::BytesMut::new();
+            for i in 1..=PER {
+                let publish = vibemq::codec::Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: format!("in/{p}"),
+                    packet_id: i,
+                    payload: bytes::Bytes::copy_from_slice(&[p as u8, (i >> 8) as u8, i as u8]),
+                    properties: Default::default(),
+                };
+                vibemq::codec::encode_packet(&Packet::Publish(publish), Protocol::V311, &mut bytes);
+            }
+            c.send_raw(&bytes).await;
+            for _ in 0..PER {
+                assert!(matches!(c.recv().await, Packet::PubAck(_)));
+            }
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 10 * usize::from(PER) {
+        let m = s.recv_publish().await;
+        assert!(seen.insert(m.payload.to_vec()), "duplicate");
+        s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+        if seen.len() % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await; // a slower consumer
+        }
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    assert_eq!(Metrics::get(&node.broker().metrics.dropped_queue_full), 0);
+}

@@ -95,12 +95,24 @@ impl Broker {
     /// flagged, routes it here and hands it to the cluster. Returns the number of local
     /// sessions it was queued for.
     pub fn publish(&self, message: Arc<Message>) -> usize {
+        self.publish_noting(message, &mut None)
+    }
+
+    /// As `publish`, and pushes onto `pressure` the local sessions that queued the message past
+    /// their bound: the publishing connection waits for their room before reading more.
+    pub fn publish_noting(
+        &self,
+        message: Arc<Message>,
+        pressure: &mut Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
         if message.retain {
             self.retained.set(message.clone());
         }
         let Some(cluster) = self.cluster.get() else {
-            return self.router.publish(&message, Audience::ALL, &self.metrics);
+            return self
+                .router
+                .publish_noting(&message, Audience::ALL, &self.metrics, pressure);
         };
         let local_groups = if self.router.has_shared() {
             self.router.matching_groups(&message.topic)
@@ -108,14 +120,12 @@ impl Broker {
             Vec::new()
         };
         let mine = cluster.forward(&message, local_groups);
-        self.router.publish(
-            &message,
-            Audience {
-                normal: true,
-                groups: GroupPick::Only(&mine),
-            },
-            &self.metrics,
-        )
+        let audience = Audience {
+            normal: true,
+            groups: GroupPick::Only(&mine),
+        };
+        self.router
+            .publish_noting(&message, audience, &self.metrics, pressure)
     }
 
     /// Publishes a message relayed by another node: stored as retained if it is the latest

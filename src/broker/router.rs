@@ -253,6 +253,18 @@ impl Router {
         audience: Audience<'_>,
         metrics: &Metrics,
     ) -> usize {
+        self.publish_noting(message, audience, metrics, &mut None)
+    }
+
+    /// As `publish`, and pushes onto `pressure` each session that queued the message past its
+    /// bound (its publisher should wait for room).
+    pub fn publish_noting(
+        &self,
+        message: &Arc<Message>,
+        audience: Audience<'_>,
+        metrics: &Metrics,
+        pressure: &mut Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         let trie = self.trie.read();
         let mut sets: SmallVec<[&SubscriberSet; 8]> = SmallVec::new();
         trie.for_each_match(&message.topic, |set| sets.push(set));
@@ -280,7 +292,7 @@ impl Router {
                     retain_as_published: sub.options.retain_as_published,
                     ids: sub.id.into_iter().collect(),
                 };
-                offered += usize::from(Self::offer(message, merged, metrics));
+                offered += Self::offer(message, merged, metrics, pressure);
             }
         } else if with_clients > 1 {
             let mut merged: HashMap<&str, Merged<'_>> = HashMap::new();
@@ -305,7 +317,7 @@ impl Router {
                 }
             }
             for m in merged.into_values() {
-                offered += usize::from(Self::offer(message, m, metrics));
+                offered += Self::offer(message, m, metrics, pressure);
             }
         }
 
@@ -324,15 +336,23 @@ impl Router {
                         subscription_ids: member.id.into_iter().collect(),
                         shared_group: Some(group.key.clone()),
                     };
-                    offered +=
-                        usize::from(member.session.enqueue(delivery, metrics) == Enqueued::Queued);
+                    offered += noted(
+                        member.session.enqueue(delivery, metrics),
+                        &member.session,
+                        pressure,
+                    );
                 }
             }
         }
         offered
     }
 
-    fn offer(message: &Arc<Message>, m: Merged<'_>, metrics: &Metrics) -> bool {
+    fn offer(
+        message: &Arc<Message>,
+        m: Merged<'_>,
+        metrics: &Metrics,
+        pressure: &mut Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         let session = &m.subscriber.session;
         let delivery = Delivery {
             message: message.clone(),
@@ -341,7 +361,7 @@ impl Router {
             subscription_ids: m.ids,
             shared_group: None,
         };
-        session.enqueue(delivery, metrics) == Enqueued::Queued
+        noted(session.enqueue(delivery, metrics), session, pressure)
     }
 
     /// Hands a shared-subscription delivery that `from` did not receive to another member of
@@ -375,6 +395,26 @@ impl Router {
             }
             None => Some(delivery),
         }
+    }
+}
+
+/// 1 when the delivery was queued (noting a session under pressure), else 0.
+fn noted(
+    outcome: Enqueued,
+    session: &Arc<Session>,
+    pressure: &mut Option<&mut Vec<Arc<Session>>>,
+) -> usize {
+    match outcome {
+        Enqueued::Queued => 1,
+        Enqueued::QueuedUnderPressure => {
+            if let Some(p) = pressure
+                && !p.iter().any(|s| Arc::ptr_eq(s, session))
+            {
+                p.push(session.clone());
+            }
+            1
+        }
+        _ => 0,
     }
 }
 

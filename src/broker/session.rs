@@ -130,6 +130,8 @@ pub struct SessionState {
     pub will: Option<PendingWill>,
     /// Set when the session has been discarded: nothing more is queued for it.
     pub ended: bool,
+    /// When the connection last took deliveries off the queue (stall detection).
+    pub last_dequeue: std::time::Instant,
 }
 
 pub struct Session {
@@ -137,6 +139,8 @@ pub struct Session {
     pub state: Mutex<SessionState>,
     online: AtomicBool,
     wake: Notify,
+    /// Woken when the queue drops below `max_queued` (publishers held back wait on it).
+    room: Notify,
     max_queued: usize,
     queue_qos0_offline: bool,
 }
@@ -149,10 +153,16 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A subscriber whose queue has not moved for this long is stalled: it stops holding its
+/// publishers back and gets drops instead.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What happened to a delivery offered to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
+    /// Queued past `max_queued`: the publisher should wait for room (`Session::has_room`).
+    QueuedUnderPressure,
     DroppedFull,
     DroppedOffline,
     SessionEnded,
@@ -173,9 +183,11 @@ impl Session {
                 expiry_interval: 0,
                 will: None,
                 ended: false,
+                last_dequeue: std::time::Instant::now(),
             }),
             online: AtomicBool::new(false),
             wake: Notify::new(),
+            room: Notify::new(),
             max_queued,
             queue_qos0_offline,
         })
@@ -202,18 +214,57 @@ impl Session {
             Metrics::add(&metrics.dropped_qos0_offline, 1);
             return Enqueued::DroppedOffline;
         }
+        let mut outcome = Enqueued::Queued;
         if st.queue.len() >= self.max_queued {
-            drop(st);
-            Metrics::add(&metrics.dropped_queue_full, 1);
-            tracing::debug!(client_id = %self.client_id, "session queue full, message dropped");
-            return Enqueued::DroppedFull;
+            // A connected subscriber that is keeping up, if slower than its publishers, gets
+            // QoS 1/2 messages past the bound (up to a hard cap) while the publishers are held
+            // back; a stalled one, an offline one or QoS 0 gets drops.
+            let pressure = online
+                && delivery.qos != QoS::AtMostOnce
+                && st.queue.len() < self.hard_cap()
+                && st.last_dequeue.elapsed() < STALLED_AFTER;
+            if !pressure {
+                drop(st);
+                Metrics::add(&metrics.dropped_queue_full, 1);
+                tracing::debug!(client_id = %self.client_id, "session queue full, message dropped");
+                return Enqueued::DroppedFull;
+            }
+            outcome = Enqueued::QueuedUnderPressure;
         }
         st.queue.push_back(delivery);
         drop(st);
         if online {
             self.wake.notify_one();
         }
-        Enqueued::Queued
+        outcome
+    }
+
+    /// Most deliveries queued under publisher backpressure.
+    fn hard_cap(&self) -> usize {
+        self.max_queued
+            .saturating_mul(2)
+            .max(self.max_queued + 65_536)
+    }
+
+    /// Whether a publisher held back by this session may go on: its queue is below the bound,
+    /// or it has made no progress for a while (a stalled subscriber holds nobody back).
+    pub fn has_room(&self) -> bool {
+        let st = self.state.lock();
+        st.ended || st.queue.len() < self.max_queued || st.last_dequeue.elapsed() >= STALLED_AFTER
+    }
+
+    /// Resolves when the queue may have room again (or after a short while: callers re-check).
+    pub async fn room(&self) {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(10), self.room.notified()).await;
+    }
+
+    /// Called by the owning connection after it took deliveries off the queue.
+    pub(crate) fn note_dequeued(&self, st: &mut SessionState) {
+        st.last_dequeue = std::time::Instant::now();
+        if st.queue.len() < self.max_queued {
+            self.room.notify_waiters();
+        }
     }
 
     /// Puts deliveries back at the front of the queue (kept in order), ignoring the bound:
@@ -335,12 +386,46 @@ mod tests {
             s.enqueue(delivery(QoS::AtMostOnce, false), &metrics),
             Enqueued::Queued
         );
+        // Full: QoS 0 is dropped; QoS 1 to a connected, moving subscriber holds the publisher.
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, false), &metrics),
+            Enqueued::DroppedFull
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
+            Enqueued::QueuedUnderPressure
+        );
+        assert!(!s.has_room());
+        assert_eq!(Metrics::get(&metrics.dropped_queue_full), 1);
+        // A subscriber that has not moved for the stall time holds nobody back.
+        s.state.lock().last_dequeue = std::time::Instant::now() - STALLED_AFTER;
+        assert!(s.has_room());
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
             Enqueued::DroppedFull
         );
-        assert_eq!(Metrics::get(&metrics.dropped_queue_full), 1);
-        assert_eq!(s.state.lock().queue.len(), 2);
+        // Offline sessions never hold publishers back.
+        let offline = Session::new("o".into(), 1, false);
+        assert_eq!(
+            offline.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            offline.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
+            Enqueued::DroppedFull
+        );
+        // The hard cap bounds what pressure may queue.
+        let capped = Session::new("h".into(), 1, false);
+        capped.state.lock().connection = Some(ConnectionControl::new(2));
+        let cap = capped.hard_cap();
+        for _ in 0..cap {
+            capped.enqueue(delivery(QoS::AtLeastOnce, false), &metrics);
+        }
+        assert_eq!(capped.state.lock().queue.len(), cap);
+        assert_eq!(
+            capped.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
+            Enqueued::DroppedFull
+        );
     }
 
     #[test]

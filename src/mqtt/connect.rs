@@ -247,7 +247,8 @@ async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connec
         will: c.will,
         expiry_interval,
         connect_expiry_zero: requested_expiry == 0,
-        wbuf: BytesMut::with_capacity(8192),
+        wbuf: BytesMut::new(),
+        held_by: Vec::new(),
     };
     let ack = ConnAck {
         session_present: attached.session_present,

@@ -23,6 +23,9 @@ use crate::codec::{Disconnect, Packet, Protocol, Will, decode_packet, encode_pac
 pub(super) const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from the client while this much output is waiting (it is not reading).
 const READ_PAUSE: usize = 1024 * 1024;
+/// Bounds of the read size, which adapts to how much the client sends.
+const MIN_READ: usize = 256;
+const MAX_READ: usize = 64 * 1024;
 /// How long the final DISCONNECT and pending bytes may take to flush at close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
@@ -79,6 +82,17 @@ pub(super) struct Connection {
     /// CONNECT asked for expiry 0; DISCONNECT may then not set a non-zero one (MQTT-3.14.2-2).
     pub connect_expiry_zero: bool,
     pub wbuf: BytesMut,
+    /// Subscriber sessions this client's publishes filled past their bound: no more is read
+    /// from this client until they have room (backpressure instead of drops).
+    pub held_by: Vec<Arc<Session>>,
+}
+
+/// Waits until `session` may have room (see `Session::room`).
+async fn room(session: Option<&Arc<Session>>) {
+    match session {
+        Some(s) => s.room().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one accepted socket to the end.
@@ -94,7 +108,8 @@ pub(super) async fn run(
         .connections_current
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut stream = stream;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    // Small to start: an idle client costs little; the loop grows it for busy ones.
+    let mut rbuf = BytesMut::with_capacity(MIN_READ);
     if let Some(conn) = super::connect::handshake(&mut stream, &mut rbuf, peer, &broker).await {
         conn.serve(stream, rbuf, shutdown).await;
     } else {
@@ -122,6 +137,7 @@ impl Connection {
         let session = self.session.clone();
         let control = self.control.clone();
         let mut deadline = self.next_deadline();
+        let mut read_size = MIN_READ;
         let max_in = self.broker.config.mqtt.max_packet_size as usize;
         // Packets that arrived together with CONNECT.
         let mut close = self.process_input(&mut rbuf, max_in).err();
@@ -130,6 +146,8 @@ impl Connection {
                 close = Some(c);
                 break;
             }
+            let held = self.held_by.first().cloned();
+            rbuf.reserve(read_size);
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -146,13 +164,27 @@ impl Connection {
                     Ok(n) => {
                         Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
                         self.wbuf.advance(n);
+                        if self.wbuf.is_empty() && self.wbuf.capacity() > OUT_HIGH_WATER {
+                            // A burst is over: give its buffer back.
+                            self.wbuf = BytesMut::new();
+                        }
                     }
                     Err(e) => close = Some(Close::Io(e)),
                 },
-                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE => match read {
+                _ = room(held.as_ref()), if held.is_some() => {
+                    self.held_by.retain(|s| !s.has_room());
+                    if self.held_by.is_empty() {
+                        // The client was sending all along; we were not reading.
+                        deadline = self.next_deadline();
+                        close = self.process_input(&mut rbuf, max_in).err();
+                    }
+                }
+                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && held.is_none() => match read {
                     Ok(0) => close = Some(Close::PeerClosed),
                     Ok(n) => {
                         Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                        // Read in larger pieces while the client sends a lot, smaller when not.
+                        read_size = if n >= read_size { (read_size * 2).min(MAX_READ) } else { (read_size / 2).max(MIN_READ) };
                         deadline = self.next_deadline();
                         close = self.process_input(&mut rbuf, max_in).err();
                     }
@@ -168,13 +200,15 @@ impl Connection {
 
     /// Decodes and handles every complete packet in `rbuf`.
     fn process_input(&mut self, rbuf: &mut BytesMut, max_in: usize) -> Result<(), Close> {
-        loop {
+        // Held back: the rest stays buffered until the subscribers have room.
+        while self.held_by.is_empty() {
             match decode_packet(rbuf, Some(self.protocol), max_in) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Close::violation(e.reason_code(), e.to_string())),
             }
         }
+        Ok(())
     }
 
     /// Queues a control packet for writing.

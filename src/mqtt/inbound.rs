@@ -166,7 +166,9 @@ impl Connection {
             properties,
             Some(self.client_id.clone()),
         );
-        let matched = self.broker.publish(Arc::new(message));
+        let matched = self
+            .broker
+            .publish_noting(Arc::new(message), &mut Some(&mut self.held_by));
         let code = if matched == 0 {
             reason::NO_MATCHING_SUBSCRIBERS
         } else {

@@ -16,6 +16,7 @@ impl Connection {
         let now = Instant::now();
         let mut sent = [0u64; 3];
         let mut st = session.state.lock();
+        let queued_before = st.queue.len();
         while self.wbuf.len() < OUT_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
@@ -45,6 +46,9 @@ impl Connection {
                 state,
                 delivery,
             });
+        }
+        if st.queue.len() < queued_before {
+            session.note_dequeued(&mut st);
         }
         drop(st);
         for (counter, n) in self.broker.metrics.messages_sent.iter().zip(sent) {

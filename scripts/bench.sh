@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of VibeMQ and mosquitto on this machine, in one run, on loopback,
+# with vibemq-bench as the load for both. Writes BENCHMARKS.md (machine, versions, commands,
+# a table of figures and ratios). Each broker runs alone, in turn, with equal drop-free limits.
+#   scripts/bench.sh            # full run (several minutes)
+#   scripts/bench.sh --smoke    # seconds: checks the tooling works (CI runs this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+smoke=false
+[ "${1:-}" = "--smoke" ] && smoke=true
+DUR=${BENCH_DURATION:-5}
+$smoke && DUR=1
+
+have() { command -v "$1" >/dev/null 2>&1; }
+if ! have mosquitto && [ ! -x /usr/sbin/mosquitto ]; then
+    echo "== installing mosquitto (the service is not started)"
+    # A policy that forbids starting services while the package installs.
+    policy=/usr/sbin/policy-rc.d
+    saved=""
+    [ -e "$policy" ] && saved=$(mktemp) && cp "$policy" "$saved"
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null \
+        || { echo "FATAL: cannot install mosquitto" >&2; exit 1; }
+    if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --quiet --bin vibemq --bin vibemq-bench
+VIBEMQ=target/release/vibemq
+BENCH=target/release/vibemq-bench
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
+
+# Starts one broker ($1 = vibemq|mosquitto) on port $2; prints its pid.
+start_broker() {
+    local kind=$1 p=$2
+    if [ "$kind" = mosquitto ]; then
+        cat > "$work/mosquitto.conf" <<CONF
+listener $p 127.0.0.1
+allow_anonymous true
+max_inflight_messages 0
+max_queued_messages 0
+max_queued_bytes 0
+persistence false
+log_type error
+CONF
+        "$MOSQUITTO" -c "$work/mosquitto.conf" >/dev/null 2>&1 &
+    else
+        "$VIBEMQ" --bind "127.0.0.1:$p" --http-bind 127.0.0.1:0 --log-level error \
+            --max-inflight 65535 --max-queued-messages 100000000 >/dev/null 2>&1 &
+    fi
+    echo $!
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); v=d
+for k in sys.argv[2].split('.'): v=v[k]
+print(v)" "$1" "$2"; }
+
+results="$work/results.tsv"
+: > "$results"
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$results"; }  # scenario metric broker value
+
+# Runs vibemq-bench against a fresh broker; stores the JSON in $out.
+run_pubsub() {
+    local kind=$1 scenario=$2; shift 2
+    local p; p=$(port)
+    local pid; pid=$(start_broker "$kind" "$p"); pids+=("$pid")
+    wait_port "$p"
+    local before; before=$(cpu_ticks "$pid")
+    out=$("$BENCH" pubsub --host "127.0.0.1:$p" --duration "$DUR" --json "$@" 2>/dev/null | tail -1)
+    local cpu=$(( $(cpu_ticks "$pid") - before ))
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "   $kind $scenario: $out" >&2
+    record "$scenario" msgs_per_sec "$kind" "$(field "$out" msgs_per_sec)"
+    record "$scenario" lost "$kind" "$(field "$out" lost)"
+    record "$scenario" p50_us "$kind" "$(field "$out" latency_us.p50)"
+    record "$scenario" p99_us "$kind" "$(field "$out" latency_us.p99)"
+    record "$scenario" broker_cpu_s "$kind" "$(python3 -c "print(round($cpu/100, 2))")"
+}
+
+run_conn() {
+    local kind=$1 n=$2
+    local p; p=$(port)
+    local pid; pid=$(start_broker "$kind" "$p"); pids+=("$pid")
+    wait_port "$p"
+    sleep 0.3
+    local base; base=$(rss_kb "$pid")
+    "$BENCH" conn --host "127.0.0.1:$p" --clients "$n" --connect-rate 5000 --duration 4 --json > "$work/conn.json" 2> "$work/conn.err" &
+    local bpid=$!
+    for _ in $(seq 600); do grep -q "all connections open" "$work/conn.err" && break; sleep 0.1; done
+    sleep 1
+    local loaded; loaded=$(rss_kb "$pid")
+    wait "$bpid" || true
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    local connected; connected=$(field "$(tail -1 "$work/conn.json")" connected)
+    echo "   $kind idle: $connected connections, RSS $base -> $loaded kB" >&2
+    record "5. idle connections ($n)" connected "$kind" "$connected"
+    record "5. idle connections ($n)" bytes_per_conn "$kind" "$(python3 -c "print(round(($loaded-$base)*1024/max($connected,1)))")"
+}
+
+scenario() { echo "== $1" >&2; }
+N_FANOUT=1000; N_PAIRS=10000; N_IDLE=20000; N_FANIN=100
+$smoke && { N_FANOUT=20; N_PAIRS=20; N_IDLE=200; N_FANIN=5; }
+
+for kind in vibemq mosquitto; do
+    scenario "1. QoS 0, 1 to 1 ($kind)"
+    run_pubsub "$kind" "1. QoS 0 one-to-one" --qos 0 --size 64
+    scenario "2. QoS 1 fan-in $N_FANIN to 1 ($kind)"
+    run_pubsub "$kind" "2. QoS 1 fan-in ($N_FANIN to 1)" --qos 1 --publishers "$N_FANIN" --topic 'fanin/%i' --sub-topic 'fanin/+'
+    scenario "3. fan-out 1 to 200 and 1 to $N_FANOUT ($kind)"
+    run_pubsub "$kind" "3a. QoS 0 fan-out (1 to 200)" --qos 0 --subscribers 200 --topic fan --sub-topic fan
+    run_pubsub "$kind" "3b. QoS 0 fan-out (1 to $N_FANOUT)" --qos 0 --subscribers "$N_FANOUT" --topic fan --sub-topic fan --connect-rate 2000
+    run_pubsub "$kind" "3c. QoS 1 fan-out (1 to $N_FANOUT)" --qos 1 --subscribers "$N_FANOUT" --topic fan --sub-topic fan --connect-rate 2000
+    scenario "4. $N_PAIRS pairs at 1 msg/s each ($kind)"
+    run_pubsub "$kind" "4. $N_PAIRS pairs, 1 msg/s each" --qos 0 --publishers "$N_PAIRS" --subscribers "$N_PAIRS" --topic 'pair/%i' --rate 1 --connect-rate 5000
+    scenario "5. $N_IDLE idle connections ($kind)"
+    run_conn "$kind" "$N_IDLE"
+done
+
+# 6 and 7: a three-node VibeMQ cluster on loopback.
+scenario "6/7. three-node VibeMQ cluster"
+cluster_ports=()
+g1=$(port)
+for n in 1 2 3; do
+    mp=$(port); gp=$([ $n = 1 ] && echo "$g1" || port); pp=$(port)
+    seeds=$([ $n = 1 ] && echo "" || echo "127.0.0.1:$g1")
+    VIBEMQ_CLUSTER_ENABLED=true VIBEMQ_CLUSTER_NODE_ID="bench$n" VIBEMQ_CLUSTER_SEEDS="$seeds" \
+    VIBEMQ_CLUSTER_GOSSIP_ADDR="127.0.0.1:$gp" VIBEMQ_CLUSTER_PEER_ADDR="127.0.0.1:$pp" \
+    VIBEMQ_CLUSTER_GOSSIP_INTERVAL_MS=200 \
+        "$VIBEMQ" --bind "127.0.0.1:$mp" --http-bind 127.0.0.1:0 --log-level error \
+        --max-inflight 65535 --max-queued-messages 100000000 >/dev/null 2>&1 &
+    pids+=($!)
+    cluster_ports+=("$mp")
+    wait_port "$mp"
+done
+sleep 3
+A=127.0.0.1:${cluster_ports[0]}; B=127.0.0.1:${cluster_ports[1]}; C=127.0.0.1:${cluster_ports[2]}
+single=$("$BENCH" pubsub --host "$A" --qos 1 --publishers 4 --topic 'x/%i' --sub-topic 'x/+' --rate 5000 --duration "$DUR" --json 2>/dev/null | tail -1)
+cross=$("$BENCH" pubsub --pub-host "$A" --sub-host "$B" --qos 1 --publishers 4 --topic 'y/%i' --sub-topic 'y/+' --rate 5000 --duration "$DUR" --json 2>/dev/null | tail -1)
+echo "   single node: $single" >&2
+echo "   cross-node:  $cross" >&2
+for k in msgs_per_sec latency_us.p50 latency_us.p99 lost; do
+    record "6. cluster, 4 x 5000 msg/s QoS 1" "$k" "same node" "$(field "$single" "$k")"
+    record "6. cluster, 4 x 5000 msg/s QoS 1" "$k" "node A to node B" "$(field "$cross" "$k")"
+done
+route=$("$BENCH" route --pub-host "$C" --sub-host "$A" --rounds "$($smoke && echo 3 || echo 30)" --json 2>/dev/null | tail -1)
+echo "   route convergence: $route" >&2
+record "7. new subscription on A reaches publishes on C" route_p50_us "vibemq" "$(field "$route" route_us.p50)"
+record "7. new subscription on A reaches publishes on C" route_p99_us "vibemq" "$(field "$route" route_us.p99)"
+record "7. new subscription on A reaches publishes on C" failed "vibemq" "$(field "$route" failed)"
+
+$smoke && { echo "bench smoke: ok"; cat "$results"; exit 0; }
+
+python3 scripts/bench_report.py "$results" "$("$MOSQUITTO" -h 2>&1 | head -1)" "$(git rev-parse --short HEAD)" "$DUR" > BENCHMARKS.md
+echo "wrote BENCHMARKS.md"

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from scripts/bench.sh's results (scenario, metric, broker, value)."""
+import collections
+import os
+import platform
+import subprocess
+import sys
+
+results, mosquitto_version, revision, duration = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+rows = collections.OrderedDict()
+for line in open(results):
+    scenario, metric, broker, value = line.rstrip("\n").split("\t")
+    rows.setdefault((scenario, metric), {})[broker] = float(value)
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+mem_gib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 1024 / 1024
+higher_better = {"msgs_per_sec", "connected"}
+unit = {"msgs_per_sec": "msg/s", "p50_us": "µs", "p99_us": "µs", "broker_cpu_s": "s CPU", "lost": "messages",
+        "bytes_per_conn": "bytes", "connected": "", "latency_us.p50": "µs", "latency_us.p99": "µs",
+        "route_p50_us": "µs", "route_p99_us": "µs", "failed": "rounds"}
+
+
+def fmt(v):
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:g}"
+
+
+print("# Benchmarks\n")
+print("VibeMQ and mosquitto on the same machine, in the same run of `scripts/bench.sh`, each broker")
+print("alone in turn, on loopback, with vibemq-bench as the load. Absolute figures vary on a shared")
+print("machine; the ratios from one run are what to compare.\n")
+print("| | |\n|---|---|")
+print(f"| machine | {os.cpu_count()} cores, {cpu}, {mem_gib:.0f} GiB, {platform.system()} {platform.release()} |")
+print(f"| VibeMQ | {revision} (release build) |")
+print(f"| mosquitto | {mosquitto_version} |")
+print(f"| run | {duration} s per scenario |")
+print()
+print("Limits: mosquitto with `max_inflight_messages 0`, `max_queued_messages 0`, `max_queued_bytes 0`")
+print("(unlimited, drop-free), `persistence false`; VibeMQ with `--max-inflight 65535")
+print("--max-queued-messages 100000000`. Payload 64 bytes unless said.\n")
+print("## Single node: VibeMQ against mosquitto\n")
+print("| scenario | figure | VibeMQ | mosquitto | VibeMQ / mosquitto |")
+print("|---|---|---:|---:|---:|")
+for (scenario, metric), by in rows.items():
+    if "mosquitto" not in by:
+        continue
+    v, m = by.get("vibemq", 0.0), by["mosquitto"]
+    ratio = f"{v / m:.2f}x" if m else ("=" if v == m else "n/a")
+    better = " (higher is better)" if metric in higher_better else "" if metric in ("lost",) else " (lower is better)"
+    print(f"| {scenario} | {metric.replace('_', ' ')} [{unit.get(metric, '')}]{better} | {fmt(v)} | {fmt(m)} | {ratio} |")
+print("\n## Cluster (VibeMQ only)\n")
+print("| scenario | figure | | value |")
+print("|---|---|---|---:|")
+for (scenario, metric), by in rows.items():
+    if "mosquitto" in by:
+        continue
+    for broker, v in by.items():
+        print(f"| {scenario} | {metric} [{unit.get(metric, '')}] | {broker} | {fmt(v)} |")
+print("\n## Commands\n")
+print("```sh\nscripts/bench.sh          # this file\nBENCH_DURATION=10 scripts/bench.sh\n```\n")
+print("Each scenario is one `vibemq-bench` command against a fresh broker, for example:\n")
+print("```sh")
+print("vibemq-bench pubsub --host 127.0.0.1:PORT --qos 1 --publishers 100 --topic 'fanin/%i' --sub-topic 'fanin/+' --duration 5 --json")
+print("vibemq-bench conn --host 127.0.0.1:PORT --clients 20000 --connect-rate 5000 --duration 4 --json")
+print("vibemq-bench route --pub-host NODE_C --sub-host NODE_A --rounds 30 --json")
+print("```")

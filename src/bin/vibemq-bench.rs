@@ -1,0 +1,802 @@
+//! vibemq-bench: an MQTT load generator (in the manner of emqtt-bench) for VibeMQ, mosquitto or
+//! any broker. Modes: `conn` (open and hold connections), `pub`, `sub`, `pubsub` (end-to-end
+//! latency from a timestamp in the payload, loss and duplicates from per-publisher sequence
+//! numbers) and `route` (time from SUBACK on one node until a publish on another arrives).
+//! It speaks MQTT through VibeMQ's own codec over plain sockets, so it stays cheap next to
+//! the broker it measures. The last line of `--json` output is one JSON object for scripts.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vibemq::codec::{
+    Ack, Connect, OutboundPublish, Packet, Properties, Protocol, QoS, Subscribe,
+    SubscriptionOptions, decode_packet, encode_packet, encode_publish,
+};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Mode {
+    Conn,
+    Pub,
+    Sub,
+    Pubsub,
+    Route,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "vibemq-bench",
+    version,
+    about = "MQTT load generator: throughput, latency, loss, connections"
+)]
+struct Opts {
+    mode: Mode,
+    /// Broker address(es), comma-separated; clients are spread over them.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    host: String,
+    /// Addresses for publishers (default: --host).
+    #[arg(long)]
+    pub_host: Option<String>,
+    /// Addresses for subscribers (default: --host).
+    #[arg(long)]
+    sub_host: Option<String>,
+    /// Connections for `conn` mode.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    /// Topic pattern; %i is the client index.
+    #[arg(long, default_value = "bench/%i")]
+    topic: String,
+    /// Subscription filter pattern (default: --topic); %i is the subscriber index.
+    #[arg(long)]
+    sub_topic: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Payload bytes (at least 20: timestamp, publisher, sequence).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages per second per publisher; 0 is unlimited.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds to publish (or hold connections).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Messages per publisher; stops before --duration when reached.
+    #[arg(long)]
+    count: Option<u64>,
+    /// QoS 1/2 messages a publisher keeps unacknowledged.
+    #[arg(long, default_value_t = 100)]
+    inflight: usize,
+    /// MQTT version: 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1")]
+    protocol: String,
+    /// Connections opened per second (conn mode and all clients); 0 is unlimited.
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Start persistent sessions (clean start off).
+    #[arg(long)]
+    persistent: bool,
+    /// Rounds for `route` mode.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Seconds to wait for late deliveries after publishing stops.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Print a JSON summary as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+const HEADER: usize = 20;
+
+struct Shared {
+    start: Instant,
+    sent: AtomicU64,
+    received: AtomicU64,
+    connected: AtomicU64,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// What one subscriber saw.
+struct SubResult {
+    deliveries: u64,
+    unique: u64,
+    duplicates: u64,
+    histogram: Histogram<u64>,
+    last_receive: Option<Instant>,
+}
+
+fn hosts(list: &str) -> Vec<SocketAddr> {
+    list.split(',')
+        .map(|h| {
+            use std::net::ToSocketAddrs;
+            h.trim()
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .unwrap_or_else(|| {
+                    eprintln!("vibemq-bench: cannot resolve {h}");
+                    std::process::exit(2)
+                })
+        })
+        .collect()
+}
+
+fn pattern(p: &str, i: usize) -> String {
+    p.replace("%i", &i.to_string())
+}
+
+/// An MQTT connection over a plain socket.
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    protocol: Protocol,
+}
+
+impl Conn {
+    async fn open(
+        addr: SocketAddr,
+        protocol: Protocol,
+        client_id: String,
+        clean: bool,
+    ) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::new(),
+            protocol,
+        };
+        let mut properties = Properties::default();
+        if protocol.is_v5() && !clean {
+            properties.session_expiry_interval = Some(3600);
+        }
+        let connect = Connect {
+            protocol,
+            clean_start: clean,
+            keep_alive: 300,
+            client_id,
+            will: None,
+            username: None,
+            password: None,
+            properties,
+        };
+        c.send(&Packet::Connect(Box::new(connect))).await?;
+        match c.recv().await? {
+            Packet::ConnAck(a) if a.code == 0 => Ok(c),
+            other => Err(std::io::Error::other(format!("connect refused: {other:?}"))),
+        }
+    }
+
+    async fn send(&mut self, p: &Packet) -> std::io::Result<()> {
+        encode_packet(p, self.protocol, &mut self.wbuf);
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(&self.wbuf).await?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    fn next_buffered(&mut self) -> std::io::Result<Option<Packet>> {
+        decode_packet(&mut self.rbuf, Some(self.protocol), usize::MAX)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Packet> {
+        loop {
+            if let Some(p) = self.next_buffered()? {
+                return Ok(p);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> std::io::Result<()> {
+        let sub = Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                filter.to_string(),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+            properties: Properties::default(),
+        };
+        self.send(&Packet::Subscribe(sub)).await?;
+        loop {
+            match self.recv().await? {
+                Packet::SubAck(a) if a.reason_codes.first().is_some_and(|c| *c < 0x80) => {
+                    return Ok(());
+                }
+                Packet::SubAck(a) => {
+                    return Err(std::io::Error::other(format!("subscribe refused: {a:?}")));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn pace_connect(opts: &Opts, index: usize, start: Instant) {
+    if opts.connect_rate > 0.0 {
+        let at = start + Duration::from_secs_f64(index as f64 / opts.connect_rate);
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+async fn subscriber(
+    opts: Arc<Opts>,
+    shared: Arc<Shared>,
+    i: usize,
+    addr: SocketAddr,
+    ready: tokio::sync::mpsc::Sender<()>,
+    stop: Arc<AtomicBool>,
+) -> SubResult {
+    let protocol = protocol(&opts.protocol);
+    let filter = pattern(opts.sub_topic.as_deref().unwrap_or(&opts.topic), i);
+    let mut result = SubResult {
+        deliveries: 0,
+        unique: 0,
+        duplicates: 0,
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        last_receive: None,
+    };
+    let mut conn =
+        match Conn::open(addr, protocol, format!("bench-sub-{i}"), !opts.persistent).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("subscriber {i}: {e}");
+                let _ = ready.send(()).await;
+                return result;
+            }
+        };
+    let qos = QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce);
+    if let Err(e) = conn.subscribe(&filter, qos).await {
+        eprintln!("subscriber {i}: {e}");
+    }
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let _ = ready.send(()).await;
+    // Seen sequence numbers, per publisher: a bit per message.
+    let mut seen: HashMap<u32, Vec<u64>> = HashMap::new();
+    // Until the run ends (publishing plus the drain window): a broker still streaming a
+    // backlog then has its undelivered messages counted as lost, not waited for.
+    while !stop.load(Ordering::Relaxed) {
+        let read = tokio::time::timeout(
+            Duration::from_millis(200),
+            conn.stream.read_buf(&mut conn.rbuf),
+        )
+        .await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => continue,
+        }
+        let now_ns = shared.now_ns();
+        let mut count = 0;
+        while let Ok(Some(p)) = conn.next_buffered() {
+            match p {
+                Packet::Publish(p) => {
+                    count += 1;
+                    if p.payload.len() >= HEADER {
+                        let sent_ns =
+                            u64::from_be_bytes(p.payload[0..8].try_into().expect("8 bytes"));
+                        let publisher =
+                            u32::from_be_bytes(p.payload[8..12].try_into().expect("4 bytes"));
+                        let seq =
+                            u64::from_be_bytes(p.payload[12..20].try_into().expect("8 bytes"));
+                        let _ = result
+                            .histogram
+                            .record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
+                        let bits = seen.entry(publisher).or_default();
+                        let (word, bit) = ((seq / 64) as usize, seq % 64);
+                        if bits.len() <= word {
+                            bits.resize(word + 1, 0);
+                        }
+                        if bits[word] & (1 << bit) != 0 {
+                            result.duplicates += 1;
+                        } else {
+                            bits[word] |= 1 << bit;
+                            result.unique += 1;
+                        }
+                    }
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => encode_packet(
+                            &Packet::PubAck(Ack::new(p.packet_id, 0)),
+                            protocol,
+                            &mut conn.wbuf,
+                        ),
+                        QoS::ExactlyOnce => encode_packet(
+                            &Packet::PubRec(Ack::new(p.packet_id, 0)),
+                            protocol,
+                            &mut conn.wbuf,
+                        ),
+                    }
+                }
+                Packet::PubRel(a) => encode_packet(
+                    &Packet::PubComp(Ack::new(a.packet_id, 0)),
+                    protocol,
+                    &mut conn.wbuf,
+                ),
+                _ => {}
+            }
+        }
+        if count > 0 {
+            result.deliveries += count;
+            result.last_receive = Some(Instant::now());
+            shared.received.fetch_add(count, Ordering::Relaxed);
+        }
+        if !conn.wbuf.is_empty() && conn.flush().await.is_err() {
+            break;
+        }
+    }
+    result
+}
+
+fn protocol(p: &str) -> Protocol {
+    match p {
+        "5" | "5.0" | "v5" => Protocol::V5,
+        _ => Protocol::V311,
+    }
+}
+
+/// Publishes until the deadline or count; returns how many it sent.
+async fn publisher(
+    opts: Arc<Opts>,
+    shared: Arc<Shared>,
+    i: usize,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> u64 {
+    let protocol = protocol(&opts.protocol);
+    let mut conn = match Conn::open(addr, protocol, format!("bench-pub-{i}"), true).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("publisher {i}: {e}");
+            return 0;
+        }
+    };
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let topic = pattern(&opts.topic, i);
+    let qos = QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce);
+    let mut payload = vec![0u8; opts.size.max(HEADER)];
+    let properties = Properties::default();
+    let (mut seq, mut inflight, mut next_id) = (0u64, 0usize, 1u16);
+    let interval = (opts.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate));
+    let began = Instant::now();
+    let limit = opts.count.unwrap_or(u64::MAX);
+    let mut acks_pending_rel: Vec<u16> = Vec::new();
+    let mut flushed = 0u64;
+    while Instant::now() < deadline && seq < limit {
+        // Fill a batch: up to the window, the rate, and 64 KB.
+        while conn.wbuf.len() < 64 * 1024
+            && seq < limit
+            && (qos == QoS::AtMostOnce || inflight < opts.inflight)
+        {
+            if let Some(iv) = interval
+                && began + iv.mul_f64(seq as f64) > Instant::now()
+            {
+                break;
+            }
+            payload[0..8].copy_from_slice(&shared.now_ns().to_be_bytes());
+            payload[8..12].copy_from_slice(&(i as u32).to_be_bytes());
+            payload[12..20].copy_from_slice(&seq.to_be_bytes());
+            let packet_id = if qos == QoS::AtMostOnce {
+                0
+            } else {
+                let id = next_id;
+                next_id = if next_id == u16::MAX { 1 } else { next_id + 1 };
+                inflight += 1;
+                id
+            };
+            let out = OutboundPublish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: &topic,
+                packet_id,
+                payload: &payload,
+                properties: &properties,
+                message_expiry_interval: None,
+                topic_alias: None,
+                subscription_identifiers: &[],
+            };
+            encode_publish(&mut conn.wbuf, &out, protocol);
+            seq += 1;
+        }
+        if !conn.wbuf.is_empty() {
+            // A broker that reads slowly must not keep the publisher past the deadline; what
+            // could not be written by then is not counted as sent.
+            match tokio::time::timeout_at(deadline.into(), conn.flush()).await {
+                Ok(Ok(())) => flushed = seq,
+                _ => break,
+            }
+        }
+        // Read acknowledgements (or wait for the next rate slot).
+        let wait = if qos != QoS::AtMostOnce && inflight >= opts.inflight {
+            Duration::from_millis(100)
+        } else if let Some(iv) = interval {
+            (began + iv.mul_f64(seq as f64)).saturating_duration_since(Instant::now())
+        } else if qos == QoS::AtMostOnce {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(50)
+        };
+        if wait.is_zero() && qos == QoS::AtMostOnce {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(wait, conn.stream.read_buf(&mut conn.rbuf)).await {
+            if n == 0 {
+                break;
+            }
+            while let Ok(Some(p)) = conn.next_buffered() {
+                match p {
+                    Packet::PubAck(_) | Packet::PubComp(_) => inflight = inflight.saturating_sub(1),
+                    Packet::PubRec(a) => acks_pending_rel.push(a.packet_id),
+                    _ => {}
+                }
+            }
+            for id in acks_pending_rel.drain(..) {
+                encode_packet(&Packet::PubRel(Ack::new(id, 0)), protocol, &mut conn.wbuf);
+            }
+        }
+    }
+    shared.sent.fetch_add(flushed, Ordering::Relaxed);
+    // Let the last acknowledgements arrive before closing.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while qos != QoS::AtMostOnce && inflight > 0 && Instant::now() < settle {
+        if !conn.wbuf.is_empty() && conn.flush().await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            conn.stream.read_buf(&mut conn.rbuf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {
+                while let Ok(Some(p)) = conn.next_buffered() {
+                    match p {
+                        Packet::PubAck(_) | Packet::PubComp(_) => {
+                            inflight = inflight.saturating_sub(1)
+                        }
+                        Packet::PubRec(a) => encode_packet(
+                            &Packet::PubRel(Ack::new(a.packet_id, 0)),
+                            protocol,
+                            &mut conn.wbuf,
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        conn.send(&Packet::Disconnect(Default::default())),
+    )
+    .await;
+    flushed
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime from /proc/self/stat, in clock ticks (100 per second on Linux).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn progress(shared: &Arc<Shared>, stop: Arc<AtomicBool>) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut last = 0;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let r = shared.received.load(Ordering::Relaxed);
+            eprint!(
+                "\r  received {r:>10}  {:>9} msg/s  connections {:>6}   ",
+                r - last,
+                shared.connected.load(Ordering::Relaxed)
+            );
+            last = r;
+        }
+        eprintln!();
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = Arc::new(Opts::parse());
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+    });
+    let cpu_before = cpu_seconds();
+    let summary = match opts.mode {
+        Mode::Conn => conn_mode(&opts, &shared).await,
+        Mode::Route => route_mode(&opts).await,
+        Mode::Pub | Mode::Sub | Mode::Pubsub => pubsub_mode(&opts, &shared).await,
+    };
+    let mut summary = summary;
+    summary["bench_cpu_seconds"] =
+        serde_json::json!(((cpu_seconds() - cpu_before) * 100.0).round() / 100.0);
+    print_summary(&summary);
+    if opts.json {
+        println!("{summary}");
+    }
+}
+
+fn print_summary(s: &serde_json::Value) {
+    let mut lines = Vec::new();
+    if let Some(obj) = s.as_object() {
+        for (k, v) in obj {
+            lines.push(format!("  {k:<20} {v}"));
+        }
+    }
+    eprintln!("{}", lines.join("\n"));
+}
+
+async fn conn_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Value {
+    let addrs = hosts(&opts.host);
+    let stop = Arc::new(AtomicBool::new(false));
+    progress(shared, stop.clone());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let failures = Arc::new(AtomicU64::new(0));
+    let hold = Duration::from_secs_f64(opts.duration);
+    for i in 0..opts.clients {
+        let (opts, shared, failures) = (opts.clone(), shared.clone(), failures.clone());
+        let addr = addrs[i % addrs.len()];
+        tasks.push(tokio::spawn(async move {
+            pace_connect(&opts, i, start).await;
+            match Conn::open(
+                addr,
+                protocol(&opts.protocol),
+                format!("bench-conn-{i}"),
+                !opts.persistent,
+            )
+            .await
+            {
+                Ok(mut c) => {
+                    shared.connected.fetch_add(1, Ordering::Relaxed);
+                    let until = start
+                        + hold
+                        + Duration::from_secs_f64(opts.clients as f64 / opts.connect_rate.max(1e9));
+                    let mut buf = [0u8; 64];
+                    let _ = tokio::time::timeout_at(until.into(), c.stream.read(&mut buf)).await;
+                }
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Report the peak: once every connection is open (or failed), hold for the duration.
+    let all_open = async {
+        while shared.connected.load(Ordering::Relaxed) + failures.load(Ordering::Relaxed)
+            < opts.clients as u64
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(600), all_open).await;
+    let connect_secs = start.elapsed().as_secs_f64();
+    if opts.json {
+        // Scripts measure the broker while the connections are held: say they are open.
+        eprintln!("all connections open");
+    }
+    tokio::time::sleep(hold).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    serde_json::json!({
+        "mode": "conn",
+        "connected": shared.connected.load(Ordering::Relaxed),
+        "failed": failures.load(Ordering::Relaxed),
+        "connect_seconds": (connect_secs * 1000.0).round() / 1000.0,
+    })
+}
+
+async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Value {
+    let pub_hosts = hosts(opts.pub_host.as_deref().unwrap_or(&opts.host));
+    let sub_hosts = hosts(opts.sub_host.as_deref().unwrap_or(&opts.host));
+    let stop = Arc::new(AtomicBool::new(false));
+    progress(shared, stop.clone());
+    let subscribers = if opts.mode == Mode::Pub {
+        0
+    } else {
+        opts.subscribers
+    };
+    let publishers = if opts.mode == Mode::Sub {
+        0
+    } else {
+        opts.publishers
+    };
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subscribers.max(1));
+    let start = Instant::now();
+    let mut subs = Vec::new();
+    for i in 0..subscribers {
+        let (opts, shared, tx, stop) =
+            (opts.clone(), shared.clone(), ready_tx.clone(), stop.clone());
+        let addr = sub_hosts[i % sub_hosts.len()];
+        subs.push(tokio::spawn(async move {
+            pace_connect(&opts, i, start).await;
+            subscriber(opts, shared, i, addr, tx, stop).await
+        }));
+    }
+    for _ in 0..subscribers {
+        let _ = ready_rx.recv().await;
+    }
+    // Subscriptions on other nodes of a cluster take a moment to be routed everywhere.
+    if pub_hosts != sub_hosts {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs_f64(opts.duration);
+    let mut pubs = Vec::new();
+    for i in 0..publishers {
+        let (opts, shared) = (opts.clone(), shared.clone());
+        let addr = pub_hosts[i % pub_hosts.len()];
+        pubs.push(tokio::spawn(async move {
+            pace_connect(&opts, i, began).await;
+            publisher(opts, shared, i, addr, deadline).await
+        }));
+    }
+    let mut sent_by = Vec::new();
+    for p in pubs {
+        sent_by.push(p.await.unwrap_or(0));
+    }
+    let sent: u64 = sent_by.iter().sum();
+    let publish_secs = began.elapsed().as_secs_f64();
+    // Expected deliveries: for each subscriber, what the publishers whose topics it matches sent.
+    let filters: Vec<String> = (0..subscribers)
+        .map(|i| pattern(opts.sub_topic.as_deref().unwrap_or(&opts.topic), i))
+        .collect();
+    let expected: u64 = filters
+        .iter()
+        .map(|f| {
+            (0..publishers)
+                .filter(|&p| vibemq::topic::matches(f, &pattern(&opts.topic, p)))
+                .map(|p| sent_by[p])
+                .sum::<u64>()
+        })
+        .sum();
+    let drain_until = Instant::now() + Duration::from_secs_f64(opts.drain);
+    while shared.received.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut histogram: Histogram<u64> =
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let (mut deliveries, mut unique, mut duplicates) = (0, 0, 0);
+    let mut last_receive = None;
+    for s in subs {
+        if let Ok(r) = s.await {
+            deliveries += r.deliveries;
+            unique += r.unique;
+            duplicates += r.duplicates;
+            let _ = histogram.add(&r.histogram);
+            last_receive = last_receive.max(r.last_receive);
+        }
+    }
+    // Throughput over the time deliveries took: from the first publish to the last delivery.
+    let window = last_receive
+        .map_or(publish_secs, |t| t.duration_since(began).as_secs_f64())
+        .max(1e-3);
+    let q = |p: f64| histogram.value_at_quantile(p);
+    serde_json::json!({
+        "mode": format!("{:?}", opts.mode).to_lowercase(),
+        "qos": opts.qos,
+        "publishers": publishers,
+        "subscribers": subscribers,
+        "size": opts.size.max(HEADER),
+        "sent": sent,
+        "received": deliveries,
+        "expected": expected,
+        "lost": expected.saturating_sub(unique),
+        "duplicates": duplicates,
+        "seconds": (window * 1000.0).round() / 1000.0,
+        "msgs_per_sec": (deliveries as f64 / window).round(),
+        "sent_per_sec": (sent as f64 / publish_secs.max(1e-3)).round(),
+        "latency_us": {
+            "min": if histogram.is_empty() { 0 } else { histogram.min() },
+            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": histogram.max(),
+        },
+    })
+}
+
+/// Rounds of: subscribe on --sub-host, and from the SUBACK on, publish on --pub-host every
+/// millisecond until the subscriber gets one. Measures how fast a new route takes effect.
+async fn route_mode(opts: &Arc<Opts>) -> serde_json::Value {
+    let pub_addr = hosts(opts.pub_host.as_deref().unwrap_or(&opts.host))[0];
+    let sub_addr = hosts(opts.sub_host.as_deref().unwrap_or(&opts.host))[0];
+    let proto = protocol(&opts.protocol);
+    let mut publisher = Conn::open(pub_addr, proto, "bench-route-pub".into(), true)
+        .await
+        .expect("publisher connects");
+    let mut histogram: Histogram<u64> =
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut failed = 0;
+    let run = format!("{:x}", std::process::id());
+    for round in 0..opts.rounds {
+        let topic = format!("route/{run}/{round}");
+        let mut sub = Conn::open(sub_addr, proto, format!("bench-route-sub-{round}"), true)
+            .await
+            .expect("subscriber connects");
+        sub.subscribe(&topic, QoS::AtMostOnce)
+            .await
+            .expect("subscribed");
+        let suback = Instant::now();
+        let got = async {
+            loop {
+                let p = Packet::Publish(vibemq::codec::Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: topic.clone(),
+                    packet_id: 0,
+                    payload: Bytes::from_static(b"r"),
+                    properties: Properties::default(),
+                });
+                publisher.send(&p).await.expect("publish");
+                if let Ok(Ok(Packet::Publish(_))) =
+                    tokio::time::timeout(Duration::from_millis(1), sub.recv()).await
+                {
+                    return suback.elapsed();
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), got).await {
+            Ok(d) => {
+                let _ = histogram.record((d.as_micros() as u64).max(1));
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    serde_json::json!({
+        "mode": "route",
+        "rounds": opts.rounds,
+        "failed": failed,
+        "route_us": {
+            "p50": histogram.value_at_quantile(0.5), "p99": histogram.value_at_quantile(0.99),
+            "max": histogram.max(),
+        },
+    })
+}
