@@ -159,5 +159,6 @@ record "7. new subscription on A reaches publishes on C" failed "vibemq" "$(fiel
 
 $smoke && { echo "bench smoke: ok"; cat "$results"; exit 0; }
 
+mkdir -p target && cp "$results" target/bench-results.tsv
 python3 scripts/bench_report.py "$results" "$("$MOSQUITTO" -h 2>&1 | head -1)" "$(git rev-parse --short HEAD)" "$DUR" > BENCHMARKS.md
 echo "wrote BENCHMARKS.md"
