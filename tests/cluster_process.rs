@@ -138,6 +138,25 @@ impl LiveSub {
             .expect("open")
     }
 
+    /// Waits for a `$SYS/vibemq/cluster/events` line reporting `event` for `node`.
+    async fn wait_event(&mut self, event: &str, node: &str) {
+        let (event_field, node_field) = (
+            format!(r#""event":"{event}""#),
+            format!(r#""node":"{node}""#),
+        );
+        let seen = async {
+            loop {
+                let line = self.next().await;
+                if line.contains(&event_field) && line.contains(&node_field) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, seen)
+            .await
+            .unwrap_or_else(|_| panic!("no {event} event for {node}"));
+    }
+
     /// Publishes `probe_topic` on `via` until this subscriber sees it: the route is in place.
     async fn wait_routed(&mut self, via: &ProcessNode, version: &str, probe_topic: &str) {
         let probe = async {
@@ -262,30 +281,9 @@ async fn a_killed_node_does_not_stop_the_others_and_rejoins_after_restart() {
         assert_eq!(sub.next().await, format!("k/stream 1 0 {i}"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let failed = async {
-        loop {
-            let line = events.next().await;
-            if line.contains(r#""event":"failed""#) && line.contains(r#""node":"node3""#) {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, failed)
-        .await
-        .expect("node1 reports node3 failed");
-
+    events.wait_event("failed", "node3").await;
     n3.restart().await;
-    let joined = async {
-        loop {
-            let line = events.next().await;
-            if line.contains(r#""event":"joined""#) && line.contains(r#""node":"node3""#) {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, joined)
-        .await
-        .expect("node1 reports node3 joined again");
+    events.wait_event("joined", "node3").await;
     // The restarted node serves subscribers again, for messages published anywhere.
     let mut sub3 = LiveSub::start(&n3, "mqttv311", "k/#", "1");
     sub3.wait_routed(&n1, "mqttv311", "k/probe3").await;
