@@ -103,7 +103,10 @@ def check_paths_answer(paths):
 
 def check_kubernetes():
     print("kubernetes.yaml")
-    r = subprocess.run(["kubernetes-validate", "--strict", "kubernetes.yaml"], cwd=ROOT, capture_output=True, text=True)
+    # As modules of this python: pip's console scripts may not be on PATH (pyenv shims).
+    r = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "kubernetes.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
     if r.returncode == 0:
         ok("valid against the Kubernetes schemas (kubernetes-validate --strict)")
     else:
@@ -193,7 +196,7 @@ def check_kubernetes():
 def check_compose():
     print("docker-compose.yml")
     r = subprocess.run(
-        ["check-jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
         cwd=ROOT, capture_output=True, text=True,
     )
     if r.returncode == 0:

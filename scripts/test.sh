@@ -33,7 +33,7 @@ for tool in mosquitto_pub mosquitto_sub dnsmasq stdbuf cargo python3 docker dock
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
 # The offline validators of the deployment files (PyPI).
-if ! have kubernetes-validate || ! have check-jsonschema; then
+if ! python3 -c 'import kubernetes_validate, check_jsonschema' 2>/dev/null; then
     log "installing kubernetes-validate and check-jsonschema"
     python3 -m pip install --quiet kubernetes-validate check-jsonschema \
         || { echo "FATAL: cannot install kubernetes-validate / check-jsonschema from PyPI" >&2; exit 1; }
