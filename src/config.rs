@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub connect_timeout: u64,
     pub max_connections: usize,
+    /// Open connections from one source IP (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one source IP (0: no limit).
+    pub max_connection_rate_per_ip: u32,
     pub shutdown_timeout: u64,
 }
 
@@ -50,6 +54,28 @@ pub struct MqttConfig {
     pub max_session_expiry: u32,
     pub sys_interval: u64,
     pub allow_zero_length_clientid: bool,
+    pub max_topic_levels: usize,
+    pub max_topic_length: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_sessions: usize,
+    pub max_queued_bytes: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    /// PUBLISH packets per second per client (0: no limit).
+    pub max_publish_rate: u32,
+    /// PUBLISH bytes per second per client (0: no limit).
+    pub max_publish_bytes_rate: u64,
+    pub slow_subscriber: SlowSubscriber,
+}
+
+/// What happens to a subscriber whose queue is full while others of the same messages keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriber {
+    /// Its overflow is dropped and counted; it stays connected.
+    Drop,
+    /// It is disconnected (v5 reason 0x97 Quota exceeded); a persistent session keeps queueing.
+    Disconnect,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +236,28 @@ impl Config {
         }
         if m.max_queued_messages == 0 {
             return Err(err("mqtt.max_queued_messages: must be at least 1 (got 0)"));
+        }
+        for (key, value) in [
+            ("mqtt.max_topic_levels", m.max_topic_levels),
+            ("mqtt.max_topic_length", m.max_topic_length),
+            (
+                "mqtt.max_subscriptions_per_client",
+                m.max_subscriptions_per_client,
+            ),
+            ("mqtt.max_sessions", m.max_sessions),
+            ("mqtt.max_queued_bytes", m.max_queued_bytes),
+            ("mqtt.max_retained_messages", m.max_retained_messages),
+            ("mqtt.max_retained_bytes", m.max_retained_bytes),
+        ] {
+            if value == 0 {
+                return Err(err(format!("{key}: must be at least 1 (got 0)")));
+            }
+        }
+        if m.max_topic_length > 65_535 {
+            return Err(err(format!(
+                "mqtt.max_topic_length: at most 65535, the protocol's limit (got {})",
+                m.max_topic_length
+            )));
         }
         if m.max_keepalive == 0 {
             return Err(err("mqtt.max_keepalive: must be at least 1 second (got 0)"));

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod limits;
 pub mod mqtt;
 pub mod ops;
 pub mod topic;

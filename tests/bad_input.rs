@@ -197,9 +197,13 @@ async fn a_subscriber_that_stops_reading_costs_bounded_memory_and_slows_no_one()
         .unwrap();
     let session = node.broker().sessions.get("stuck").unwrap().clone();
     assert!(session.state.lock().queue.len() <= 1000, "queue bounded");
-    assert!(
-        Metrics::get(&node.broker().metrics.dropped_queue_full) > 0,
-        "drops counted"
+    // The reading subscriber kept up, so the stuck one is a slow subscriber: its overflow
+    // is dropped and counted, in the broker's figures and against its own client id.
+    let dropped = Metrics::get(&node.broker().metrics.dropped_slow_subscriber);
+    assert!(dropped > 0, "drops counted");
+    assert_eq!(
+        session.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        dropped
     );
     drop(stuck);
 }
@@ -237,6 +241,8 @@ async fn a_stalled_qos1_subscriber_holds_publishers_back_only_briefly() {
         .lock()
         .queue
         .len();
-    assert!(queued <= 100 + 65_536, "bounded: {queued}");
+    // The soft bound plus the one message that started the hold: holding the publisher
+    // is what bounds the queue, and a stalled subscriber gets drops instead.
+    assert!(queued <= 101, "bounded: {queued}");
     drop(stuck);
 }

@@ -269,9 +269,17 @@ async fn qos1_survives_peer_links_cut_mid_stream_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_filters_are_advertised_and_routed() {
     let [n1, n2, n3] = three().await;
-    let mut s = RawClient::connect(n1.mqtt_addr(), Protocol::V311, "many", true).await;
+    // A hundred clients of a thousand filters each (mqtt.max_subscriptions_per_client).
+    let mut clients = Vec::new();
     let started = std::time::Instant::now();
     for batch in 0..100u32 {
+        let mut c = RawClient::connect(
+            n1.mqtt_addr(),
+            Protocol::V311,
+            &format!("many-{batch}"),
+            true,
+        )
+        .await;
         let filters = (0..1000u32)
             .map(|j| {
                 let i = batch * 1000 + j;
@@ -281,14 +289,19 @@ async fn a_hundred_thousand_filters_are_advertised_and_routed() {
                 )
             })
             .collect();
-        s.send(&Packet::Subscribe(vibemq::codec::Subscribe {
-            packet_id: batch as u16 + 1,
+        c.send(&Packet::Subscribe(vibemq::codec::Subscribe {
+            packet_id: 1,
             filters,
             properties: Default::default(),
         }))
         .await;
-        assert!(matches!(s.recv().await, Packet::SubAck(a) if a.reason_codes.len() == 1000));
+        assert!(
+            matches!(c.recv().await, Packet::SubAck(a) if a.reason_codes.iter().all(|r| *r == 0) && a.reason_codes.len() == 1000)
+        );
+        clients.push(c);
     }
+    // dev-99957 is the 958th filter of the last client.
+    let mut s = clients.pop().expect("100 clients");
     assert_eq!(n1.cluster().unwrap().local.len(), 100_000);
     // The routes reach the other nodes (pushed over the links, then as the widened gossip
     // summary, which replaces the pushed exact filters once it has caught up).

@@ -67,17 +67,17 @@ async fn wildcards_and_dollar_topics() {
         [0]
     );
     let mut sys = RawClient::connect(addr, Protocol::V311, "sys", true).await;
-    assert_eq!(sys.subscribe("$SYS/#", QoS::AtMostOnce).await, [0]);
+    assert_eq!(sys.subscribe("$app/#", QoS::AtMostOnce).await, [0]);
     let mut p = RawClient::connect(addr, Protocol::V311, "p", true).await;
-    p.publish("$SYS/test", b"s", QoS::AtMostOnce, false, 0)
+    p.publish("$app/test", b"s", QoS::AtMostOnce, false, 0)
         .await;
     p.publish("sport/tennis/player1", b"t", QoS::AtMostOnce, false, 0)
         .await;
     p.publish("sport/tennis/player2", b"u", QoS::AtMostOnce, false, 0)
         .await;
-    assert_eq!(sys.recv_publish().await.topic, "$SYS/test");
+    assert_eq!(sys.recv_publish().await.topic, "$app/test");
     assert_eq!(plus.recv_publish().await.topic, "sport/tennis/player1");
-    // "#" does not match $SYS: the first message "all" sees is the sport one.
+    // "#" does not match $ topics: the first message "all" sees is the sport one.
     assert_eq!(all.recv_publish().await.topic, "sport/tennis/player1");
     assert_eq!(all.recv_publish().await.topic, "sport/tennis/player2");
     plus.expect_silence(Duration::from_millis(200)).await;

@@ -14,8 +14,14 @@ pub struct Metrics {
     pub messages_sent: [AtomicU64; 3],
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
-    /// Deliveries dropped because the session queue was full.
+    /// Deliveries dropped because the session queue was full (offline, stalled, its own
+    /// publisher, or the hard cap).
     pub dropped_queue_full: AtomicU64,
+    /// Deliveries dropped because the subscriber fell behind while others of the same
+    /// message kept up (`mqtt.slow_subscriber`).
+    pub dropped_slow_subscriber: AtomicU64,
+    /// Deliveries still queued or in flight when their session ended.
+    pub dropped_session_ended: AtomicU64,
     /// QoS 0 deliveries not queued for an offline session.
     pub dropped_qos0_offline: AtomicU64,
     /// Deliveries whose Message Expiry Interval ran out before sending.
@@ -24,9 +30,21 @@ pub struct Metrics {
     pub dropped_too_large: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
     pub protocol_errors: AtomicU64,
+    /// Client PUBLISH packets refused because they target `$SYS`.
+    pub publishes_refused_sys: AtomicU64,
 }
 
 impl Metrics {
+    /// The counter for drops of this kind.
+    pub fn dropped(&self, reason: super::session::DropReason) -> &AtomicU64 {
+        use super::session::DropReason;
+        match reason {
+            DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::SlowSubscriber => &self.dropped_slow_subscriber,
+            DropReason::Qos0Offline => &self.dropped_qos0_offline,
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

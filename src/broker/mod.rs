@@ -4,6 +4,7 @@
 
 mod message;
 mod metrics;
+pub mod queue;
 mod retained;
 mod router;
 pub mod session;
@@ -16,13 +17,14 @@ use dashmap::DashMap;
 
 pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
-pub use retained::RetainedStore;
+pub use retained::{RetainOutcome, RetainedLimits, RetainedStore};
 pub use router::{Audience, GroupPick, Router};
 use session::PendingWill;
 pub use session::{ConnectionControl, Session};
 
 use crate::codec::{SubscriptionOptions, reason};
-use crate::config::Config;
+use crate::config::{Config, SlowSubscriber};
+use crate::limits::{Limit, LimitCounters};
 use crate::topic::{self, SharedFilter};
 
 /// How long a new connection waits for the connection it takes over from to finish closing.
@@ -49,6 +51,7 @@ pub struct Broker {
     pub router: Router,
     pub retained: RetainedStore,
     pub metrics: Metrics,
+    pub limits: LimitCounters,
     next_connection_id: AtomicU64,
     me: Weak<Broker>,
 }
@@ -69,14 +72,22 @@ pub struct Detach {
 
 impl Broker {
     pub fn new(config: Config, node_id: Arc<str>) -> Arc<Broker> {
+        let retained_limits = RetainedLimits {
+            max_messages: config.mqtt.max_retained_messages,
+            max_bytes: config.mqtt.max_retained_bytes,
+            // Deletes need tombstones only to order writes between nodes.
+            tombstones: config.cluster.enabled,
+        };
+        let slow_disconnect = config.mqtt.slow_subscriber == SlowSubscriber::Disconnect;
         Arc::new_cyclic(|me| Broker {
             config: Arc::new(config),
-            retained: RetainedStore::new(node_id.clone()),
+            retained: RetainedStore::with_limits(node_id.clone(), retained_limits),
             node_id,
             cluster: std::sync::OnceLock::new(),
             sessions: DashMap::new(),
-            router: Router::default(),
+            router: Router::new(slow_disconnect),
             metrics: Metrics::default(),
+            limits: LimitCounters::default(),
             next_connection_id: AtomicU64::new(1),
             me: me.clone(),
         })
@@ -93,26 +104,30 @@ impl Broker {
 
     /// Publishes a message that entered at this node: stores or clears it as retained when
     /// flagged, routes it here and hands it to the cluster. Returns the number of local
-    /// sessions it was queued for.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    /// sessions it was queued for, or the limit that refused it (a retained message the
+    /// store has no room for is neither stored nor delivered).
+    pub fn publish(&self, message: Arc<Message>) -> Result<usize, Limit> {
         self.publish_noting(message, &mut None)
     }
 
-    /// As `publish`, and pushes onto `pressure` the local sessions that queued the message past
-    /// their bound: the publishing connection waits for their room before reading more.
+    /// As `publish`, and pushes onto `pressure` the local sessions whose fullness holds the
+    /// publishing connection back: it waits for their room before reading more.
     pub fn publish_noting(
         &self,
         message: Arc<Message>,
         pressure: &mut Option<&mut Vec<Arc<Session>>>,
-    ) -> usize {
+    ) -> Result<usize, Limit> {
         Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
         if message.retain {
-            self.retained.set(message.clone());
+            self.retain(&message)?;
         }
         let Some(cluster) = self.cluster.get() else {
-            return self
-                .router
-                .publish_noting(&message, Audience::ALL, &self.metrics, pressure);
+            return Ok(self.router.publish_noting(
+                &message,
+                Audience::ALL,
+                &self.metrics,
+                pressure,
+            ));
         };
         let local_groups = if self.router.has_shared() {
             self.router.matching_groups(&message.topic)
@@ -124,8 +139,22 @@ impl Broker {
             normal: true,
             groups: GroupPick::Only(&mine),
         };
-        self.router
-            .publish_noting(&message, audience, &self.metrics, pressure)
+        Ok(self
+            .router
+            .publish_noting(&message, audience, &self.metrics, pressure))
+    }
+
+    /// Stores or clears a retained message; a write past the store's bounds is counted,
+    /// logged once per episode and refused.
+    fn retain(&self, message: &Arc<Message>) -> Result<(), Limit> {
+        match self.retained.set(message.clone()) {
+            RetainOutcome::Refused(limit) => {
+                let who = message.publisher.as_deref().unwrap_or("(a peer)");
+                self.limits.hit(limit, who, "retained message refused");
+                Err(limit)
+            }
+            RetainOutcome::Applied | RetainOutcome::Stale => Ok(()),
+        }
     }
 
     /// Publishes a message relayed by another node: stored as retained if it is the latest
@@ -137,8 +166,9 @@ impl Broker {
         groups: &[Arc<str>],
     ) -> usize {
         Metrics::add(&self.metrics.messages_from_peers, 1);
-        if message.retain {
-            self.retained.set(message.clone());
+        if message.retain && self.retain(&message).is_err() {
+            // Refused here as at its origin had this node been full: not delivered either.
+            return 0;
         }
         if !normal && groups.is_empty() {
             return 0;
@@ -155,8 +185,8 @@ impl Broker {
 
     /// Publishes a message made by this node for its own clients only (never forwarded).
     pub fn publish_local(&self, message: Arc<Message>) -> usize {
-        if message.retain {
-            self.retained.set(message.clone());
+        if message.retain && self.retain(&message).is_err() {
+            return 0;
         }
         self.router.publish(&message, Audience::ALL, &self.metrics)
     }
@@ -200,11 +230,11 @@ impl Broker {
                         self.end_session(&old);
                     }
                     let mqtt = &self.config.mqtt;
-                    let session = Session::new(
-                        client_id.clone(),
-                        mqtt.max_queued_messages,
-                        mqtt.queue_qos0_offline,
-                    );
+                    let bounds = queue::QueueBounds {
+                        max_messages: mqtt.max_queued_messages,
+                        max_bytes: mqtt.max_queued_bytes,
+                    };
+                    let session = Session::new(client_id.clone(), bounds, mqtt.queue_qos0_offline);
                     self.sessions.insert(client_id.clone(), session.clone());
                     (session, false)
                 }
@@ -216,8 +246,12 @@ impl Broker {
             }
             st.connection = Some(control.clone());
             st.generation += 1;
-            // A new connection before the will delay elapsed cancels the will (MQTT-3.1.3-9).
+            // A new connection before the will delay elapsed cancels the will (MQTT-3.1.3-9),
+            // and the session no longer expires.
             st.will = None;
+            if let Some(timer) = st.timer.take() {
+                timer.abort();
+            }
             drop(st);
             session.set_online(true);
             return Attached {
@@ -233,11 +267,16 @@ impl Broker {
         let mut st = session.state.lock();
         let owned = st.connection.as_ref().is_some_and(|c| c.id == control.id);
         if !owned {
-            drop(st);
-            // Taken over: the will goes out unless it has a delay (the new connection is
-            // within it, so it is cancelled).
-            if let Some(w) = detach.will.filter(|w| w.delay == 0) {
-                self.publish_will(&session.client_id, w);
+            // Taken over. A will without delay goes out now. One with a delay waits in the
+            // session: the new connection cancels it if it resumes the session, and it is
+            // published if the session ends instead (a clean-start takeover).
+            match detach.will {
+                Some(w) if w.delay == 0 || st.ended => {
+                    drop(st);
+                    self.publish_will(&session.client_id, w);
+                }
+                Some(w) => st.will = Some(w),
+                None => {}
             }
             return;
         }
@@ -288,6 +327,9 @@ impl Broker {
         kept
     }
 
+    /// Arms the one timer a disconnected session has: the will delay (when it is shorter
+    /// than the expiry; otherwise the will goes out when the session ends), then the expiry.
+    /// A reconnect aborts it, so reconnect loops leave no sleeping tasks behind.
     fn arm_timers(
         &self,
         session: &Arc<Session>,
@@ -295,9 +337,15 @@ impl Broker {
         expiry: u32,
         will_delay: Option<u32>,
     ) {
-        if let Some(delay) = will_delay.filter(|d| *d < expiry) {
-            let (me, session) = (self.me.clone(), session.clone());
-            tokio::spawn(async move {
+        let will_delay = will_delay.filter(|d| *d < expiry);
+        if will_delay.is_none() && expiry == u32::MAX {
+            return;
+        }
+        let (me, held) = (self.me.clone(), session.clone());
+        let task = tokio::spawn(async move {
+            let session = held;
+            let started = tokio::time::Instant::now();
+            if let Some(delay) = will_delay {
                 tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
                 let Some(broker) = me.upgrade() else { return };
                 let will = {
@@ -310,18 +358,25 @@ impl Broker {
                 if let Some(w) = will {
                     broker.publish_will(&session.client_id, w);
                 }
-            });
-        }
-        if expiry != u32::MAX {
-            let (me, session) = (self.me.clone(), session.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                let Some(broker) = me.upgrade() else { return };
-                if session.state.lock().generation == generation {
-                    tracing::debug!(client_id = %session.client_id, "session expired");
-                    broker.end_session(&session);
-                }
-            });
+            }
+            if expiry == u32::MAX {
+                return;
+            }
+            tokio::time::sleep_until(started + Duration::from_secs(u64::from(expiry))).await;
+            let Some(broker) = me.upgrade() else { return };
+            if session.state.lock().generation == generation {
+                tracing::debug!(client_id = %crate::limits::printable(&session.client_id), "session expired");
+                broker.end_session(&session);
+            }
+        });
+        let mut st = session.state.lock();
+        if st.generation == generation {
+            if let Some(old) = st.timer.replace(task.abort_handle()) {
+                old.abort();
+            }
+        } else {
+            // Reattached meanwhile: this timer is not needed.
+            task.abort();
         }
     }
 
@@ -335,9 +390,15 @@ impl Broker {
             }
             st.ended = true;
             st.generation += 1;
+            if let Some(timer) = st.timer.take() {
+                timer.abort();
+            }
             let shared = st.take_shared_unacknowledged();
+            let lost = st.queue.len() + st.inflight.len();
+            Metrics::add(&self.metrics.dropped_session_ended, lost as u64);
             st.queue.clear();
             st.inflight.clear();
+            st.unsent_inflight = 0;
             (
                 std::mem::take(&mut st.subscriptions),
                 st.will.take(),
@@ -350,7 +411,7 @@ impl Broker {
             self.remove_route_entry(&session.client_id, filter);
         }
         let lost = self.reassign_shared(session, shared).len();
-        Metrics::add(&self.metrics.dropped_queue_full, lost as u64);
+        Metrics::add(&self.metrics.dropped_session_ended, lost as u64);
         if let Some(w) = will {
             self.publish_will(&session.client_id, w);
         }
@@ -358,7 +419,7 @@ impl Broker {
 
     pub fn publish_will(&self, client_id: &Arc<str>, pending: PendingWill) {
         let w = pending.will;
-        tracing::debug!(client_id = %client_id, topic = %w.topic, "publishing will");
+        tracing::debug!(client_id = %crate::limits::printable(client_id), topic = %crate::limits::printable(&w.topic), "publishing will");
         let message = Message::new(
             w.topic.into(),
             w.payload,
@@ -367,7 +428,8 @@ impl Broker {
             w.properties,
             Some(client_id.clone()),
         );
-        self.publish(Arc::new(message));
+        // A refusal (the retained store is full) is counted and logged by `publish`.
+        let _ = self.publish(Arc::new(message));
     }
 
     /// Adds a subscription for a session; true if it replaced one with the same filter.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
-use super::session::Enqueued;
+use super::session::Offer;
 use super::{Delivery, Message, Metrics, Session};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::topic::{SharedFilter, Trie};
@@ -72,6 +72,8 @@ impl SharedGroup {
 pub struct Router {
     trie: RwLock<Trie<SubscriberSet>>,
     shared_groups: AtomicUsize,
+    /// `mqtt.slow_subscriber = "disconnect"`.
+    slow_subscriber_disconnect: bool,
 }
 
 /// Which of the matching subscribers a publish goes to.
@@ -124,6 +126,13 @@ struct Merged<'a> {
 }
 
 impl Router {
+    pub fn new(slow_subscriber_disconnect: bool) -> Router {
+        Router {
+            slow_subscriber_disconnect,
+            ..Router::default()
+        }
+    }
+
     /// Number of distinct filters (shared groups counted under their filter).
     pub fn filter_count(&self) -> usize {
         self.trie.read().len()
@@ -256,8 +265,8 @@ impl Router {
         self.publish_noting(message, audience, metrics, &mut None)
     }
 
-    /// As `publish`, and pushes onto `pressure` each session that queued the message past its
-    /// bound (its publisher should wait for room).
+    /// As `publish`, for a message whose publishing connection can be held back: `pressure`
+    /// receives the sessions it must wait for (see `Fanout::finish`).
     pub fn publish_noting(
         &self,
         message: &Arc<Message>,
@@ -268,8 +277,15 @@ impl Router {
         let trie = self.trie.read();
         let mut sets: SmallVec<[&SubscriberSet; 8]> = SmallVec::new();
         trie.for_each_match(&message.topic, |set| sets.push(set));
-        let mut offered = 0;
         let own = |client: &str| message.publisher.as_deref() == Some(client);
+        let mut fanout = Fanout {
+            message,
+            metrics,
+            can_hold: pressure.is_some(),
+            queued: 0,
+            online_queued: false,
+            full: SmallVec::new(),
+        };
 
         let with_clients = if audience.normal {
             sets.iter().filter(|s| !s.clients.is_empty()).count()
@@ -286,13 +302,12 @@ impl Router {
                 if sub.options.no_local && own(client) {
                     continue;
                 }
-                let merged = Merged {
+                fanout.offer(Merged {
                     subscriber: sub,
                     qos: sub.options.qos,
                     retain_as_published: sub.options.retain_as_published,
                     ids: sub.id.into_iter().collect(),
-                };
-                offered += Self::offer(message, merged, metrics, pressure);
+                });
             }
         } else if with_clients > 1 {
             let mut merged: HashMap<&str, Merged<'_>> = HashMap::new();
@@ -317,7 +332,7 @@ impl Router {
                 }
             }
             for m in merged.into_values() {
-                offered += Self::offer(message, m, metrics, pressure);
+                fanout.offer(m);
             }
         }
 
@@ -336,32 +351,11 @@ impl Router {
                         subscription_ids: member.id.into_iter().collect(),
                         shared_group: Some(group.key.clone()),
                     };
-                    offered += noted(
-                        member.session.enqueue(delivery, metrics),
-                        &member.session,
-                        pressure,
-                    );
+                    fanout.deliver(&member.session, delivery);
                 }
             }
         }
-        offered
-    }
-
-    fn offer(
-        message: &Arc<Message>,
-        m: Merged<'_>,
-        metrics: &Metrics,
-        pressure: &mut Option<&mut Vec<Arc<Session>>>,
-    ) -> usize {
-        let session = &m.subscriber.session;
-        let delivery = Delivery {
-            message: message.clone(),
-            qos: message.qos.min(m.qos),
-            retain: m.retain_as_published && message.retain,
-            subscription_ids: m.ids,
-            shared_group: None,
-        };
-        noted(session.enqueue(delivery, metrics), session, pressure)
+        fanout.finish(self.slow_subscriber_disconnect, pressure)
     }
 
     /// Hands a shared-subscription delivery that `from` did not receive to another member of
@@ -390,7 +384,8 @@ impl Router {
                     qos: delivery.message.qos.min(member.options.qos),
                     ..delivery
                 };
-                member.session.enqueue(d, metrics);
+                // Already admitted once: it may not hold anyone back now.
+                member.session.offer(d, false, metrics);
                 None
             }
             None => Some(delivery),
@@ -398,35 +393,81 @@ impl Router {
     }
 }
 
-/// 1 when the delivery was queued (noting a session under pressure), else 0.
-fn noted(
-    outcome: Enqueued,
-    session: &Arc<Session>,
-    pressure: &mut Option<&mut Vec<Arc<Session>>>,
-) -> usize {
-    match outcome {
-        Enqueued::Queued => 1,
-        Enqueued::QueuedUnderPressure => {
-            if let Some(p) = pressure
-                && !p.iter().any(|s| Arc::ptr_eq(s, session))
-            {
-                p.push(session.clone());
+/// One message on its way to the matching sessions: who queued it, and who was full.
+struct Fanout<'m> {
+    message: &'m Arc<Message>,
+    metrics: &'m Metrics,
+    /// The publishing connection can be held back (a client's publish, not a peer's).
+    can_hold: bool,
+    queued: usize,
+    /// A connected session queued it: holding the publisher back would starve that one.
+    online_queued: bool,
+    full: SmallVec<[(Arc<Session>, Delivery); 2]>,
+}
+
+impl Fanout<'_> {
+    fn offer(&mut self, m: Merged<'_>) {
+        let delivery = Delivery {
+            message: self.message.clone(),
+            qos: self.message.qos.min(m.qos),
+            retain: m.retain_as_published && self.message.retain,
+            subscription_ids: m.ids,
+            shared_group: None,
+        };
+        self.deliver(&m.subscriber.session, delivery);
+    }
+
+    fn deliver(&mut self, session: &Arc<Session>, delivery: Delivery) {
+        // A client is never held back by its own session: it would stop reading the very
+        // acknowledgements that make room there.
+        let may_hold =
+            self.can_hold && self.message.publisher.as_deref() != Some(&*session.client_id);
+        match session.offer(delivery, may_hold, self.metrics) {
+            Offer::Queued { online } => {
+                self.queued += 1;
+                self.online_queued |= online;
             }
-            1
+            Offer::Full(d) => self.full.push((session.clone(), d)),
+            Offer::Dropped | Offer::SessionEnded => {}
         }
-        _ => 0,
+    }
+
+    /// Settles the sessions that were full. When no connected session took the message,
+    /// holding the publisher back starves nobody: the full ones queue it past their bound and
+    /// go into `pressure`, and the publisher is read again once one of them has room. When
+    /// another connected session took it, the full ones are slow subscribers: their copy is
+    /// dropped (or they are disconnected) so they cannot slow the others down.
+    fn finish(self, slow_disconnect: bool, pressure: &mut Option<&mut Vec<Arc<Session>>>) -> usize {
+        let mut queued = self.queued;
+        let hold = !self.online_queued;
+        for (session, delivery) in self.full {
+            if !hold {
+                session.overflow(delivery, slow_disconnect, self.metrics);
+                continue;
+            }
+            if session.admit_under_pressure(delivery, self.metrics) {
+                queued += 1;
+                if let Some(p) = pressure
+                    && !p.iter().any(|s| Arc::ptr_eq(s, &session))
+                {
+                    p.push(session);
+                }
+            }
+        }
+        queued
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::queue::QueueBounds;
     use crate::broker::session::ConnectionControl;
     use crate::codec::Properties;
     use bytes::Bytes;
 
     fn online(id: &str) -> Arc<Session> {
-        let s = Session::new(id.into(), 100, false);
+        let s = Session::new(id.into(), QueueBounds::messages(100), false);
         s.state.lock().connection = Some(ConnectionControl::new(1));
         s.set_online(true);
         s
@@ -451,7 +492,7 @@ mod tests {
     }
 
     fn queued(s: &Session) -> Vec<Delivery> {
-        s.state.lock().queue.drain(..).collect()
+        s.state.lock().queue.extract(|_| true)
     }
 
     #[test]

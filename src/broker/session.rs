@@ -5,11 +5,12 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
+use super::queue::{DeliveryQueue, QueueBounds};
 use super::{Delivery, Metrics};
 use crate::codec::{Protocol, QoS, SubscriptionOptions, Will};
 
@@ -29,6 +30,9 @@ pub struct Inflight {
     pub packet_id: u16,
     pub state: InflightState,
     pub delivery: Delivery,
+    /// False while it waits to be sent again after a resume (the client's new Receive
+    /// Maximum may be smaller than what was in flight).
+    pub sent: bool,
 }
 
 /// A subscription as the session remembers it (the trie holds the routing copy).
@@ -116,10 +120,12 @@ pub struct SessionState {
     pub connection: Option<Arc<ConnectionControl>>,
     /// Bumped on every attach and detach; timers armed at a detach act only if it is unchanged.
     pub generation: u64,
-    /// Deliveries not yet sent (bounded by `max_queued`).
-    pub queue: VecDeque<Delivery>,
-    /// Outbound QoS 1/2 messages sent and not yet acknowledged, in send order.
+    /// Deliveries not yet sent (bounded, see `QueueBounds`).
+    pub queue: DeliveryQueue,
+    /// Outbound QoS 1/2 messages in flight, in send order.
     pub inflight: VecDeque<Inflight>,
+    /// How many of `inflight` wait to be sent again (after a resume).
+    pub unsent_inflight: usize,
     next_packet_id: u16,
     /// Filter as subscribed (with any `$share/{group}/` prefix) to its options.
     pub subscriptions: HashMap<String, SubscriptionRecord>,
@@ -128,10 +134,14 @@ pub struct SessionState {
     /// Session Expiry Interval in seconds (u32::MAX: never).
     pub expiry_interval: u32,
     pub will: Option<PendingWill>,
+    /// The will-delay / expiry timer armed when the connection went; cancelled by a new one.
+    pub timer: Option<tokio::task::AbortHandle>,
     /// Set when the session has been discarded: nothing more is queued for it.
     pub ended: bool,
     /// When the connection last took deliveries off the queue (stall detection).
     pub last_dequeue: std::time::Instant,
+    /// Deliveries dropped since the current overflow episode began (0: none running).
+    episode_drops: u64,
 }
 
 pub struct Session {
@@ -139,10 +149,12 @@ pub struct Session {
     pub state: Mutex<SessionState>,
     online: AtomicBool,
     wake: Notify,
-    /// Woken when the queue drops below `max_queued` (publishers held back wait on it).
+    /// Woken when the queue drops below its bound (publishers held back wait on it).
     room: Notify,
-    max_queued: usize,
+    bounds: QueueBounds,
     queue_qos0_offline: bool,
+    /// Deliveries to this session dropped (queue full, slow subscriber, offline QoS 0).
+    pub dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for Session {
@@ -157,39 +169,58 @@ impl std::fmt::Debug for Session {
 /// publishers back and gets drops instead.
 const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// What happened to a delivery offered to a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Enqueued {
-    Queued,
-    /// Queued past `max_queued`: the publisher should wait for room (`Session::has_room`).
-    QueuedUnderPressure,
-    DroppedFull,
-    DroppedOffline,
+/// What a session did with a delivery offered to it.
+#[derive(Debug)]
+pub enum Offer {
+    /// Queued, for a connected session (`online`) or an offline one.
+    Queued {
+        online: bool,
+    },
+    /// Not queued: the session is connected and moving, but its queue is at its bound. The
+    /// router decides between holding the publisher back (`admit_under_pressure`) and
+    /// dropping (`overflow`), by whether other subscribers of the message would starve.
+    Full(Delivery),
+    /// Dropped and counted (offline QoS 0, a full queue that may not hold anyone back).
+    Dropped,
     SessionEnded,
 }
 
+/// Why a delivery to a session was dropped (each has its own counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// At the bound, offline, stalled, its own publisher, or at the hard cap.
+    QueueFull,
+    /// At the bound while other subscribers of the same message keep up.
+    SlowSubscriber,
+    Qos0Offline,
+}
+
 impl Session {
-    pub fn new(client_id: Arc<str>, max_queued: usize, queue_qos0_offline: bool) -> Arc<Session> {
+    pub fn new(client_id: Arc<str>, bounds: QueueBounds, queue_qos0_offline: bool) -> Arc<Session> {
         Arc::new(Session {
             client_id,
             state: Mutex::new(SessionState {
                 connection: None,
                 generation: 0,
-                queue: VecDeque::new(),
+                queue: DeliveryQueue::default(),
                 inflight: VecDeque::new(),
+                unsent_inflight: 0,
                 next_packet_id: 1,
                 subscriptions: HashMap::new(),
                 inbound_qos2: HashSet::new(),
                 expiry_interval: 0,
                 will: None,
+                timer: None,
                 ended: false,
                 last_dequeue: std::time::Instant::now(),
+                episode_drops: 0,
             }),
             online: AtomicBool::new(false),
             wake: Notify::new(),
             room: Notify::new(),
-            max_queued,
+            bounds,
             queue_qos0_offline,
+            dropped: AtomicU64::new(0),
         })
     }
 
@@ -202,55 +233,93 @@ impl Session {
         self.online.store(online, Ordering::Relaxed);
     }
 
-    /// Queues a delivery, dropping it (and counting the drop) when the queue is full or when it
-    /// is QoS 0 for an offline session that does not queue those.
-    pub fn enqueue(&self, delivery: Delivery, metrics: &Metrics) -> Enqueued {
+    /// Offers a delivery. Within the bound it is queued. Past it, a connected subscriber that
+    /// is still taking messages gets `Offer::Full` back when `may_hold` (the publisher is
+    /// not this session's own client); otherwise the delivery is dropped and counted.
+    pub fn offer(&self, delivery: Delivery, may_hold: bool, metrics: &Metrics) -> Offer {
         let mut st = self.state.lock();
         if st.ended {
-            return Enqueued::SessionEnded;
+            return Offer::SessionEnded;
         }
         let online = st.connection.is_some();
         if !online && delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline {
-            Metrics::add(&metrics.dropped_qos0_offline, 1);
-            return Enqueued::DroppedOffline;
+            drop(st);
+            self.count_drop(DropReason::Qos0Offline, metrics);
+            return Offer::Dropped;
         }
-        let mut outcome = Enqueued::Queued;
-        if st.queue.len() >= self.max_queued {
-            // A connected subscriber that is keeping up, if slower than its publishers, gets
-            // QoS 1/2 messages past the bound (up to a hard cap) while the publishers are held
-            // back; a stalled one, an offline one or QoS 0 gets drops.
-            let pressure = online
-                && delivery.qos != QoS::AtMostOnce
-                && st.queue.len() < self.hard_cap()
-                && st.last_dequeue.elapsed() < STALLED_AFTER;
-            if !pressure {
-                drop(st);
-                Metrics::add(&metrics.dropped_queue_full, 1);
-                tracing::debug!(client_id = %self.client_id, "session queue full, message dropped");
-                return Enqueued::DroppedFull;
+        if st.queue.has_room(&self.bounds) {
+            st.queue.push_back(delivery);
+            drop(st);
+            if online {
+                self.wake.notify_one();
             }
-            outcome = Enqueued::QueuedUnderPressure;
+            return Offer::Queued { online };
+        }
+        let moving = st.last_dequeue.elapsed() < STALLED_AFTER;
+        if online && may_hold && moving && st.queue.below_hard_cap(&self.bounds) {
+            return Offer::Full(delivery);
+        }
+        self.drop_locked(&mut st, DropReason::QueueFull, metrics);
+        Offer::Dropped
+    }
+
+    /// Queues a delivery the session was `Full` for, past the soft bound (its publisher is
+    /// being held back). Dropped and counted at the hard cap; true when queued.
+    pub fn admit_under_pressure(&self, delivery: Delivery, metrics: &Metrics) -> bool {
+        let mut st = self.state.lock();
+        if st.ended {
+            return false;
+        }
+        if !st.queue.below_hard_cap(&self.bounds) {
+            self.drop_locked(&mut st, DropReason::QueueFull, metrics);
+            return false;
         }
         st.queue.push_back(delivery);
         drop(st);
-        if online {
-            self.wake.notify_one();
+        self.wake.notify_one();
+        true
+    }
+
+    /// Drops a delivery the session was `Full` for because other subscribers of the same
+    /// message keep up (`mqtt.slow_subscriber`): counted, and with `disconnect` the client is
+    /// told to go (v5 0x97 Quota exceeded).
+    pub fn overflow(&self, _delivery: Delivery, disconnect: bool, metrics: &Metrics) {
+        let mut st = self.state.lock();
+        self.drop_locked(&mut st, DropReason::SlowSubscriber, metrics);
+        if disconnect && let Some(c) = &st.connection {
+            c.kick(crate::codec::reason::QUOTA_EXCEEDED);
         }
-        outcome
     }
 
-    /// Most deliveries queued under publisher backpressure.
-    fn hard_cap(&self) -> usize {
-        self.max_queued
-            .saturating_mul(2)
-            .max(self.max_queued + 65_536)
+    fn count_drop(&self, reason: DropReason, metrics: &Metrics) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        Metrics::add(metrics.dropped(reason), 1);
     }
 
-    /// Whether a publisher held back by this session may go on: its queue is below the bound,
-    /// or it has made no progress for a while (a stalled subscriber holds nobody back).
+    /// Counts a drop and logs the first of an overflow episode (ended by `note_dequeued`).
+    fn drop_locked(&self, st: &mut SessionState, reason: DropReason, metrics: &Metrics) {
+        self.count_drop(reason, metrics);
+        st.episode_drops += 1;
+        if st.episode_drops == 1 {
+            tracing::warn!(
+                client_id = %crate::limits::printable(&self.client_id),
+                queued = st.queue.len(),
+                queued_bytes = st.queue.bytes(),
+                online = st.connection.is_some(),
+                ?reason,
+                "session queue full: dropping its overflow (logged once per episode)"
+            );
+        }
+    }
+
+    /// Whether a publisher held back by this session may go on: its queue is within its
+    /// bound, or it has made no progress for a while (a stalled subscriber holds nobody back).
     pub fn has_room(&self) -> bool {
         let st = self.state.lock();
-        st.ended || st.queue.len() < self.max_queued || st.last_dequeue.elapsed() >= STALLED_AFTER
+        st.ended
+            || st.connection.is_none()
+            || st.queue.has_room(&self.bounds)
+            || st.last_dequeue.elapsed() >= STALLED_AFTER
     }
 
     /// Resolves when the queue may have room again (or after a short while: callers re-check).
@@ -262,8 +331,16 @@ impl Session {
     /// Called by the owning connection after it took deliveries off the queue.
     pub(crate) fn note_dequeued(&self, st: &mut SessionState) {
         st.last_dequeue = std::time::Instant::now();
-        if st.queue.len() < self.max_queued {
+        if st.queue.has_room(&self.bounds) {
             self.room.notify_waiters();
+            if st.episode_drops > 0 {
+                tracing::info!(
+                    client_id = %crate::limits::printable(&self.client_id),
+                    dropped = st.episode_drops,
+                    "session queue has room again"
+                );
+                st.episode_drops = 0;
+            }
         }
     }
 
@@ -279,15 +356,21 @@ impl Session {
         }
     }
 
-    /// Queues retained messages matched by a new subscription. They bypass the queue bound:
-    /// they are already held by the retained store, and a subscriber to a wide filter must get
-    /// all of them, not the first `max_queued`.
-    pub fn push_retained(&self, deliveries: Vec<Delivery>) {
+    /// Queues retained messages matched by a new subscription. They may pass the soft bound
+    /// (a subscriber to a wide filter gets all of them, not the first `max_queued_messages`)
+    /// but not the hard cap: past it they are dropped and counted.
+    pub fn push_retained(&self, deliveries: Vec<Delivery>, metrics: &Metrics) {
         let mut st = self.state.lock();
         if st.ended {
             return;
         }
-        st.queue.extend(deliveries);
+        for d in deliveries {
+            if st.queue.below_hard_cap(&self.bounds) {
+                st.queue.push_back(d);
+            } else {
+                self.drop_locked(&mut st, DropReason::QueueFull, metrics);
+            }
+        }
         drop(st);
         self.wake.notify_one();
     }
@@ -315,6 +398,13 @@ impl SessionState {
         }
     }
 
+    /// Removes an in-flight message (keeping `unsent_inflight` in step).
+    pub fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
+        let f = self.inflight.remove(index)?;
+        self.unsent_inflight -= usize::from(!f.sent);
+        Some(f)
+    }
+
     /// Position of the in-flight message with this id and state.
     pub fn find_inflight(&self, packet_id: u16, state: InflightState) -> Option<usize> {
         self.inflight
@@ -322,28 +412,23 @@ impl SessionState {
             .position(|f| f.packet_id == packet_id && f.state == state)
     }
 
-    /// Takes out the deliveries that came through shared subscriptions and were not yet
-    /// received by the client, so another group member can have them.
+    /// Takes out the deliveries that came through shared subscriptions and may go to another
+    /// group member: those still queued and QoS 1 ones in flight. A QoS 2 message already
+    /// sent stays with this session, to be completed when the client returns or discarded
+    /// with the session (MQTT-4.8.2-4, MQTT-4.8.2-5).
     pub fn take_shared_unacknowledged(&mut self) -> Vec<Delivery> {
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(self.inflight.len());
         for f in self.inflight.drain(..) {
-            if f.delivery.shared_group.is_some() && f.state != InflightState::AwaitPubComp {
+            if f.delivery.shared_group.is_some() && f.state == InflightState::AwaitPubAck {
+                self.unsent_inflight -= usize::from(!f.sent);
                 out.push(f.delivery);
             } else {
                 kept.push_back(f);
             }
         }
         self.inflight = kept;
-        let mut queue = VecDeque::with_capacity(self.queue.len());
-        for d in self.queue.drain(..) {
-            if d.shared_group.is_some() {
-                out.push(d)
-            } else {
-                queue.push_back(d)
-            }
-        }
-        self.queue = queue;
+        out.extend(self.queue.extract(|d| d.shared_group.is_some()));
         out
     }
 }
@@ -373,88 +458,120 @@ mod tests {
         }
     }
 
+    fn queued(o: &Offer) -> bool {
+        matches!(o, Offer::Queued { .. })
+    }
+
     #[test]
-    fn queue_is_bounded_and_drops_are_counted() {
+    fn past_the_bound_a_moving_subscriber_is_full_and_others_drop() {
         let metrics = Metrics::default();
-        let s = Session::new("c".into(), 2, false);
+        let s = Session::new("c".into(), QueueBounds::messages(2), false);
         s.state.lock().connection = Some(ConnectionControl::new(1));
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::Queued
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, false), &metrics),
-            Enqueued::Queued
-        );
-        // Full: QoS 0 is dropped; QoS 1 to a connected, moving subscriber holds the publisher.
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, false), &metrics),
-            Enqueued::DroppedFull
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::QueuedUnderPressure
-        );
+        assert!(queued(&s.offer(
+            delivery(QoS::AtLeastOnce, false),
+            true,
+            &metrics
+        )));
+        assert!(queued(&s.offer(
+            delivery(QoS::AtMostOnce, false),
+            true,
+            &metrics
+        )));
+        // At the bound: QoS 0 and 1 alike come back Full when the publisher may be held.
+        let full = s.offer(delivery(QoS::AtMostOnce, false), true, &metrics);
+        let Offer::Full(d) = full else {
+            panic!("expected Full, got {full:?}")
+        };
         assert!(!s.has_room());
+        assert!(s.admit_under_pressure(d, &metrics));
+        assert_eq!(s.state.lock().queue.len(), 3);
+        // Its own client's publish may not hold it: dropped.
+        assert!(matches!(
+            s.offer(delivery(QoS::AtLeastOnce, false), false, &metrics),
+            Offer::Dropped
+        ));
+        let Offer::Full(d) = s.offer(delivery(QoS::AtLeastOnce, false), true, &metrics) else {
+            panic!("expected Full")
+        };
+        s.overflow(d, false, &metrics);
         assert_eq!(Metrics::get(&metrics.dropped_queue_full), 1);
+        assert_eq!(Metrics::get(&metrics.dropped_slow_subscriber), 1);
+        assert_eq!(s.dropped.load(Ordering::Relaxed), 2, "counted per client");
         // A subscriber that has not moved for the stall time holds nobody back.
         s.state.lock().last_dequeue = std::time::Instant::now() - STALLED_AFTER;
         assert!(s.has_room());
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::DroppedFull
-        );
+        assert!(matches!(
+            s.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),
+            Offer::Dropped
+        ));
         // Offline sessions never hold publishers back.
-        let offline = Session::new("o".into(), 1, false);
-        assert_eq!(
-            offline.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::Queued
-        );
-        assert_eq!(
-            offline.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::DroppedFull
-        );
-        // The hard cap bounds what pressure may queue.
-        let capped = Session::new("h".into(), 1, false);
-        capped.state.lock().connection = Some(ConnectionControl::new(2));
-        let cap = capped.hard_cap();
-        for _ in 0..cap {
-            capped.enqueue(delivery(QoS::AtLeastOnce, false), &metrics);
+        let offline = Session::new("o".into(), QueueBounds::messages(1), false);
+        assert!(matches!(
+            offline.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),
+            Offer::Queued { online: false }
+        ));
+        assert!(matches!(
+            offline.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),
+            Offer::Dropped
+        ));
+    }
+
+    #[test]
+    fn the_hard_cap_bounds_pressure_retained_and_bytes() {
+        let metrics = Metrics::default();
+        let bounds = QueueBounds {
+            max_messages: 1,
+            max_bytes: 10,
+        };
+        let s = Session::new("h".into(), bounds, false);
+        s.state.lock().connection = Some(ConnectionControl::new(2));
+        let cap = bounds.hard_messages();
+        for _ in 0..cap + 5 {
+            s.admit_under_pressure(delivery(QoS::AtLeastOnce, false), &metrics);
         }
-        assert_eq!(capped.state.lock().queue.len(), cap);
+        // Each delivery weighs 2 bytes ("t" + "x"): the 20-byte hard cap is reached first.
+        assert_eq!(s.state.lock().queue.len(), 10);
+        assert_eq!(s.state.lock().queue.bytes(), 20);
+        s.push_retained(vec![delivery(QoS::AtMostOnce, false); 3], &metrics);
+        assert_eq!(s.state.lock().queue.len(), 10);
         assert_eq!(
-            capped.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::DroppedFull
+            Metrics::get(&metrics.dropped_queue_full),
+            cap as u64 + 5 - 10 + 3
         );
+        let big = QueueBounds::messages(1);
+        assert_eq!(big.hard_messages(), 65_537);
     }
 
     #[test]
     fn offline_sessions_skip_qos0_unless_configured() {
         let metrics = Metrics::default();
-        let s = Session::new("c".into(), 10, false);
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, false), &metrics),
-            Enqueued::DroppedOffline
-        );
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::Queued
-        );
-        let s = Session::new("c".into(), 10, true);
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce, false), &metrics),
-            Enqueued::Queued
-        );
+        let s = Session::new("c".into(), QueueBounds::messages(10), false);
+        assert!(matches!(
+            s.offer(delivery(QoS::AtMostOnce, false), true, &metrics),
+            Offer::Dropped
+        ));
+        assert_eq!(Metrics::get(&metrics.dropped_qos0_offline), 1);
+        assert!(queued(&s.offer(
+            delivery(QoS::AtLeastOnce, false),
+            true,
+            &metrics
+        )));
+        let s = Session::new("c".into(), QueueBounds::messages(10), true);
+        assert!(queued(&s.offer(
+            delivery(QoS::AtMostOnce, false),
+            true,
+            &metrics
+        )));
         s.state.lock().ended = true;
-        assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce, false), &metrics),
-            Enqueued::SessionEnded
-        );
+        assert!(matches!(
+            s.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),
+            Offer::SessionEnded
+        ));
     }
 
     #[test]
     fn packet_ids_skip_ids_in_flight_and_wrap() {
-        let s = Session::new("c".into(), 10, false);
+        let s = Session::new("c".into(), QueueBounds::messages(10), false);
         let mut st = s.state.lock();
         st.next_packet_id = u16::MAX;
         let d = delivery(QoS::AtLeastOnce, false);
@@ -462,6 +579,7 @@ mod tests {
             packet_id: 1,
             state: InflightState::AwaitPubAck,
             delivery: d,
+            sent: true,
         });
         assert_eq!(st.allocate_packet_id(), u16::MAX);
         assert_eq!(
@@ -474,25 +592,28 @@ mod tests {
     }
 
     #[test]
-    fn shared_deliveries_are_taken_unless_already_received() {
-        let s = Session::new("c".into(), 10, false);
+    fn shared_deliveries_are_taken_unless_qos2_already_sent() {
+        let s = Session::new("c".into(), QueueBounds::messages(10), false);
         let mut st = s.state.lock();
         st.queue.push_back(delivery(QoS::AtLeastOnce, true));
         st.queue.push_back(delivery(QoS::AtLeastOnce, false));
-        for (id, state) in [
-            (1, InflightState::AwaitPubAck),
-            (2, InflightState::AwaitPubComp),
+        for (id, qos, state) in [
+            (1, QoS::AtLeastOnce, InflightState::AwaitPubAck),
+            (2, QoS::ExactlyOnce, InflightState::AwaitPubRec),
+            (3, QoS::ExactlyOnce, InflightState::AwaitPubComp),
         ] {
             st.inflight.push_back(Inflight {
                 packet_id: id,
                 state,
-                delivery: delivery(QoS::ExactlyOnce, true),
+                delivery: delivery(qos, true),
+                sent: true,
             });
         }
         let taken = st.take_shared_unacknowledged();
-        assert_eq!(taken.len(), 2);
+        assert_eq!(taken.len(), 2, "the queued one and the QoS 1 in flight");
         assert_eq!(st.queue.len(), 1);
-        assert_eq!(st.inflight.len(), 1);
-        assert_eq!(st.inflight[0].packet_id, 2);
+        assert_eq!(st.queue.bytes(), 2);
+        let kept: Vec<u16> = st.inflight.iter().map(|f| f.packet_id).collect();
+        assert_eq!(kept, [2, 3], "QoS 2 once sent stays with its session");
     }
 }

@@ -12,64 +12,87 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::connection::Connection;
+use super::listener::Admission;
 use crate::broker::{Broker, ConnectionControl};
 use crate::codec::{
     ConnAck, Connect, DecodeError, Packet, Properties, Protocol, decode_packet, encode_packet,
     reason, v3_return,
 };
-use crate::topic::valid_topic_name;
+use crate::limits::{Limit, TokenBucket, printable};
+use crate::topic::{check_topic_bounds, is_sys_topic, valid_topic_name};
 
-/// Reads CONNECT and sets the connection up; None when the connection is refused or lost.
+/// How a handshake ended.
+pub(super) enum Handshake {
+    Connected(Box<Connection>),
+    /// Refused with a CONNACK: the caller half-closes and drains, so the client reads it.
+    Refused,
+    /// Nothing to tell the client (no CONNECT in time, lost, or not MQTT).
+    Gone,
+}
+
+/// Reads CONNECT and sets the connection up.
 pub(super) async fn handshake(
     stream: &mut TcpStream,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     broker: &Arc<Broker>,
-) -> Option<Connection> {
+    admission: Admission,
+) -> Handshake {
     let timeout = Duration::from_secs(broker.config.server.connect_timeout);
     let max_in = broker.config.mqtt.max_packet_size as usize;
     let connect = match tokio::time::timeout(timeout, read_connect(stream, rbuf, max_in)).await {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within the connect timeout");
-            return None;
+            return Handshake::Gone;
         }
-        Ok(Err(ReadError::Io)) => return None,
+        Ok(Err(ReadError::Io)) => return Handshake::Gone,
         Ok(Err(ReadError::Decode(DecodeError::UnsupportedProtocolLevel(level)))) => {
             tracing::info!(%peer, level, "refusing unsupported protocol level");
             // A 3.1.1-format CONNACK is what every version can read.
             let _ = stream
                 .write_all(&[0x20, 0x02, 0x00, v3_return::UNACCEPTABLE_PROTOCOL_VERSION])
                 .await;
-            return None;
+            return Handshake::Refused;
         }
         Ok(Err(ReadError::Decode(e))) => {
             crate::broker::Metrics::add(&broker.metrics.protocol_errors, 1);
             tracing::info!(%peer, error = %e, "refusing connection: bad CONNECT");
-            return None;
+            return Handshake::Gone;
         }
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
-    match check_connect(&connect, broker) {
-        Ok(()) => {}
-        Err(refusal) => {
-            tracing::info!(%peer, client_id = %connect.client_id, code = refusal.code(protocol), "refusing connection: {}", refusal.detail);
-            let properties = Properties {
-                reason_string: protocol.is_v5().then(|| refusal.detail.to_string()),
-                ..Properties::default()
-            };
-            let ack = ConnAck {
-                session_present: false,
-                code: refusal.code(protocol),
-                properties,
-            };
-            let mut out = BytesMut::new();
-            encode_packet(&Packet::ConnAck(ack), protocol, &mut out);
-            let _ = stream.write_all(&out).await;
-            return None;
+    let checked = match &admission {
+        Admission::Refused(limit) => Err(Refusal::limit(*limit)),
+        Admission::Admitted(_) => check_connect(&connect, broker),
+    };
+    if let Err(refusal) = checked {
+        if let Some(limit) = refusal.limit {
+            broker
+                .limits
+                .hit(limit, &connect.client_id, "connection refused");
         }
+        tracing::info!(%peer, client_id = %printable(&connect.client_id), code = refusal.code(protocol), "refusing connection: {}", refusal.detail);
+        let mut ack = ConnAck {
+            session_present: false,
+            code: refusal.code(protocol),
+            properties: Properties::default(),
+        };
+        // The reason string only when the packet stays within the client's Maximum Packet
+        // Size (MQTT-3.2.2-19).
+        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX) as usize;
+        if protocol.is_v5() && refusal.detail.len() + 16 <= client_max {
+            ack.properties.reason_string = Some(refusal.detail.to_string());
+        }
+        let mut out = BytesMut::new();
+        encode_packet(&Packet::ConnAck(ack), protocol, &mut out);
+        let _ = stream.write_all(&out).await;
+        return Handshake::Refused;
     }
-    Some(establish(*connect, peer, broker).await)
+    let Admission::Admitted(ip_guard) = admission else {
+        unreachable!("refused admissions return above")
+    };
+    Handshake::Connected(Box::new(establish(*connect, peer, broker, ip_guard).await))
 }
 
 enum ReadError {
@@ -100,79 +123,154 @@ async fn read_connect(
     }
 }
 
-/// A refused CONNECT: the v5 reason code, the v3 return code, and why.
+/// A refused CONNECT: the v5 reason code, the v3 return code, why, and the limit if one
+/// refused it.
 struct Refusal {
     v5: u8,
     v3: u8,
     detail: &'static str,
+    limit: Option<Limit>,
 }
 
 impl Refusal {
     fn code(&self, protocol: Protocol) -> u8 {
         if protocol.is_v5() { self.v5 } else { self.v3 }
     }
+
+    fn new(v5: u8, v3: u8, detail: &'static str) -> Refusal {
+        Refusal {
+            v5,
+            v3,
+            detail,
+            limit: None,
+        }
+    }
+
+    /// A refusal by a configured limit (the detail names its key).
+    fn limit(limit: Limit) -> Refusal {
+        let (v5, detail) = match limit {
+            Limit::ConnectionRatePerIp => (
+                reason::CONNECTION_RATE_EXCEEDED,
+                "server.max_connection_rate_per_ip reached",
+            ),
+            Limit::ConnectionsPerIp => (
+                reason::QUOTA_EXCEEDED,
+                "server.max_connections_per_ip reached",
+            ),
+            Limit::Sessions => (reason::QUOTA_EXCEEDED, "mqtt.max_sessions reached"),
+            Limit::Connections => (reason::SERVER_BUSY, "server.max_connections reached"),
+            Limit::TopicLength => (
+                reason::TOPIC_NAME_INVALID,
+                "will topic exceeds mqtt.max_topic_length",
+            ),
+            Limit::TopicLevels => (
+                reason::TOPIC_NAME_INVALID,
+                "will topic exceeds mqtt.max_topic_levels",
+            ),
+            _ => (reason::QUOTA_EXCEEDED, "a limit was reached"),
+        };
+        Refusal {
+            v5,
+            v3: v3_return::SERVER_UNAVAILABLE,
+            detail,
+            limit: Some(limit),
+        }
+    }
 }
 
 fn check_connect(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
     let config = &broker.config;
     let v5 = c.protocol.is_v5();
-    if c.client_id.is_empty() && !v5 && (!c.clean_start || !config.mqtt.allow_zero_length_clientid)
-    {
-        return Err(Refusal {
-            v5: reason::CLIENT_IDENTIFIER_NOT_VALID,
-            v3: v3_return::IDENTIFIER_REJECTED,
-            detail: "empty client id needs clean session",
-        });
+    // A v5 client with no id is assigned one, but only where empty ids are allowed at all.
+    let zero_length_ok = config.mqtt.allow_zero_length_clientid && (v5 || c.clean_start);
+    if c.client_id.is_empty() && !zero_length_ok {
+        return Err(Refusal::new(
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+            v3_return::IDENTIFIER_REJECTED,
+            "empty client id not allowed (mqtt.allow_zero_length_clientid; v3 also needs clean session)",
+        ));
     }
     let max_keepalive = config.mqtt.max_keepalive;
     if !v5 && max_keepalive < u16::MAX && (c.keep_alive == 0 || c.keep_alive > max_keepalive) {
-        return Err(Refusal {
-            v5: reason::UNSPECIFIED_ERROR,
-            v3: v3_return::IDENTIFIER_REJECTED,
-            detail: "keep alive above mqtt.max_keepalive",
-        });
+        return Err(Refusal::new(
+            reason::UNSPECIFIED_ERROR,
+            v3_return::IDENTIFIER_REJECTED,
+            "keep alive above mqtt.max_keepalive",
+        ));
     }
     if c.properties.authentication_method.is_some() {
-        return Err(Refusal {
-            v5: reason::BAD_AUTHENTICATION_METHOD,
-            v3: v3_return::NOT_AUTHORIZED,
-            detail: "enhanced authentication is not supported",
-        });
+        return Err(Refusal::new(
+            reason::BAD_AUTHENTICATION_METHOD,
+            v3_return::NOT_AUTHORIZED,
+            "enhanced authentication is not supported",
+        ));
     }
     if let Some(w) = &c.will {
-        if !valid_topic_name(&w.topic) {
-            return Err(Refusal {
-                v5: reason::TOPIC_NAME_INVALID,
-                v3: v3_return::NOT_AUTHORIZED,
-                detail: "invalid will topic",
-            });
-        }
-        if w.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&w.payload).is_err()
-        {
-            return Err(Refusal {
-                v5: reason::PAYLOAD_FORMAT_INVALID,
-                v3: v3_return::NOT_AUTHORIZED,
-                detail: "will payload is not UTF-8 as its format indicator says",
-            });
-        }
+        check_will(w, config)?;
     }
     let current = broker
         .metrics
         .connections_current
         .load(std::sync::atomic::Ordering::Relaxed);
     if current > config.server.max_connections as u64 {
-        return Err(Refusal {
-            v5: reason::SERVER_BUSY,
-            v3: v3_return::SERVER_UNAVAILABLE,
-            detail: "server.max_connections reached",
-        });
+        return Err(Refusal::limit(Limit::Connections));
+    }
+    if broker.sessions.len() >= config.mqtt.max_sessions
+        && !broker.sessions.contains_key(c.client_id.as_str())
+    {
+        return Err(Refusal::limit(Limit::Sessions));
+    }
+    Ok(())
+}
+
+fn check_will(w: &crate::codec::Will, config: &crate::config::Config) -> Result<(), Refusal> {
+    if !valid_topic_name(&w.topic) {
+        return Err(Refusal::new(
+            reason::TOPIC_NAME_INVALID,
+            v3_return::NOT_AUTHORIZED,
+            "invalid will topic",
+        ));
+    }
+    let mqtt = &config.mqtt;
+    if let Err(bound) = check_topic_bounds(&w.topic, mqtt.max_topic_length, mqtt.max_topic_levels) {
+        return Err(Refusal::limit(Limit::of_topic(bound)));
+    }
+    if is_sys_topic(&w.topic) {
+        return Err(Refusal::new(
+            reason::NOT_AUTHORIZED,
+            v3_return::NOT_AUTHORIZED,
+            "will topic in $SYS",
+        ));
+    }
+    if w.properties
+        .response_topic
+        .as_deref()
+        .is_some_and(|t| !valid_topic_name(t))
+    {
+        return Err(Refusal::new(
+            reason::PROTOCOL_ERROR,
+            v3_return::NOT_AUTHORIZED,
+            "will response topic is not a valid topic name",
+        ));
+    }
+    if w.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&w.payload).is_err()
+    {
+        return Err(Refusal::new(
+            reason::PAYLOAD_FORMAT_INVALID,
+            v3_return::NOT_AUTHORIZED,
+            "will payload is not UTF-8 as its format indicator says",
+        ));
     }
     Ok(())
 }
 
 /// Attaches the session, sends CONNACK and resends what was in flight.
-async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connection {
+async fn establish(
+    c: Connect,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    ip_guard: Option<super::listener::IpGuard>,
+) -> Connection {
     let config = &broker.config.mqtt;
     let v5 = c.protocol.is_v5();
     let mut ack_props = Properties::default();
@@ -225,7 +323,7 @@ async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connec
     let control =
         ConnectionControl::for_client(broker.next_connection_id(), c.protocol, Some(peer));
     let attached = broker.attach(&client_id, c.clean_start, &control).await;
-    tracing::debug!(%peer, client_id = %client_id, protocol = c.protocol.name(), session_present = attached.session_present, "client connected");
+    tracing::debug!(%peer, client_id = %printable(&client_id), protocol = c.protocol.name(), session_present = attached.session_present, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
     let mut conn = Connection {
@@ -249,6 +347,13 @@ async fn establish(c: Connect, peer: SocketAddr, broker: &Arc<Broker>) -> Connec
         connect_expiry_zero: requested_expiry == 0,
         wbuf: BytesMut::new(),
         held_by: Vec::new(),
+        publish_rate: (config.max_publish_rate > 0)
+            .then(|| TokenBucket::new(f64::from(config.max_publish_rate))),
+        publish_bytes_rate: (config.max_publish_bytes_rate > 0)
+            .then(|| TokenBucket::new(config.max_publish_bytes_rate as f64)),
+        throttled_until: None,
+        warned_sys: false,
+        _ip_guard: ip_guard,
     };
     let ack = ConnAck {
         session_present: attached.session_present,

@@ -11,13 +11,14 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::session::PendingWill;
 use crate::broker::{Broker, ConnectionControl, Detach, Metrics, Session};
 use crate::codec::{Disconnect, Packet, Protocol, Will, decode_packet, encode_packet, reason};
+use crate::limits::{Limit, printable};
 
 /// Stop moving queued messages into the write buffer past this many bytes.
 pub(super) const OUT_HIGH_WATER: usize = 64 * 1024;
@@ -28,6 +29,11 @@ const MIN_READ: usize = 256;
 const MAX_READ: usize = 64 * 1024;
 /// How long the final DISCONNECT and pending bytes may take to flush at close.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// After the server ends a connection (DISCONNECT or a refusing CONNACK) it half-closes and
+/// reads, discarding, for this long or this many bytes: closing with unread input would send
+/// the client a reset that can destroy the reason code before the client reads it.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+const CLOSE_DRAIN_BYTES: usize = 1024 * 1024;
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -82,9 +88,19 @@ pub(super) struct Connection {
     /// CONNECT asked for expiry 0; DISCONNECT may then not set a non-zero one (MQTT-3.14.2-2).
     pub connect_expiry_zero: bool,
     pub wbuf: BytesMut,
-    /// Subscriber sessions this client's publishes filled past their bound: no more is read
-    /// from this client until they have room (backpressure instead of drops).
+    /// Subscriber sessions this client's publishes filled past their bound while no other
+    /// subscriber needed the messages: no more is read from this client until one of them has
+    /// room (backpressure instead of drops).
     pub held_by: Vec<Arc<Session>>,
+    /// `mqtt.max_publish_rate` and `mqtt.max_publish_bytes_rate`, when set.
+    pub publish_rate: Option<crate::limits::TokenBucket>,
+    pub publish_bytes_rate: Option<crate::limits::TokenBucket>,
+    /// Over a publish rate: no more is read or processed until then.
+    pub throttled_until: Option<Instant>,
+    /// A PUBLISH to `$SYS` was refused and logged (once per connection).
+    pub warned_sys: bool,
+    /// Counts this connection against its source IP while it lives.
+    pub _ip_guard: Option<super::listener::IpGuard>,
 }
 
 /// Waits until `session` may have room (see `Session::room`).
@@ -101,6 +117,7 @@ pub(super) async fn run(
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    admission: super::listener::Admission,
 ) {
     Metrics::add(&broker.metrics.connections_total, 1);
     broker
@@ -110,10 +127,16 @@ pub(super) async fn run(
     let mut stream = stream;
     // Small to start: an idle client costs little; the loop grows it for busy ones.
     let mut rbuf = BytesMut::with_capacity(MIN_READ);
-    if let Some(conn) = super::connect::handshake(&mut stream, &mut rbuf, peer, &broker).await {
-        conn.serve(stream, rbuf, shutdown).await;
-    } else {
-        let _ = stream.shutdown().await;
+    match super::connect::handshake(&mut stream, &mut rbuf, peer, &broker, admission).await {
+        super::connect::Handshake::Connected(conn) => conn.serve(stream, rbuf, shutdown).await,
+        super::connect::Handshake::Refused => {
+            let (mut reader, mut writer) = stream.into_split();
+            let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
+            drain(&mut reader).await;
+        }
+        super::connect::Handshake::Gone => {
+            let _ = stream.shutdown().await;
+        }
     }
     broker
         .metrics
@@ -147,10 +170,17 @@ impl Connection {
                 break;
             }
             let held = self.held_by.first().cloned();
+            let throttled = self.throttled_until;
             rbuf.reserve(read_size);
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let throttle = async {
+                match throttled {
+                    Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -172,14 +202,21 @@ impl Connection {
                     Err(e) => close = Some(Close::Io(e)),
                 },
                 _ = room(held.as_ref()), if held.is_some() => {
-                    self.held_by.retain(|s| !s.has_room());
-                    if self.held_by.is_empty() {
+                    // One of them having room is enough: the next message goes on, and a
+                    // session still full then is dropped for, not waited for.
+                    if self.held_by.iter().any(|s| s.has_room()) {
+                        self.held_by.clear();
                         // The client was sending all along; we were not reading.
                         deadline = self.next_deadline();
                         close = self.process_input(&mut rbuf, max_in).err();
                     }
                 }
-                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && held.is_none() => match read {
+                _ = throttle, if throttled.is_some() => {
+                    self.throttled_until = None;
+                    deadline = self.next_deadline();
+                    close = self.process_input(&mut rbuf, max_in).err();
+                }
+                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && held.is_none() && throttled.is_none() => match read {
                     Ok(0) => close = Some(Close::PeerClosed),
                     Ok(n) => {
                         Metrics::add(&self.broker.metrics.bytes_received, n as u64);
@@ -194,14 +231,14 @@ impl Connection {
                 _ = sleep => close = Some(Close::KeepAliveTimeout),
             }
         }
-        self.finish(close.expect("loop ends with a reason"), writer)
+        self.finish(close.expect("loop ends with a reason"), reader, writer)
             .await;
     }
 
     /// Decodes and handles every complete packet in `rbuf`.
     fn process_input(&mut self, rbuf: &mut BytesMut, max_in: usize) -> Result<(), Close> {
-        // Held back: the rest stays buffered until the subscribers have room.
-        while self.held_by.is_empty() {
+        // Held back or throttled: the rest stays buffered until then.
+        while self.held_by.is_empty() && self.throttled_until.is_none() {
             match decode_packet(rbuf, Some(self.protocol), max_in) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => return Ok(()),
@@ -216,23 +253,55 @@ impl Connection {
         encode_packet(packet, self.protocol, &mut self.wbuf);
     }
 
-    async fn finish(mut self, close: Close, mut writer: OwnedWriteHalf) {
+    /// Counts a PUBLISH of `bytes` against the client's publish rates; past one, input pauses
+    /// for as long as it takes to get back within it.
+    pub(super) fn charge_publish(&mut self, bytes: usize) {
+        let pauses = [
+            (
+                self.publish_rate.as_mut().and_then(|b| b.take(1.0)),
+                Limit::PublishRate,
+            ),
+            (
+                self.publish_bytes_rate
+                    .as_mut()
+                    .and_then(|b| b.take(bytes as f64)),
+                Limit::PublishBytesRate,
+            ),
+        ];
+        for (pause, limit) in pauses {
+            if let Some(pause) = pause {
+                self.broker
+                    .limits
+                    .hit(limit, &self.client_id, "client read more slowly");
+                let until = Instant::now() + pause;
+                self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
+            }
+        }
+    }
+
+    async fn finish(mut self, close: Close, mut reader: OwnedReadHalf, mut writer: OwnedWriteHalf) {
         let v5 = self.protocol.is_v5();
         // (reason code, reason string) for a server DISCONNECT.
         let server_reason: Option<(u8, String)> = match &close {
             Close::Violation { reason, detail } => {
                 Metrics::add(&self.broker.metrics.protocol_errors, 1);
-                tracing::info!(client_id = %self.client_id, peer = %self.peer, %detail, "closing connection: protocol violation");
-                Some((*reason, detail.clone()))
+                let detail = crate::limits::reason_string(detail.clone());
+                tracing::info!(client_id = %printable(&self.client_id), peer = %self.peer, %detail, "closing connection: protocol violation");
+                Some((*reason, detail))
             }
             Close::KeepAliveTimeout => {
-                tracing::info!(client_id = %self.client_id, peer = %self.peer, "closing connection: keep alive timed out");
+                tracing::info!(client_id = %printable(&self.client_id), peer = %self.peer, "closing connection: keep alive timed out");
                 Some((reason::KEEP_ALIVE_TIMEOUT, "keep alive timed out".into()))
             }
+            Close::Kicked(reason::QUOTA_EXCEEDED) => Some((
+                reason::QUOTA_EXCEEDED,
+                "subscriber too slow: its queue overflowed (mqtt.slow_subscriber = disconnect)"
+                    .into(),
+            )),
             Close::Kicked(r) => Some((*r, "another connection took over this client id".into())),
             Close::Shutdown => Some((reason::SERVER_SHUTTING_DOWN, "server shutting down".into())),
             Close::Io(e) => {
-                tracing::debug!(client_id = %self.client_id, error = %e, "connection lost");
+                tracing::debug!(client_id = %printable(&self.client_id), error = %e, "connection lost");
                 None
             }
             Close::PeerClosed | Close::ClientDisconnect { .. } => None,
@@ -249,6 +318,7 @@ impl Connection {
             }
             self.send(&Packet::Disconnect(d));
         }
+        let server_ends = server_reason_given(&close);
         if !matches!(close, Close::Io(_)) {
             let flush = async {
                 writer.write_all(&self.wbuf).await?;
@@ -263,12 +333,42 @@ impl Connection {
                 PendingWill { will, delay }
             }),
         };
-        tracing::debug!(client_id = %self.client_id, ?close, "connection closed");
+        tracing::debug!(client_id = %printable(&self.client_id), "connection closed");
         let detach = Detach {
             expiry_interval: self.expiry_interval,
             will,
         };
         self.broker.detach(&self.session, &self.control, detach);
+        // Closed as far as the session is concerned (a takeover waits for this, not for
+        // the drain below).
         self.control.mark_closed();
+        if server_ends {
+            drain(&mut reader).await;
+        }
     }
+}
+
+/// Whether the server ends the connection and tells the client why.
+fn server_reason_given(close: &Close) -> bool {
+    matches!(
+        close,
+        Close::Violation { .. } | Close::KeepAliveTimeout | Close::Kicked(_) | Close::Shutdown
+    )
+}
+
+/// Reads and discards what the client still sends, for at most `CLOSE_DRAIN` and
+/// `CLOSE_DRAIN_BYTES`, so that closing does not reset a connection whose last packet (a
+/// DISCONNECT or CONNACK with the reason) the client has yet to read.
+pub(super) async fn drain(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut scratch = [0u8; 4096];
+    let mut left = CLOSE_DRAIN_BYTES;
+    let discard = async {
+        while left > 0 {
+            match reader.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_DRAIN, discard).await;
 }

@@ -8,11 +8,14 @@ use smallvec::SmallVec;
 
 use super::connection::{Close, Connection};
 use crate::broker::session::InflightState;
-use crate::broker::{Delivery, Message};
+use crate::broker::{Delivery, Message, Metrics};
 use crate::codec::{
     Ack, Disconnect, Packet, Properties, Publish, QoS, SubAck, Subscribe, Unsubscribe, reason,
 };
-use crate::topic::{parse_shared, valid_filter, valid_topic_name};
+use crate::limits::{Limit, printable};
+use crate::topic::{
+    check_topic_bounds, is_sys_topic, parse_shared, valid_filter, valid_topic_name,
+};
 
 impl Connection {
     pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Close> {
@@ -21,7 +24,7 @@ impl Connection {
             Packet::PubAck(a) => {
                 let mut st = self.session.state.lock();
                 if let Some(i) = st.find_inflight(a.packet_id, InflightState::AwaitPubAck) {
-                    st.inflight.remove(i);
+                    st.remove_inflight(i);
                 }
                 Ok(())
             }
@@ -31,11 +34,15 @@ impl Connection {
                     match st.find_inflight(a.packet_id, InflightState::AwaitPubRec) {
                         Some(i) if a.reason >= 0x80 => {
                             // The receiver refused it: the exchange ends here (v5 4.3.3).
-                            st.inflight.remove(i);
+                            st.remove_inflight(i);
                             return Ok(());
                         }
                         Some(i) => {
-                            st.inflight[i].state = InflightState::AwaitPubComp;
+                            let f = &mut st.inflight[i];
+                            f.state = InflightState::AwaitPubComp;
+                            // Received after all: nothing left to send again for it.
+                            let was_unsent = !std::mem::replace(&mut f.sent, true);
+                            st.unsent_inflight -= usize::from(was_unsent);
                             true
                         }
                         None => st
@@ -54,7 +61,7 @@ impl Connection {
             Packet::PubComp(a) => {
                 let mut st = self.session.state.lock();
                 if let Some(i) = st.find_inflight(a.packet_id, InflightState::AwaitPubComp) {
-                    st.inflight.remove(i);
+                    st.remove_inflight(i);
                 }
                 Ok(())
             }
@@ -91,6 +98,7 @@ impl Connection {
 
     fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
+        self.charge_publish(p.topic.len() + p.payload.len());
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > self.broker.config.mqtt.max_topic_alias {
                 return Err(Close::violation(
@@ -120,7 +128,29 @@ impl Connection {
             };
             return Err(Close::violation(
                 code,
-                format!("invalid topic name {:?}", p.topic),
+                format!("invalid topic name {}", printable(&p.topic)),
+            ));
+        }
+        let mqtt = &self.broker.config.mqtt;
+        if let Err(bound) =
+            check_topic_bounds(&p.topic, mqtt.max_topic_length, mqtt.max_topic_levels)
+        {
+            let limit = Limit::of_topic(bound);
+            self.broker
+                .limits
+                .hit(limit, &self.client_id, "PUBLISH topic refused");
+            return Err(Close::violation(
+                reason::TOPIC_NAME_INVALID,
+                format!("topic name exceeds {}", limit.key()),
+            ));
+        }
+        if let Some(rt) = &p.properties.response_topic
+            && !valid_topic_name(rt)
+        {
+            // MQTT-3.3.2-14: a Response Topic is a topic name, never a filter.
+            return Err(Close::violation(
+                reason::PROTOCOL_ERROR,
+                "response topic is not a valid topic name",
             ));
         }
         if !p.properties.subscription_identifiers.is_empty() {
@@ -139,6 +169,16 @@ impl Connection {
                 ));
             }
             self.ack_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
+            return Ok(());
+        }
+        if is_sys_topic(&p.topic) {
+            // The broker's own figures: no client may publish (or retain) there.
+            Metrics::add(&self.broker.metrics.publishes_refused_sys, 1);
+            if !self.warned_sys {
+                self.warned_sys = true;
+                tracing::warn!(client_id = %printable(&self.client_id), topic = %printable(&p.topic), "client PUBLISH to $SYS refused (logged once per connection)");
+            }
+            self.ack_publish(&p, reason::NOT_AUTHORIZED);
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce {
@@ -166,20 +206,27 @@ impl Connection {
             properties,
             Some(self.client_id.clone()),
         );
-        let matched = self
+        let code = match self
             .broker
-            .publish_noting(Arc::new(message), &mut Some(&mut self.held_by));
-        let code = if matched == 0 {
-            reason::NO_MATCHING_SUBSCRIBERS
-        } else {
-            reason::SUCCESS
+            .publish_noting(Arc::new(message), &mut Some(&mut self.held_by))
+        {
+            Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
+            Ok(_) => reason::SUCCESS,
+            Err(_) => reason::QUOTA_EXCEEDED,
         };
+        if code == reason::QUOTA_EXCEEDED && p.qos == QoS::ExactlyOnce {
+            // Refused: the exchange ends with the PUBREC (v5 4.3.3), nothing to release.
+            self.session.state.lock().inbound_qos2.remove(&p.packet_id);
+        }
         self.ack_publish(&p, code);
         Ok(())
     }
 
-    /// PUBACK or PUBREC for an inbound publish (nothing for QoS 0).
+    /// PUBACK or PUBREC for an inbound publish (nothing for QoS 0). A v3 client hears only
+    /// success: its protocol has no refusal codes, so a refused message is acknowledged and
+    /// dropped (and counted where it was refused), as MQTT 3.1.1 section 4.11 allows.
     fn ack_publish(&mut self, p: &Publish, code: u8) {
+        let code = if self.protocol.is_v5() { code } else { 0 };
         let ack = Ack::new(p.packet_id, code);
         match p.qos {
             QoS::AtMostOnce => {}
@@ -190,14 +237,15 @@ impl Connection {
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
-        let invalid = if v5 {
-            reason::TOPIC_FILTER_INVALID
+        let (invalid, quota) = if v5 {
+            (reason::TOPIC_FILTER_INVALID, reason::QUOTA_EXCEEDED)
         } else {
-            0x80
+            (0x80, 0x80)
         };
+        let mqtt = &self.broker.config.mqtt;
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
-        let mut retained = Vec::new();
+        let mut retained = RetainedOnSubscribe::default();
         for (filter, options) in &s.filters {
             let shared = match parse_shared(filter) {
                 Ok(shared) => shared,
@@ -210,32 +258,49 @@ impl Connection {
                 codes.push(invalid);
                 continue;
             }
+            if let Err(bound) =
+                check_topic_bounds(filter, mqtt.max_topic_length, mqtt.max_topic_levels)
+            {
+                let limit = Limit::of_topic(bound);
+                self.broker
+                    .limits
+                    .hit(limit, &self.client_id, "SUBSCRIBE filter refused");
+                codes.push(invalid);
+                continue;
+            }
             if shared.is_some() && options.no_local && v5 {
                 return Err(Close::violation(
                     reason::PROTOCOL_ERROR,
                     "No Local on a shared subscription",
                 ));
             }
-            let existed =
-                self.broker
-                    .subscribe(&self.session, filter, shared.as_ref(), *options, sub_id);
+            let is_new = {
+                let st = self.session.state.lock();
+                let held = st.subscriptions.len();
+                let is_new = !st.subscriptions.contains_key(filter.as_str());
+                if is_new && held >= mqtt.max_subscriptions_per_client {
+                    drop(st);
+                    self.broker.limits.hit(
+                        Limit::SubscriptionsPerClient,
+                        &self.client_id,
+                        "SUBSCRIBE refused",
+                    );
+                    codes.push(quota);
+                    continue;
+                }
+                is_new
+            };
+            self.broker
+                .subscribe(&self.session, filter, shared.as_ref(), *options, sub_id);
             codes.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
                 0 => true,
-                1 => !existed,
+                1 => is_new,
                 _ => false,
             };
             // Shared subscriptions get no retained messages on subscribe (MQTT 5.0 section 4.8.2).
             if shared.is_none() && wants_retained {
-                for message in self.broker.retained.matching(filter) {
-                    retained.push(Delivery {
-                        qos: message.qos.min(options.qos),
-                        message,
-                        retain: true,
-                        subscription_ids: sub_id.into_iter().collect::<SmallVec<_>>(),
-                        shared_group: None,
-                    });
-                }
+                retained.add(&self.broker, filter, options.qos);
             }
         }
         self.send(&Packet::SubAck(SubAck {
@@ -243,8 +308,9 @@ impl Connection {
             reason_codes: codes,
             properties: Properties::default(),
         }));
-        if !retained.is_empty() {
-            self.session.push_retained(retained);
+        let deliveries = retained.into_deliveries(sub_id);
+        if !deliveries.is_empty() {
+            self.session.push_retained(deliveries, &self.broker.metrics);
         }
         Ok(())
     }
@@ -281,5 +347,49 @@ impl Connection {
         Err(Close::ClientDisconnect {
             will: d.reason == reason::DISCONNECT_WITH_WILL,
         })
+    }
+}
+
+/// The retained messages one SUBSCRIBE is owed: each message once, however many of the
+/// packet's filters match it (at the highest QoS among them), and each distinct filter looked
+/// up once. So a packet that repeats `#` sixty thousand times costs what one `#` costs.
+#[derive(Default)]
+struct RetainedOnSubscribe {
+    filters_seen: std::collections::HashSet<String>,
+    /// Message (by address) to its index in `messages`.
+    index: std::collections::HashMap<*const Message, usize>,
+    messages: Vec<(Arc<Message>, QoS)>,
+}
+
+impl RetainedOnSubscribe {
+    fn add(&mut self, broker: &crate::broker::Broker, filter: &str, qos: QoS) {
+        if !self.filters_seen.insert(filter.to_string()) {
+            return;
+        }
+        broker
+            .retained
+            .for_each_matching(filter, |m| match self.index.entry(Arc::as_ptr(m)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let slot = &mut self.messages[*e.get()].1;
+                    *slot = (*slot).max(qos);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.messages.len());
+                    self.messages.push((m.clone(), qos));
+                }
+            });
+    }
+
+    fn into_deliveries(self, sub_id: Option<u32>) -> Vec<Delivery> {
+        self.messages
+            .into_iter()
+            .map(|(message, qos)| Delivery {
+                qos: message.qos.min(qos),
+                message,
+                retain: true,
+                subscription_ids: sub_id.into_iter().collect::<SmallVec<_>>(),
+                shared_group: None,
+            })
+            .collect()
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::connection::{Close, Connection, OUT_HIGH_WATER};
-use crate::broker::session::{Inflight, InflightState};
+use crate::broker::session::{Inflight, InflightState, SessionState};
 use crate::broker::{Delivery, Metrics};
 use crate::codec::{Ack, OutboundPublish, Packet, QoS, encode_publish, publish_size};
 
@@ -16,6 +16,9 @@ impl Connection {
         let now = Instant::now();
         let mut sent = [0u64; 3];
         let mut st = session.state.lock();
+        if st.unsent_inflight > 0 {
+            self.resend_within_window(&mut st, now);
+        }
         let queued_before = st.queue.len();
         while self.wbuf.len() < OUT_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
@@ -45,6 +48,7 @@ impl Connection {
                 packet_id,
                 state,
                 delivery,
+                sent: true,
             });
         }
         if st.queue.len() < queued_before {
@@ -57,25 +61,56 @@ impl Connection {
         Ok(())
     }
 
-    /// After a session resumes: PUBLISH again (DUP) what was unacknowledged, PUBREL what was
-    /// received (MQTT-4.4.0-1).
+    /// After a session resumes: in the original order, PUBREL what was received and PUBLISH
+    /// again (DUP, same packet id) what was not acknowledged (MQTT-4.4.0-1), as far as the
+    /// client's Receive Maximum, which may be smaller now, allows. The rest is marked unsent
+    /// and goes out from `resend_within_window` as acknowledgements make room.
     pub(super) fn resend_inflight(&mut self) {
         let session = self.session.clone();
         let now = Instant::now();
         let mut st = session.state.lock();
         let inflight = std::mem::take(&mut st.inflight);
-        for f in inflight {
-            match f.state {
-                InflightState::AwaitPubComp => {
-                    self.send(&Packet::PubRel(Ack::new(f.packet_id, 0)));
-                    st.inflight.push_back(f);
+        let mut outstanding = 0;
+        let mut unsent = 0;
+        for mut f in inflight {
+            if f.state == InflightState::AwaitPubComp {
+                self.send(&Packet::PubRel(Ack::new(f.packet_id, 0)));
+                outstanding += 1;
+            } else if outstanding < self.window {
+                let expiry = f.delivery.message.expiry_left(now).unwrap_or(Some(1));
+                if !self.write_publish(&f.delivery, f.packet_id, true, expiry) {
+                    continue;
                 }
-                _ => {
-                    let expiry = f.delivery.message.expiry_left(now).unwrap_or(Some(1));
-                    if self.write_publish(&f.delivery, f.packet_id, true, expiry) {
-                        st.inflight.push_back(f);
-                    }
-                }
+                f.sent = true;
+                outstanding += 1;
+            } else {
+                f.sent = false;
+                unsent += 1;
+            }
+            st.inflight.push_back(f);
+        }
+        st.unsent_inflight = unsent;
+    }
+
+    /// Sends again, in order, the in-flight messages marked unsent, while fewer than the
+    /// window are outstanding.
+    fn resend_within_window(&mut self, st: &mut SessionState, now: Instant) {
+        let mut outstanding = st.inflight.iter().filter(|f| f.sent).count();
+        let mut i = 0;
+        while i < st.inflight.len() && outstanding < self.window && st.unsent_inflight > 0 {
+            if st.inflight[i].sent {
+                i += 1;
+                continue;
+            }
+            let f = &st.inflight[i];
+            let expiry = f.delivery.message.expiry_left(now).unwrap_or(Some(1));
+            if self.write_publish(&f.delivery, f.packet_id, true, expiry) {
+                st.inflight[i].sent = true;
+                st.unsent_inflight -= 1;
+                outstanding += 1;
+                i += 1;
+            } else {
+                st.remove_inflight(i);
             }
         }
     }

@@ -122,6 +122,8 @@ impl Collector for StateCollector {
         )?;
         let dropped = [
             ("queue_full", Metrics::get(&m.dropped_queue_full)),
+            ("slow_subscriber", Metrics::get(&m.dropped_slow_subscriber)),
+            ("session_ended", Metrics::get(&m.dropped_session_ended)),
             ("qos0_offline", Metrics::get(&m.dropped_qos0_offline)),
             ("expired", Metrics::get(&m.dropped_expired)),
             ("too_large", Metrics::get(&m.dropped_too_large)),
@@ -134,6 +136,30 @@ impl Collector for StateCollector {
             "Deliveries dropped, by reason",
             "reason",
             &dropped,
+        )?;
+        let hits: Vec<(String, u64)> = crate::limits::Limit::ALL
+            .iter()
+            .map(|l| (l.key().to_string(), b.limits.hits(*l)))
+            .collect();
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_limit_hits",
+            "Times a configured limit was reached, by its config key",
+            "limit",
+            &hits,
+        )?;
+        counter(
+            &mut e,
+            "vibemq_publishes_refused_sys",
+            "Client PUBLISH packets to $SYS topics refused",
+            Metrics::get(&m.publishes_refused_sys),
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_retained_bytes",
+            "Topic and payload bytes of the retained messages stored",
+            b.retained.bytes() as i64,
         )?;
         counter(
             &mut e,

@@ -7,7 +7,8 @@ mod validate;
 
 pub use trie::Trie;
 pub use validate::{
-    InvalidSharedFilter, SharedFilter, parse_shared, valid_filter, valid_topic_name,
+    InvalidSharedFilter, SharedFilter, TopicBound, check_topic_bounds, is_sys_topic, parse_shared,
+    valid_filter, valid_topic_name,
 };
 
 /// Whether `filter` matches `topic` (for tests and one-off checks; the trie does the bulk work).

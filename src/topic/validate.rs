@@ -23,6 +23,34 @@ pub fn valid_filter(filter: &str) -> bool {
     true
 }
 
+/// Which configured bound a topic name or filter passes, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicBound {
+    Length,
+    Levels,
+}
+
+/// Checks a topic name or filter against `max_length` bytes and `max_levels` levels (counted
+/// without building anything: levels are separators plus one).
+pub fn check_topic_bounds(
+    topic: &str,
+    max_length: usize,
+    max_levels: usize,
+) -> Result<(), TopicBound> {
+    if topic.len() > max_length {
+        return Err(TopicBound::Length);
+    }
+    if topic.bytes().filter(|b| *b == b'/').count() >= max_levels {
+        return Err(TopicBound::Levels);
+    }
+    Ok(())
+}
+
+/// A topic a client may not publish to: the broker's own `$SYS` tree.
+pub fn is_sys_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
 /// `$share/{group}/{filter}` split into its parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedFilter<'a> {
@@ -68,6 +96,17 @@ mod tests {
         assert!(!valid_topic_name("a/+"));
         assert!(!valid_topic_name("a/#"));
         assert!(!valid_topic_name("a#"));
+    }
+
+    #[test]
+    fn bounds_on_length_and_levels() {
+        assert_eq!(check_topic_bounds("a/b/c", 5, 3), Ok(()));
+        assert_eq!(check_topic_bounds("a/b/c", 4, 3), Err(TopicBound::Length));
+        assert_eq!(check_topic_bounds("a/b/c", 5, 2), Err(TopicBound::Levels));
+        assert_eq!(check_topic_bounds("///", 10, 4), Ok(()));
+        assert_eq!(check_topic_bounds("///", 10, 3), Err(TopicBound::Levels));
+        assert!(is_sys_topic("$SYS/broker/uptime") && is_sys_topic("$SYS"));
+        assert!(!is_sys_topic("$SYSTEM/x") && !is_sys_topic("a/$SYS"));
     }
 
     #[test]
