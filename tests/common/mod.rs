@@ -388,3 +388,35 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Asserts the broker still serves a fresh client within a second: it connects, subscribes
+/// to a topic of its own, publishes to it at QoS 1 and gets both the PUBACK and the message.
+pub async fn probe(addr: SocketAddr) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!(
+        "probe-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let served = async {
+        let mut c = RawClient::connect(addr, Protocol::V311, &id, true).await;
+        let topic = format!("probe/{id}");
+        assert_eq!(c.subscribe(&topic, QoS::AtLeastOnce).await, [1]);
+        c.publish(&topic, b"alive", QoS::AtLeastOnce, false, 7)
+            .await;
+        let mut got = (false, false);
+        while got != (true, true) {
+            match c.recv().await {
+                Packet::PubAck(_) => got.0 = true,
+                Packet::Publish(p) => {
+                    assert_eq!(&p.payload[..], b"alive");
+                    got.1 = true;
+                }
+                other => panic!("probe got {other:?}"),
+            }
+        }
+        c.disconnect().await;
+    };
+    tokio::time::timeout(Duration::from_secs(1), served)
+        .await
+        .expect("the broker serves a probe client within a second");
+}
