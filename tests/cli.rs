@@ -9,14 +9,30 @@ use std::time::Duration;
 
 use common::process::free_port;
 
+/// The HTTP endpoint on a loopback ephemeral port, not the fixed 9090. (The MQTT bind is
+/// left to each case: one of them is about a bad `server.bind` in the file.)
+const LOOPBACK: [(&str, &str); 1] = [("VIBEMQ_HTTP_BIND", "127.0.0.1:0")];
+
+/// Runs vibemq to its end; configuration errors end it before it listens, so a run still
+/// going after 10 s is killed and fails the test.
 fn vibemq(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vibemq"));
-    cmd.args(args);
-    for (k, v) in env {
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in LOOPBACK.iter().chain(env) {
         cmd.env(k, v);
     }
-    // Configuration errors end the process before it listens, so this returns promptly.
-    cmd.output().expect("run vibemq")
+    let mut child = cmd.spawn().expect("run vibemq");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vibemq {args:?} still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -107,7 +123,9 @@ async fn listening_port(args: &[&str], env: &[(&str, &str)], ports: &[u16]) -> u
     cmd.args(args)
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(std::process::Stdio::null())
+        // The HTTP endpoint on an ephemeral port, not the fixed 9090.
+        .env("VIBEMQ_HTTP_BIND", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

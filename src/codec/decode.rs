@@ -194,6 +194,10 @@ pub fn decode_packet(
         }
         11 => {
             expect_flags(0)?;
+            if !v5 && remaining != 2 {
+                // 3.1.1 UNSUBACK is a packet identifier and nothing else (no reason codes).
+                return Err(DecodeError::Malformed("3.1.1 UNSUBACK with a payload"));
+            }
             Packet::UnsubAck(decode_suback(&mut body, v5)?)
         }
         12 | 13 => {

@@ -390,3 +390,25 @@ fn publish_size_matches_encoding() {
         }
     }
 }
+
+#[test]
+fn v311_unsuback_carries_nothing_but_its_packet_id() {
+    // Found by the decode fuzz target: the decoder took reason codes that 3.1.1 does not have,
+    // and the encoder (rightly) dropped them, so the packet did not survive a round trip.
+    let bytes = [0xB0, 6, 0x50, 0xFB, 0xFF, 0x9D, 3, 0x6D];
+    assert!(matches!(
+        decode(&bytes, Some(Protocol::V311)),
+        Err(DecodeError::Malformed(_))
+    ));
+    // v5 UNSUBACK: packet id, no properties, one reason code.
+    assert!(
+        decode(&[0xB0, 4, 0, 1, 0, 0x11], Some(Protocol::V5))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        decode(&[0xB0, 2, 0, 1], Some(Protocol::V311))
+            .unwrap()
+            .is_some()
+    );
+}
