@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (mosquitto-clients, dnsmasq-base, the deployment validators), then formatting, lints, the
-# deployment checks, the Docker Compose test and every test. Fails loudly; skips nothing.
+# (mosquitto-clients, dnsmasq-base, the deployment validators, cargo-fuzz), then formatting,
+# lints, the deployment checks, the Docker Compose test, a bounded fuzzing slice and every
+# test. Fails loudly; skips nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,7 @@ docker info >/dev/null 2>&1 || { echo "FATAL: the Docker Engine is not reachable
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 log "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
@@ -52,6 +54,9 @@ python3 scripts/check-deploy.py target/debug/vibemq
 
 log "docker compose: the README's steps against the real engine"
 bash scripts/compose-test.sh
+
+log "fuzzing: each target for ${FUZZ_SECONDS:-60}s (scripts/fuzz.sh SECONDS for longer)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then

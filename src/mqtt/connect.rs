@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stream::ClientStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::connection::Connection;
 use super::listener::Admission;
@@ -31,8 +31,8 @@ pub(super) enum Handshake {
 }
 
 /// Reads CONNECT and sets the connection up.
-pub(super) async fn handshake(
-    stream: &mut TcpStream,
+pub(super) async fn handshake<S: ClientStream>(
+    stream: &mut S,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     broker: &Arc<Broker>,
@@ -100,8 +100,8 @@ enum ReadError {
     Decode(DecodeError),
 }
 
-async fn read_connect(
-    stream: &mut TcpStream,
+async fn read_connect<S: ClientStream>(
+    stream: &mut S,
     rbuf: &mut BytesMut,
     max_in: usize,
 ) -> Result<Box<Connect>, ReadError> {

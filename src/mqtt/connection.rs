@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stream::ClientStream;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -111,9 +110,9 @@ async fn room(session: Option<&Arc<Session>>) {
     }
 }
 
-/// Serves one accepted socket to the end.
-pub(super) async fn run(
-    stream: TcpStream,
+/// Serves one accepted connection to the end.
+pub(super) async fn run<S: ClientStream>(
+    stream: S,
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
@@ -130,7 +129,7 @@ pub(super) async fn run(
     match super::connect::handshake(&mut stream, &mut rbuf, peer, &broker, admission).await {
         super::connect::Handshake::Connected(conn) => conn.serve(stream, rbuf, shutdown).await,
         super::connect::Handshake::Refused => {
-            let (mut reader, mut writer) = stream.into_split();
+            let (mut reader, mut writer) = stream.into_halves();
             let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
             drain(&mut reader).await;
         }
@@ -150,13 +149,13 @@ impl Connection {
         (!self.keep_alive.is_zero()).then(|| Instant::now() + self.keep_alive.mul_f32(1.5))
     }
 
-    async fn serve(
+    async fn serve<S: ClientStream>(
         mut self,
-        stream: TcpStream,
+        stream: S,
         mut rbuf: BytesMut,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = stream.into_halves();
         let session = self.session.clone();
         let control = self.control.clone();
         let mut deadline = self.next_deadline();
@@ -279,7 +278,12 @@ impl Connection {
         }
     }
 
-    async fn finish(mut self, close: Close, mut reader: OwnedReadHalf, mut writer: OwnedWriteHalf) {
+    async fn finish(
+        mut self,
+        close: Close,
+        mut reader: impl tokio::io::AsyncRead + Unpin,
+        mut writer: impl tokio::io::AsyncWrite + Unpin,
+    ) {
         let v5 = self.protocol.is_v5();
         // (reason code, reason string) for a server DISCONNECT.
         let server_reason: Option<(u8, String)> = match &close {

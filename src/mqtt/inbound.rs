@@ -190,6 +190,10 @@ impl Connection {
                 return Ok(());
             }
             if v5 && st.inbound_qos2.len() >= usize::from(self.broker.config.mqtt.max_inflight) {
+                drop(st);
+                self.broker
+                    .limits
+                    .hit(Limit::InboundQos2, &self.client_id, "connection closed");
                 return Err(Close::violation(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     "too many QoS 2 messages in flight",

@@ -7,5 +7,26 @@ mod connection;
 mod inbound;
 mod listener;
 mod outbound;
+mod stream;
 
 pub use listener::serve;
+pub use stream::ClientStream;
+
+/// Serves one client connection over any byte stream to its end, as the listener does for
+/// each accepted socket (admitted, with no per-IP accounting). For other transports and for
+/// driving a whole connection in tests and fuzzing.
+pub async fn serve_connection<S: ClientStream>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    broker: std::sync::Arc<crate::broker::Broker>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    connection::run(
+        stream,
+        peer,
+        broker,
+        shutdown,
+        listener::Admission::Admitted(None),
+    )
+    .await
+}
