@@ -58,6 +58,19 @@ CONF
     echo $!
 }
 
+# The same brokers on their default limits (mosquitto: max_queued_messages 1000,
+# max_inflight_messages 20; VibeMQ: config/default.toml), for the overload scenarios.
+start_broker_defaults() {
+    local kind=$1 p=$2
+    if [ "$kind" = mosquitto ]; then
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\n' "$p" > "$work/mosquitto-defaults.conf"
+        "$MOSQUITTO" -c "$work/mosquitto-defaults.conf" >/dev/null 2>&1 &
+    else
+        "$VIBEMQ" --bind "127.0.0.1:$p" --http-bind 127.0.0.1:0 --log-level error >/dev/null 2>&1 &
+    fi
+    echo $!
+}
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); v=d
@@ -86,6 +99,56 @@ run_pubsub() {
     record "$scenario" broker_cpu_s "$kind" "$(python3 -c "print(round($cpu/100, 2))")"
 }
 
+# One vibemq-bench pubsub run against a fresh broker on its default limits; prints the JSON.
+run_defaults() {
+    local kind=$1; shift
+    local p; p=$(port)
+    local pid; pid=$(start_broker_defaults "$kind" "$p"); pids+=("$pid")
+    wait_port "$p"
+    local out
+    out=$("$BENCH" pubsub --host "127.0.0.1:$p" --duration "$DUR" --json "$@" 2>"$work/defaults.err" | tail -1)
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    [ -n "$out" ] || { echo "vibemq-bench $* against $kind gave no result:" >&2; tail -5 "$work/defaults.err" >&2; return 1; }
+    echo "$out"
+}
+
+# 8: overload must degrade, not collapse. One QoS 0 publisher to one subscriber, paced at
+# several rates and then unpaced, on default limits: the unpaced delivery rate against the
+# best paced one.
+run_overload() {
+    local kind=$1 best=0 out rate got
+    for rate in $OVERLOAD_RATES; do
+        out=$(run_defaults "$kind" --qos 0 --rate "$rate")
+        got=$(field "$out" msgs_per_sec)
+        echo "   $kind paced at $rate/s: $got msg/s delivered" >&2
+        best=$(python3 -c "print(max($best, $got))")
+    done
+    out=$(run_defaults "$kind" --qos 0)
+    got=$(field "$out" msgs_per_sec)
+    echo "   $kind unpaced: $out" >&2
+    record "8. QoS 0 1 to 1, default limits: overload" best_paced_msgs_per_sec "$kind" "$best"
+    record "8. QoS 0 1 to 1, default limits: overload" unpaced_msgs_per_sec "$kind" "$got"
+    record "8. QoS 0 1 to 1, default limits: overload" unpaced_over_best_paced "$kind" \
+        "$(python3 -c "print(round($got / max($best, 1), 3))")"
+}
+
+# 9: slow-consumer isolation. A QoS 1 publisher at 2,000 msg/s to a healthy subscriber, alone
+# and then beside a v5 subscriber with Receive Maximum 1 acknowledging every 1.5 s, on default
+# limits: what the healthy one receives with the slow one, against without.
+run_slow_consumer() {
+    local kind=$1 alone beside a b
+    alone=$(run_defaults "$kind" --qos 1 --rate 2000 --topic slow --sub-topic slow)
+    beside=$(run_defaults "$kind" --qos 1 --rate 2000 --topic slow --sub-topic slow --slow-subscribers 1 --slow-ack-ms 1500)
+    echo "   $kind alone: $alone" >&2
+    echo "   $kind beside a slow one: $beside" >&2
+    a=$(field "$alone" received); b=$(field "$beside" received)
+    record "9. QoS 1 at 2,000 msg/s beside a slow subscriber" healthy_received_alone "$kind" "$a"
+    record "9. QoS 1 at 2,000 msg/s beside a slow subscriber" healthy_received_beside_slow "$kind" "$b"
+    record "9. QoS 1 at 2,000 msg/s beside a slow subscriber" beside_over_alone "$kind" \
+        "$(python3 -c "print(round($b / max($a, 1), 3))")"
+    record "9. QoS 1 at 2,000 msg/s beside a slow subscriber" lost "$kind" "$(field "$beside" lost)"
+}
+
 run_conn() {
     local kind=$1 n=$2
     local p; p=$(port)
@@ -108,7 +171,8 @@ run_conn() {
 
 scenario() { echo "== $1" >&2; }
 N_FANOUT=1000; N_PAIRS=10000; N_IDLE=20000; N_FANIN=100
-$smoke && { N_FANOUT=20; N_PAIRS=20; N_IDLE=200; N_FANIN=5; }
+OVERLOAD_RATES="100000 200000 400000 800000"
+$smoke && { N_FANOUT=20; N_PAIRS=20; N_IDLE=200; N_FANIN=5; OVERLOAD_RATES="20000"; }
 
 for kind in vibemq mosquitto; do
     scenario "1. QoS 0, 1 to 1 ($kind)"
@@ -123,6 +187,10 @@ for kind in vibemq mosquitto; do
     run_pubsub "$kind" "4. $N_PAIRS pairs, 1 msg/s each" --qos 0 --publishers "$N_PAIRS" --subscribers "$N_PAIRS" --topic 'pair/%i' --rate 1 --connect-rate 5000
     scenario "5. $N_IDLE idle connections ($kind)"
     run_conn "$kind" "$N_IDLE"
+    scenario "8. overload, paced and unpaced ($kind)"
+    run_overload "$kind"
+    scenario "9. a slow subscriber beside a healthy one ($kind)"
+    run_slow_consumer "$kind"
 done
 
 # 6 and 7: a three-node VibeMQ cluster on loopback.

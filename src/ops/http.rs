@@ -144,7 +144,9 @@ async fn clients(
                 "connected_at_ms": conn.map(|c| c.connected_at_ms),
                 "subscriptions": st.subscriptions.len(),
                 "queued": st.queue.len(),
+                "queued_bytes": st.queue.bytes(),
                 "inflight": st.inflight.len(),
+                "dropped": s.dropped.load(std::sync::atomic::Ordering::Relaxed),
             })
         })
         .collect();

@@ -26,6 +26,17 @@ impl Conn {
         client_id: String,
         clean: bool,
     ) -> std::io::Result<Conn> {
+        Conn::open_with(addr, protocol, client_id, clean, Properties::default()).await
+    }
+
+    /// As `open`, with CONNECT properties (v5).
+    pub async fn open_with(
+        addr: SocketAddr,
+        protocol: Protocol,
+        client_id: String,
+        clean: bool,
+        mut properties: Properties,
+    ) -> std::io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut c = Conn {
@@ -34,7 +45,6 @@ impl Conn {
             wbuf: BytesMut::new(),
             protocol,
         };
-        let mut properties = Properties::default();
         if protocol.is_v5() && !clean {
             properties.session_expiry_interval = Some(3600);
         }

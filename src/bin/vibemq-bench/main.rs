@@ -94,6 +94,13 @@ struct Opts {
     /// Seconds to wait for late deliveries after publishing stops.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
+    /// Extra MQTT 5 subscribers to the first subscriber's filter with Receive Maximum 1,
+    /// each acknowledging one message every --slow-ack-ms: slow consumers, kept out of the
+    /// received and lost figures (reported as slow_received).
+    #[arg(long, default_value_t = 0)]
+    slow_subscribers: usize,
+    #[arg(long, default_value_t = 1500)]
+    slow_ack_ms: u64,
     /// Print a JSON summary as the last line.
     #[arg(long)]
     json: bool,
@@ -257,6 +264,67 @@ async fn subscriber(
         }
     }
     result
+}
+
+/// A slow consumer: MQTT 5 with Receive Maximum 1, one acknowledgement every `ack_every`.
+/// Returns how many messages it received before `stop`.
+async fn slow_subscriber(
+    opts: Arc<Opts>,
+    i: usize,
+    addr: SocketAddr,
+    ready: tokio::sync::mpsc::Sender<()>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let properties = vibemq::codec::Properties {
+        receive_maximum: Some(1),
+        ..Default::default()
+    };
+    let id = format!("bench-slow-{i}");
+    let conn = Conn::open_with(addr, Protocol::V5, id, true, properties).await;
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("slow subscriber {i}: {e}");
+            let _ = ready.send(()).await;
+            return 0;
+        }
+    };
+    let filter = pattern(opts.sub_topic.as_deref().unwrap_or(&opts.topic), 0);
+    let qos = QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce);
+    if let Err(e) = conn.subscribe(&filter, qos).await {
+        eprintln!("slow subscriber {i}: {e}");
+    }
+    let _ = ready.send(()).await;
+    let every = Duration::from_millis(opts.slow_ack_ms);
+    let mut got = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(200), conn.recv()).await;
+        let packet = match next {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => break,
+            Err(_) => continue,
+        };
+        if let Packet::Publish(p) = packet {
+            got += 1;
+            tokio::time::sleep(every).await;
+            let ack = match p.qos {
+                QoS::AtMostOnce => continue,
+                QoS::AtLeastOnce => Packet::PubAck(Ack::new(p.packet_id, 0)),
+                QoS::ExactlyOnce => Packet::PubRec(Ack::new(p.packet_id, 0)),
+            };
+            if conn.send(&ack).await.is_err() {
+                break;
+            }
+        } else if let Packet::PubRel(a) = packet
+            && conn
+                .send(&Packet::PubComp(Ack::new(a.packet_id, 0)))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    got
 }
 
 fn protocol(p: &str) -> Protocol {
@@ -564,8 +632,18 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
             subscriber(opts, shared, i, addr, tx, stop).await
         }));
     }
+    let mut slow = Vec::new();
+    let (slow_tx, mut slow_rx) = tokio::sync::mpsc::channel(opts.slow_subscribers.max(1));
+    for i in 0..opts.slow_subscribers {
+        let (opts, tx, stop) = (opts.clone(), slow_tx.clone(), stop.clone());
+        let addr = sub_hosts[i % sub_hosts.len()];
+        slow.push(tokio::spawn(slow_subscriber(opts, i, addr, tx, stop)));
+    }
     for _ in 0..subscribers {
         let _ = ready_rx.recv().await;
+    }
+    for _ in 0..opts.slow_subscribers {
+        let _ = slow_rx.recv().await;
     }
     // Subscriptions on other nodes of a cluster take a moment to be routed everywhere.
     if pub_hosts != sub_hosts {
@@ -610,6 +688,10 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
         Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let (mut deliveries, mut unique, mut duplicates) = (0, 0, 0);
     let mut last_receive = None;
+    let mut slow_received = 0;
+    for s in slow {
+        slow_received += s.await.unwrap_or(0);
+    }
     for s in subs {
         if let Ok(r) = s.await {
             deliveries += r.deliveries;
@@ -635,6 +717,7 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
         "expected": expected,
         "lost": expected.saturating_sub(unique),
         "duplicates": duplicates,
+        "slow_received": slow_received,
         "seconds": (window * 1000.0).round() / 1000.0,
         "msgs_per_sec": (deliveries as f64 / window).round(),
         "sent_per_sec": (sent as f64 / publish_secs.max(1e-3)).round(),
