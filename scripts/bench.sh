@@ -88,7 +88,8 @@ run_pubsub() {
     local pid; pid=$(start_broker "$kind" "$p"); pids+=("$pid")
     wait_port "$p"
     local before; before=$(cpu_ticks "$pid")
-    out=$("$BENCH" pubsub --host "127.0.0.1:$p" --duration "$DUR" --json "$@" 2>/dev/null | tail -1)
+    out=$("$BENCH" pubsub --host "127.0.0.1:$p" --duration "$DUR" --json "$@" 2>"$work/pubsub.err" | tail -1) \
+        || { echo "vibemq-bench $* against $kind failed:" >&2; grep -v '^ *at \|^ *[0-9]*: ' "$work/pubsub.err" | tail -15 >&2; return 1; }
     local cpu=$(( $(cpu_ticks "$pid") - before ))
     kill "$pid"; wait "$pid" 2>/dev/null || true
     echo "   $kind $scenario: $out" >&2

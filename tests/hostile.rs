@@ -416,6 +416,41 @@ async fn a_refusal_reaches_the_client_before_the_connection_closes() {
     probe(addr).await;
 }
 
+/// The exchange of the paho interoperability suite's `test_flow_control2` (client_test5.py),
+/// step for step: the Receive Maximum from CONNACK, that many plus one QoS 2 PUBLISHes, each
+/// its own write and none released, then reading until the server's DISCONNECT, which must
+/// say 147 (0x93, Receive Maximum exceeded).
+#[tokio::test]
+async fn paho_test_flow_control2() {
+    let node = start(|_| {}).await;
+    let mut connect = connect_packet(Protocol::V5, "myclientid", true);
+    connect.properties.session_expiry_interval = Some(0);
+    let (mut c, connack) = RawClient::connect_with(node.mqtt_addr(), connect).await;
+    let receive_maximum = connack.properties.receive_maximum.unwrap_or(u16::MAX);
+    assert_eq!(receive_maximum, 32, "the default mqtt.max_inflight");
+    for i in 1..=receive_maximum + 1 {
+        let message = format!("message {i}");
+        c.publish(
+            "client_test5/TopicA",
+            message.as_bytes(),
+            QoS::ExactlyOnce,
+            false,
+            i,
+        )
+        .await;
+    }
+    let got = read_to_clean_end(&mut c).await;
+    let pubrecs = got
+        .iter()
+        .filter(|p| matches!(p, Packet::PubRec(_)))
+        .count();
+    assert_eq!(pubrecs, usize::from(receive_maximum));
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == 147),
+        "{got:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_reconnect_loop_leaves_no_sleeping_tasks_behind() {
     let node = start(|_| {}).await;

@@ -281,7 +281,6 @@ impl Router {
         let mut fanout = Fanout {
             message,
             metrics,
-            can_hold: pressure.is_some(),
             queued: 0,
             online_queued: false,
             full: SmallVec::new(),
@@ -397,8 +396,6 @@ impl Router {
 struct Fanout<'m> {
     message: &'m Arc<Message>,
     metrics: &'m Metrics,
-    /// The publishing connection can be held back (a client's publish, not a peer's).
-    can_hold: bool,
     queued: usize,
     /// A connected session queued it: holding the publisher back would starve that one.
     online_queued: bool,
@@ -420,8 +417,7 @@ impl Fanout<'_> {
     fn deliver(&mut self, session: &Arc<Session>, delivery: Delivery) {
         // A client is never held back by its own session: it would stop reading the very
         // acknowledgements that make room there.
-        let may_hold =
-            self.can_hold && self.message.publisher.as_deref() != Some(&*session.client_id);
+        let may_hold = self.message.publisher.as_deref() != Some(&*session.client_id);
         match session.offer(delivery, may_hold, self.metrics) {
             Offer::Queued { online } => {
                 self.queued += 1;
@@ -433,10 +429,12 @@ impl Fanout<'_> {
     }
 
     /// Settles the sessions that were full. When no connected session took the message,
-    /// holding the publisher back starves nobody: the full ones queue it past their bound and
-    /// go into `pressure`, and the publisher is read again once one of them has room. When
-    /// another connected session took it, the full ones are slow subscribers: their copy is
-    /// dropped (or they are disconnected) so they cannot slow the others down.
+    /// holding the publisher back starves nobody: the full ones queue it past their bound (up
+    /// to the hard cap) and go into `pressure`, and the publisher is read again once one of
+    /// them has room. (A message with no connection to hold, from a peer or the broker itself,
+    /// queues the same way.) When another connected session took it, the full ones are slow
+    /// subscribers: their copy is dropped (or they are disconnected) so they cannot slow the
+    /// others down.
     fn finish(self, slow_disconnect: bool, pressure: &mut Option<&mut Vec<Arc<Session>>>) -> usize {
         let mut queued = self.queued;
         let hold = !self.online_queued;
