@@ -8,45 +8,12 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vibemq::broker::Metrics;
-use vibemq::codec::{
-    Ack, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscriptionOptions, encode_packet,
-};
+use vibemq::codec::{Ack, Packet, Protocol, QoS, encode_packet};
 use vibemq::limits::Limit;
-
-fn subscribe_packet(filters: Vec<String>, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: filters
-            .into_iter()
-            .map(|f| {
-                (
-                    f,
-                    SubscriptionOptions {
-                        qos,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect(),
-        properties: Properties::default(),
-    })
-}
-
-fn publish(topic: &str, payload: &[u8], qos: QoS, retain: bool, packet_id: u16) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: topic.into(),
-        packet_id,
-        payload: Bytes::copy_from_slice(payload),
-        properties: Properties::default(),
-    })
-}
 
 async fn suback(c: &mut RawClient) -> Vec<u8> {
     match c.recv().await {
@@ -82,7 +49,7 @@ async fn deep_filters_and_topics_within_a_raised_limit_kill_nothing_either() {
         .await;
     assert_eq!(suback(&mut c).await, [0]);
     let topic = "a/".repeat(30_000) + "z";
-    c.send(&publish(&topic, b"deep", QoS::AtLeastOnce, true, 1))
+    c.send(&publish_packet(&topic, b"deep", QoS::AtLeastOnce, true, 1))
         .await;
     assert!(matches!(c.recv().await, Packet::PubAck(_)));
     assert_eq!(c.subscribe("#", QoS::AtMostOnce).await, [0]);
@@ -100,11 +67,11 @@ async fn a_deep_publish_is_refused_with_its_reason_code() {
     let addr = node.mqtt_addr();
     let topic = "a/".repeat(30_000) + "z";
     let mut v5 = RawClient::connect(addr, Protocol::V5, "p5", true).await;
-    v5.send(&publish(&topic, b"x", QoS::AtMostOnce, true, 0))
+    v5.send(&publish_packet(&topic, b"x", QoS::AtMostOnce, true, 0))
         .await;
     assert_eq!(v5.expect_closed().await, Some(0x90));
     let mut v3 = RawClient::connect(addr, Protocol::V311, "p3", true).await;
-    v3.send(&publish(&topic, b"x", QoS::AtMostOnce, true, 0))
+    v3.send(&publish_packet(&topic, b"x", QoS::AtMostOnce, true, 0))
         .await;
     assert_eq!(
         v3.expect_closed().await,
@@ -120,17 +87,7 @@ async fn one_subscribe_repeating_a_filter_costs_what_one_filter_costs() {
     let node = start(|_| {}).await;
     let addr = node.mqtt_addr();
     let mut p = RawClient::connect(addr, Protocol::V311, "p", true).await;
-    for i in 0..200u16 {
-        p.publish(
-            &format!("r/{i}"),
-            &[b'x'; 1024],
-            QoS::AtLeastOnce,
-            true,
-            i + 1,
-        )
-        .await;
-        assert!(matches!(p.recv().await, Packet::PubAck(_)));
-    }
+    retain_messages(&mut p, 200, 1024).await;
     // 60,000 times `#` in one 240 KB SUBSCRIBE, from a client that never reads.
     let mut attacker = RawClient::connect(addr, Protocol::V311, "attacker", true).await;
     attacker
@@ -186,7 +143,7 @@ async fn an_unpaced_qos0_flood_to_one_subscriber_is_held_back_not_dropped() {
     let mut chunk = BytesMut::new();
     for _ in 0..10_000 {
         encode_packet(
-            &publish("flood", &[b'f'; 64], QoS::AtMostOnce, false, 0),
+            &publish_packet("flood", &[b'f'; 64], QoS::AtMostOnce, false, 0),
             Protocol::V311,
             &mut chunk,
         );
@@ -327,7 +284,7 @@ async fn a_60kb_invalid_topic_is_not_echoed_back() {
     let addr = node.mqtt_addr();
     let mut c = RawClient::connect(addr, Protocol::V5, "echo", true).await;
     let topic = format!("bad+{}", "x".repeat(60_000));
-    c.send(&publish(&topic, b"x", QoS::AtMostOnce, false, 0))
+    c.send(&publish_packet(&topic, b"x", QoS::AtMostOnce, false, 0))
         .await;
     // RawClient decodes strictly: a truncated reason string would fail here.
     match c.recv().await {
@@ -370,14 +327,14 @@ async fn a_refusal_reaches_the_client_before_the_connection_closes() {
     let mut burst = BytesMut::new();
     for id in 1..=3 {
         encode_packet(
-            &publish("q2", b"x", QoS::ExactlyOnce, false, id),
+            &publish_packet("q2", b"x", QoS::ExactlyOnce, false, id),
             Protocol::V5,
             &mut burst,
         );
     }
     for id in 4..=200 {
         encode_packet(
-            &publish("q2", &[0u8; 1000], QoS::ExactlyOnce, false, id),
+            &publish_packet("q2", &[0u8; 1000], QoS::ExactlyOnce, false, id),
             Protocol::V5,
             &mut burst,
         );

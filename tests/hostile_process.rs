@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::process::BrokerProcess;
 use common::*;
-use vibemq::codec::{Packet, Properties, Protocol, QoS, Subscribe, SubscriptionOptions};
+use vibemq::codec::{Packet, Protocol, QoS};
 
 /// Resident set size of a process, in kB.
 fn rss_kb(pid: u32) -> u64 {
@@ -21,17 +21,6 @@ fn rss_kb(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-fn subscribe_all(filters: Vec<String>) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: filters
-            .into_iter()
-            .map(|f| (f, SubscriptionOptions::default()))
-            .collect(),
-        properties: Properties::default(),
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_leave_the_process_alive_and_its_memory_bounded() {
     let broker = BrokerProcess::start(&[]).await;
@@ -40,7 +29,8 @@ async fn attacks_leave_the_process_alive_and_its_memory_bounded() {
 
     // 1. The 65,000-level filter, then a disconnect: refused, process alive.
     let mut deep = RawClient::connect(addr, Protocol::V311, "deep", true).await;
-    deep.send(&subscribe_all(vec!["/".repeat(65_000)])).await;
+    deep.send(&subscribe_packet(vec!["/".repeat(65_000)], QoS::AtMostOnce))
+        .await;
     assert!(matches!(deep.recv().await, Packet::SubAck(s) if s.reason_codes == [0x80]));
     drop(deep);
     probe(addr).await;
@@ -48,26 +38,21 @@ async fn attacks_leave_the_process_alive_and_its_memory_bounded() {
     // 2. 200 retained messages of 1 KB, then SUBSCRIBEs that repeat `#` 60,000 times and
     //    overlap five ways, twenty times over, from clients that never read.
     let mut p = RawClient::connect(addr, Protocol::V311, "p", true).await;
-    for i in 0..200u16 {
-        p.publish(
-            &format!("r/{i}"),
-            &[b'x'; 1024],
-            QoS::AtLeastOnce,
-            true,
-            i + 1,
-        )
-        .await;
-        assert!(matches!(p.recv().await, Packet::PubAck(_)));
-    }
+    retain_messages(&mut p, 200, 1024).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kb(pid);
     let mut idle = Vec::new();
     for n in 0..5 {
         let mut c = RawClient::connect(addr, Protocol::V311, &format!("flood-{n}"), true).await;
-        c.send(&subscribe_all(vec!["#".to_string(); 60_000])).await;
+        c.send(&subscribe_packet(
+            vec!["#".to_string(); 60_000],
+            QoS::AtMostOnce,
+        ))
+        .await;
         let overlapping: Vec<String> = ["#", "r/#", "+/#", "r/+", "+/+"].map(String::from).into();
         for _ in 0..20 {
-            c.send(&subscribe_all(overlapping.clone())).await;
+            c.send(&subscribe_packet(overlapping.clone(), QoS::AtMostOnce))
+                .await;
         }
         idle.push(c);
     }

@@ -12,18 +12,22 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::Connection;
+use super::connection::PublishLimits;
 use super::listener::Admission;
 use crate::broker::{Broker, ConnectionControl};
 use crate::codec::{
     ConnAck, Connect, DecodeError, Packet, Properties, Protocol, decode_packet, encode_packet,
     reason, v3_return,
 };
-use crate::limits::{Limit, TokenBucket, printable};
+use crate::limits::{Limit, printable};
 use crate::topic::{check_topic_bounds, is_sys_topic, valid_topic_name};
 
 /// How a handshake ended.
+// Returned once per connection and moved straight into its task: boxing the large variant
+// would cost every connection an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Handshake {
-    Connected(Box<Connection>),
+    Connected(Connection),
     /// Refused with a CONNACK: the caller half-closes and drains, so the client reads it.
     Refused,
     /// Nothing to tell the client (no CONNECT in time, lost, or not MQTT).
@@ -92,7 +96,7 @@ pub(super) async fn handshake<S: ClientStream>(
     let Admission::Admitted(ip_guard) = admission else {
         unreachable!("refused admissions return above")
     };
-    Handshake::Connected(Box::new(establish(*connect, peer, broker, ip_guard).await))
+    Handshake::Connected(establish(*connect, peer, broker, ip_guard).await)
 }
 
 enum ReadError {
@@ -347,10 +351,7 @@ async fn establish(
         connect_expiry_zero: requested_expiry == 0,
         wbuf: BytesMut::new(),
         held_by: Vec::new(),
-        publish_rate: (config.max_publish_rate > 0)
-            .then(|| TokenBucket::new(f64::from(config.max_publish_rate))),
-        publish_bytes_rate: (config.max_publish_bytes_rate > 0)
-            .then(|| TokenBucket::new(config.max_publish_bytes_rate as f64)),
+        publish_limits: PublishLimits::from_config(config),
         throttled_until: None,
         warned_sys: false,
         _ip_guard: ip_guard,

@@ -91,15 +91,34 @@ pub(super) struct Connection {
     /// subscriber needed the messages: no more is read from this client until one of them has
     /// room (backpressure instead of drops).
     pub held_by: Vec<Arc<Session>>,
-    /// `mqtt.max_publish_rate` and `mqtt.max_publish_bytes_rate`, when set.
-    pub publish_rate: Option<crate::limits::TokenBucket>,
-    pub publish_bytes_rate: Option<crate::limits::TokenBucket>,
+    /// `mqtt.max_publish_rate` and `mqtt.max_publish_bytes_rate`, when either is set.
+    pub publish_limits: Option<Box<PublishLimits>>,
     /// Over a publish rate: no more is read or processed until then.
     pub throttled_until: Option<Instant>,
     /// A PUBLISH to `$SYS` was refused and logged (once per connection).
     pub warned_sys: bool,
     /// Counts this connection against its source IP while it lives.
     pub _ip_guard: Option<super::listener::IpGuard>,
+}
+
+/// A client's publish-rate buckets (boxed in `Connection`: most nodes set no rate, and an
+/// idle connection should not carry them).
+pub(super) struct PublishLimits {
+    messages: Option<crate::limits::TokenBucket>,
+    bytes: Option<crate::limits::TokenBucket>,
+}
+
+impl PublishLimits {
+    pub(super) fn from_config(mqtt: &crate::config::MqttConfig) -> Option<Box<PublishLimits>> {
+        use crate::limits::TokenBucket;
+        let limits = PublishLimits {
+            messages: (mqtt.max_publish_rate > 0)
+                .then(|| TokenBucket::new(f64::from(mqtt.max_publish_rate))),
+            bytes: (mqtt.max_publish_bytes_rate > 0)
+                .then(|| TokenBucket::new(mqtt.max_publish_bytes_rate as f64)),
+        };
+        (limits.messages.is_some() || limits.bytes.is_some()).then(|| Box::new(limits))
+    }
 }
 
 /// Waits until `session` may have room (see `Session::room`).
@@ -171,15 +190,17 @@ impl Connection {
             let held = self.held_by.first().cloned();
             let throttled = self.throttled_until;
             rbuf.reserve(read_size);
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
+            // One timer serves both: the end of a throttle pause, else the keep-alive
+            // deadline. Input this side is not reading (held back, throttled) cannot time the
+            // client out.
+            let timer = match (throttled, held.is_some()) {
+                (Some(until), _) => Some(until),
+                (None, true) => None,
+                (None, false) => deadline,
             };
-            let throttle = async {
-                match throttled {
-                    Some(t) => tokio::time::sleep_until(t).await,
+            let sleep = async {
+                match timer {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -210,11 +231,6 @@ impl Connection {
                         close = self.process_input(&mut rbuf, max_in).err();
                     }
                 }
-                _ = throttle, if throttled.is_some() => {
-                    self.throttled_until = None;
-                    deadline = self.next_deadline();
-                    close = self.process_input(&mut rbuf, max_in).err();
-                }
                 read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && held.is_none() && throttled.is_none() => match read {
                     Ok(0) => close = Some(Close::PeerClosed),
                     Ok(n) => {
@@ -227,7 +243,15 @@ impl Connection {
                     Err(e) => close = Some(Close::Io(e)),
                 },
                 _ = session.woken() => {}
-                _ = sleep => close = Some(Close::KeepAliveTimeout),
+                _ = sleep => {
+                    if throttled.is_some() {
+                        self.throttled_until = None;
+                        deadline = self.next_deadline();
+                        close = self.process_input(&mut rbuf, max_in).err();
+                    } else {
+                        close = Some(Close::KeepAliveTimeout);
+                    }
+                }
             }
         }
         self.finish(close.expect("loop ends with a reason"), reader, writer)
@@ -255,15 +279,16 @@ impl Connection {
     /// Counts a PUBLISH of `bytes` against the client's publish rates; past one, input pauses
     /// for as long as it takes to get back within it.
     pub(super) fn charge_publish(&mut self, bytes: usize) {
+        let Some(limits) = self.publish_limits.as_mut() else {
+            return;
+        };
         let pauses = [
             (
-                self.publish_rate.as_mut().and_then(|b| b.take(1.0)),
+                limits.messages.as_mut().and_then(|b| b.take(1.0)),
                 Limit::PublishRate,
             ),
             (
-                self.publish_bytes_rate
-                    .as_mut()
-                    .and_then(|b| b.take(bytes as f64)),
+                limits.bytes.as_mut().and_then(|b| b.take(bytes as f64)),
                 Limit::PublishBytesRate,
             ),
         ];
@@ -364,15 +389,10 @@ fn server_reason_given(close: &Close) -> bool {
 /// `CLOSE_DRAIN_BYTES`, so that closing does not reset a connection whose last packet (a
 /// DISCONNECT or CONNACK with the reason) the client has yet to read.
 pub(super) async fn drain(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
-    let mut scratch = [0u8; 4096];
-    let mut left = CLOSE_DRAIN_BYTES;
-    let discard = async {
-        while left > 0 {
-            match reader.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
+    // `copy` keeps its buffer on the heap, and only while draining: a buffer in this future
+    // would make every connection's task that much larger for its whole life.
+    let mut limited = reader.take(CLOSE_DRAIN_BYTES as u64);
+    let mut sink = tokio::io::sink();
+    let discard = tokio::io::copy(&mut limited, &mut sink);
     let _ = tokio::time::timeout(CLOSE_DRAIN, discard).await;
 }

@@ -420,3 +420,39 @@ pub async fn probe(addr: SocketAddr) {
         .await
         .expect("the broker serves a probe client within a second");
 }
+
+/// A SUBSCRIBE (packet id 1) for `filters`, all at `qos`.
+pub fn subscribe_packet(filters: Vec<String>, qos: QoS) -> Packet {
+    let options = SubscriptionOptions {
+        qos,
+        ..Default::default()
+    };
+    Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: filters.into_iter().map(|f| (f, options)).collect(),
+        properties: Properties::default(),
+    })
+}
+
+/// A PUBLISH with no properties.
+pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, retain: bool, id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id: id,
+        payload: Bytes::copy_from_slice(payload),
+        properties: Properties::default(),
+    })
+}
+
+/// Stores `n` retained messages of `size` bytes on `r/0` … `r/{n-1}` (QoS 1, each acknowledged).
+pub async fn retain_messages(c: &mut RawClient, n: u16, size: usize) {
+    let payload = vec![b'x'; size];
+    for i in 0..n {
+        c.publish(&format!("r/{i}"), &payload, QoS::AtLeastOnce, true, i + 1)
+            .await;
+        assert!(matches!(c.recv().await, Packet::PubAck(_)));
+    }
+}
