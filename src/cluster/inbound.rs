@@ -1,5 +1,6 @@
-//! The accepting side of peer links: authenticates the dialing node, tells it where to resume,
-//! delivers its publishes here exactly once (sequence numbers already processed are skipped),
+//! The accepting side of peer links: authenticates the dialing node, tells it where to resume
+//! (within the same link epoch; a new epoch starts at zero), delivers its publishes here exactly
+//! once (sequence numbers already processed in this epoch are skipped),
 //! acknowledges them in batches, applies its pushed route changes, and answers requests for
 //! this node's retained messages.
 
@@ -48,14 +49,14 @@ pub async fn serve(
 async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String> {
     let (mut reader, mut writer) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let (peer, generation) = tokio::time::timeout(
+    let (peer, generation, epoch) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(cluster, &mut reader, &mut writer, &mut rbuf),
     )
     .await
     .map_err(|_| "handshake timed out".to_string())??;
     let peer: Arc<str> = peer.into();
-    let mut last = cluster.processed(&peer, generation);
+    let mut last = cluster.begin_link(&peer, generation, epoch);
     wire::write_frame(&mut writer, &Frame::Ready { resume_after: last }).await?;
     let mut acked = last;
     let mut out = BytesMut::new();
@@ -100,7 +101,7 @@ async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String
             next = wire::decode_frame(&mut rbuf)?;
         }
         if last != acked {
-            cluster.set_processed(&peer, generation, last);
+            cluster.set_processed(&peer, generation, epoch, last);
             wire::encode_frame(&Frame::Ack { upto: last }, &mut out);
             acked = last;
         }
@@ -119,17 +120,18 @@ async fn handshake(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
     rbuf: &mut BytesMut,
-) -> Result<(String, u64), String> {
+) -> Result<(String, u64, u64), String> {
     let refuse = |reason: String| Frame::Refused { reason };
-    let (version, their_cluster, their_id, their_gen, their_nonce) =
+    let (version, their_cluster, their_id, their_gen, epoch, their_nonce) =
         match wire::read_frame(reader, rbuf).await? {
             Frame::Hello {
                 version,
                 cluster,
                 node_id,
                 generation,
+                link_epoch,
                 nonce,
-            } => (version, cluster, node_id, generation, nonce),
+            } => (version, cluster, node_id, generation, link_epoch, nonce),
             other => return Err(format!("expected Hello, got {other:?}")),
         };
     if version != wire::PROTOCOL_VERSION {
@@ -151,6 +153,7 @@ async fn handshake(
     let ids = HandshakeIds {
         cluster: &cluster.name,
         dialer: (&their_id, their_gen),
+        link_epoch: epoch,
         acceptor: (&cluster.node_id, cluster.generation),
         dialer_nonce: &their_nonce,
         acceptor_nonce: &my_nonce,
@@ -174,5 +177,5 @@ async fn handshake(
         let _ = wire::write_frame(writer, &refuse("authentication failed".into())).await;
         return Err("dialer failed authentication".into());
     }
-    Ok((their_id, their_gen))
+    Ok((their_id, their_gen, epoch))
 }

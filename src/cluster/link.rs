@@ -43,6 +43,9 @@ struct LinkQueue {
 pub struct Link {
     pub node_id: Arc<str>,
     pub generation: u64,
+    /// This link's incarnation, random: the peer keeps its progress per epoch, so a link
+    /// created anew (after this node gave up on the peer) starts its count afresh there.
+    pub epoch: u64,
     pub addr: SocketAddr,
     pub gossip_addr: SocketAddr,
     queue: Mutex<LinkQueue>,
@@ -60,9 +63,12 @@ impl Link {
         gossip_addr: SocketAddr,
         capacity: usize,
     ) -> Arc<Link> {
+        let random = wire::nonce();
+        let epoch = u64::from_be_bytes(random[..8].try_into().expect("8 bytes"));
         Arc::new(Link {
             node_id,
             generation,
+            epoch,
             addr,
             gossip_addr,
             queue: Mutex::new(LinkQueue {
@@ -280,6 +286,7 @@ async fn handshake(
         cluster: cluster.name.clone(),
         node_id: cluster.node_id.to_string(),
         generation: cluster.generation,
+        link_epoch: link.epoch,
         nonce: my_nonce,
     };
     wire::write_frame(writer, &hello).await?;
@@ -308,6 +315,7 @@ async fn handshake(
     let ids = HandshakeIds {
         cluster: &cluster.name,
         dialer: (&cluster.node_id, cluster.generation),
+        link_epoch: link.epoch,
         acceptor: (&their_id, their_gen),
         dialer_nonce: &my_nonce,
         acceptor_nonce: &their_nonce,

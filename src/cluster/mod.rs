@@ -106,8 +106,8 @@ pub struct Cluster {
     /// Links to nodes the failure detector gave up on, kept (queue and all) for
     /// `SUSPENDED_GRACE` in case the node was only slow: it then resumes where it stopped.
     suspended: Mutex<HashMap<Arc<str>, SuspendedLink>>,
-    /// Last reliable sequence number processed per (peer, peer generation).
-    progress: Mutex<HashMap<(Arc<str>, u64), u64>>,
+    /// How far each peer's incoming link has been processed.
+    progress: RelayProgress,
     group_cursor: AtomicUsize,
     routes_dirty: Notify,
     /// Other nodes chitchat sees as live.
@@ -116,6 +116,48 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     chitchat: Mutex<Option<ChitchatHandle>>,
     shutdown: watch::Sender<bool>,
+}
+
+/// How far the newest link from one peer run has been processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LinkProgress {
+    epoch: u64,
+    last: u64,
+}
+
+/// Per (peer, peer generation): the epoch of its newest incoming link and the last reliable
+/// sequence number processed on it. Resumption is keyed on the link's incarnation, so it can
+/// neither skip (a new link counting from 1 under an old link's mark) nor go back (a stale
+/// link moving the mark of a newer one).
+#[derive(Default)]
+struct RelayProgress(Mutex<HashMap<(Arc<str>, u64), LinkProgress>>);
+
+impl RelayProgress {
+    /// A link from `peer` authenticated with `epoch`: where it resumes. The same epoch (a
+    /// reconnect of the same link) resumes after what was processed; a new epoch (a link the
+    /// peer made anew) starts from zero, and from then on the old epoch cannot move the mark.
+    fn begin(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
+        let mut p = self.0.lock();
+        // Older generations of this peer will never come back.
+        p.retain(|(n, g), _| n != peer || *g >= generation);
+        let entry = p
+            .entry((peer.clone(), generation))
+            .or_insert(LinkProgress { epoch, last: 0 });
+        if entry.epoch != epoch {
+            *entry = LinkProgress { epoch, last: 0 };
+        }
+        entry.last
+    }
+
+    /// Records what a link processed, if it is still the peer's newest link.
+    fn record(&self, peer: &Arc<str>, generation: u64, epoch: u64, seq: u64) {
+        let mut p = self.0.lock();
+        if let Some(entry) = p.get_mut(&(peer.clone(), generation))
+            && entry.epoch == epoch
+        {
+            entry.last = seq;
+        }
+    }
 }
 
 /// This node's id: the configured one, else the host name.
@@ -240,7 +282,7 @@ impl Cluster {
             remote: RemoteRoutes::default(),
             links: RwLock::new(HashMap::new()),
             suspended: Mutex::new(HashMap::new()),
-            progress: Mutex::new(HashMap::new()),
+            progress: RelayProgress::default(),
             group_cursor: AtomicUsize::new(0),
             routes_dirty: Notify::new(),
             members: AtomicUsize::new(0),
@@ -364,19 +406,12 @@ impl Cluster {
         }
     }
 
-    fn processed(&self, peer: &Arc<str>, generation: u64) -> u64 {
-        self.progress
-            .lock()
-            .get(&(peer.clone(), generation))
-            .copied()
-            .unwrap_or(0)
+    fn begin_link(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
+        self.progress.begin(peer, generation, epoch)
     }
 
-    fn set_processed(&self, peer: &Arc<str>, generation: u64, seq: u64) {
-        let mut p = self.progress.lock();
-        // Older generations of this peer will never come back.
-        p.retain(|(n, g), _| n != peer || *g >= generation);
-        p.insert((peer.clone(), generation), seq);
+    fn set_processed(&self, peer: &Arc<str>, generation: u64, epoch: u64, seq: u64) {
+        self.progress.record(peer, generation, epoch, seq)
     }
 
     /// Stops the link to a node and forgets its routes; returns how many frames were dropped.
@@ -604,5 +639,30 @@ async fn gossip_routes(
         state.set(membership::KEY_ROUTES_CHUNKS, chunks.len());
         state.set(membership::KEY_ROUTES_VERSION, version);
         published = (version, chunks.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resumption_is_keyed_on_the_link_epoch() {
+        let progress = RelayProgress::default();
+        let peer: Arc<str> = "n2".into();
+        // A link processes up to 20,000, is cut, and reconnects: it resumes there.
+        assert_eq!(progress.begin(&peer, 7, 100), 0);
+        progress.record(&peer, 7, 100, 20_000);
+        assert_eq!(progress.begin(&peer, 7, 100), 20_000);
+        // The peer gave up on us and made a new link (the frozen-node case of issue 9): it
+        // counts from 1 again and must not have its first 20,000 frames skipped.
+        assert_eq!(progress.begin(&peer, 7, 200), 0);
+        progress.record(&peer, 7, 200, 5);
+        // A connection of the old link still draining cannot move the new link's mark.
+        progress.record(&peer, 7, 100, 20_001);
+        assert_eq!(progress.begin(&peer, 7, 200), 5);
+        // A new run of the peer (generation) forgets the old one.
+        assert_eq!(progress.begin(&peer, 8, 200), 0);
+        assert_eq!(progress.0.lock().len(), 1);
     }
 }

@@ -14,7 +14,8 @@ use crate::broker::Message;
 use crate::codec::{Properties, QoS};
 
 /// Bumped when frames change incompatibly; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: Hello carries the link's epoch (progress is kept per link incarnation).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted; retained snapshots are sent in batches well below it.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
@@ -93,6 +94,9 @@ pub enum Frame {
         cluster: String,
         node_id: String,
         generation: u64,
+        /// Chosen at random when the dialer created this link: reliable sequence numbers
+        /// count within one epoch, so a link made anew never resumes an old one's count.
+        link_epoch: u64,
         nonce: [u8; 32],
     },
     /// Acceptor to dialer: who it is, its nonce, and its proof of the secret.
@@ -215,6 +219,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 pub struct HandshakeIds<'a> {
     pub cluster: &'a str,
     pub dialer: (&'a str, u64),
+    pub link_epoch: u64,
     pub acceptor: (&'a str, u64),
     pub dialer_nonce: &'a [u8; 32],
     pub acceptor_nonce: &'a [u8; 32],
@@ -234,6 +239,7 @@ fn mac(key: &[u8; 32], role: &str, ids: &HandshakeIds<'_>) -> HmacSha256 {
         m.update(part);
     }
     m.update(&ids.dialer.1.to_be_bytes());
+    m.update(&ids.link_epoch.to_be_bytes());
     m.update(&ids.acceptor.1.to_be_bytes());
     m.update(ids.dialer_nonce);
     m.update(ids.acceptor_nonce);
@@ -284,10 +290,11 @@ mod tests {
     fn frames_round_trip_and_split_reads_wait() {
         let frames = vec![
             Frame::Hello {
-                version: 1,
+                version: 2,
                 cluster: "c".into(),
                 node_id: "n".into(),
                 generation: 7,
+                link_epoch: 11,
                 nonce: [3; 32],
             },
             Frame::Publish {
@@ -342,6 +349,7 @@ mod tests {
         let ids = HandshakeIds {
             cluster: "c",
             dialer: ("a", 1),
+            link_epoch: 5,
             acceptor: ("b", 2),
             dialer_nonce: &[1; 32],
             acceptor_nonce: &[2; 32],
@@ -363,6 +371,14 @@ mod tests {
         assert!(
             !verify(Some(&key), "acceptor", &other, &p),
             "bound to the nonces"
+        );
+        let other_epoch = HandshakeIds {
+            link_epoch: 6,
+            ..ids
+        };
+        assert!(
+            !verify(Some(&key), "acceptor", &other_epoch, &p),
+            "bound to the link epoch"
         );
         assert!(
             !verify(Some(&key), "acceptor", &other, &[]),
