@@ -337,3 +337,51 @@ async fn a_hundred_thousand_filters_are_advertised_and_routed() {
     }
     assert!(matches!(m, Ok(Some(Packet::Publish(m))) if m.topic == "fleet/7/dev-99957/telemetry"));
 }
+
+/// Issue 9, second fault: 600 retained messages of 40 KB (24 MB of device shadows) on one node,
+/// then a second node joins. Batches of 500 messages once exceeded the frame limit, the joiner
+/// rejected every one, and the link reconnected forever: no retained message and no relayed
+/// message ever reached it. Batches are now bounded by bytes when they are built, and each
+/// link reads while it sends its set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_24_mb_of_retained_messages_and_live_traffic() {
+    let n1 = node("node1", &[], |_| {}).await;
+    let mut p = RawClient::connect(n1.mqtt_addr(), Protocol::V311, "p", true).await;
+    let shadow = vec![b's'; 40 * 1024];
+    for i in 0..600u16 {
+        p.publish(
+            &format!("shadow/{i}"),
+            &shadow,
+            QoS::AtLeastOnce,
+            true,
+            i + 1,
+        )
+        .await;
+        assert!(matches!(p.recv().await, Packet::PubAck(_)));
+    }
+    let n2 = node("node2", &[gossip_addr(&n1)], |_| {}).await;
+    wait_linked(&n2, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while n2.broker().retained.len() < 600 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node2 has {} of 600 retained messages",
+            n2.broker().retained.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the link carries live traffic: a subscriber on node2 gets node1's publishes.
+    let mut s = RawClient::connect(n2.mqtt_addr(), Protocol::V311, "s", true).await;
+    s.subscribe("live/+", QoS::AtLeastOnce).await;
+    wait_route(&n1, "live/x", 1).await;
+    p.publish("live/x", b"after the sync", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert!(matches!(p.recv().await, Packet::PubAck(_)));
+    // Both sides send their whole set when the link comes up, at the same moment: a link that
+    // wrote its set before reading anything deadlocked against the other here.
+    let m = s.try_recv_within(WAIT).await;
+    assert!(
+        matches!(m, Ok(Some(Packet::Publish(ref m))) if &m.payload[..] == b"after the sync"),
+        "{m:?}"
+    );
+}

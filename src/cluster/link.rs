@@ -235,18 +235,15 @@ async fn serve(
     *backoff = BACKOFF_MIN;
     tracing::debug!(peer = %link.node_id, addr = %link.addr, resume_after, "peer link up");
     // Every time a link comes up (first contact, restart, or a cut healed) both sides bring
-    // each other up to date on retained messages: ask for the peer's, and send ours.
-    let mut hello = BytesMut::new();
-    wire::encode_frame(&Frame::RetainedRequest, &mut hello);
-    for frame in cluster.retained_frames() {
-        wire::encode_frame(&frame, &mut hello);
-    }
-    writer
-        .write_all(&hello)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-
+    // each other up to date on retained messages: ask for the peer's, and send ours. That goes
+    // out through the loop below, which reads while it writes: the peer may be writing its
+    // whole set to us at the same moment, and if neither side read until it had written, both
+    // would wait on full socket buffers for ever.
     let mut wbuf = BytesMut::with_capacity(BATCH_BYTES);
+    wire::encode_frame(&Frame::RetainedRequest, &mut wbuf);
+    for frame in cluster.retained_frames() {
+        wire::encode_frame(&frame, &mut wbuf);
+    }
     loop {
         if wbuf.is_empty() {
             let n = link.take_batch(&mut wbuf);

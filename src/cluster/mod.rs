@@ -478,7 +478,6 @@ impl Cluster {
 
     /// This node's retained messages and tombstones as snapshot frames.
     fn retained_frames(&self) -> Vec<Frame> {
-        const BATCH: usize = 500;
         let Some(broker) = self.broker() else {
             return Vec::new();
         };
@@ -490,21 +489,7 @@ impl Cluster {
             .filter(|m| !m.topic.starts_with("$SYS/"))
             .filter_map(|m| WireMessage::from_message(m, &self.node_id))
             .collect();
-        let mut frames: Vec<Frame> = all
-            .chunks(BATCH)
-            .map(|c| Frame::Retained {
-                messages: c.to_vec(),
-                done: false,
-            })
-            .collect();
-        match frames.last_mut() {
-            Some(Frame::Retained { done, .. }) => *done = true,
-            _ => frames.push(Frame::Retained {
-                messages: Vec::new(),
-                done: true,
-            }),
-        }
-        frames
+        wire::retained_batches(all, wire::RETAINED_BATCH_BYTES)
     }
 
     fn publish_event(&self, event: &str, node: &str, generation: u64) {

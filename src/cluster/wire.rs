@@ -16,8 +16,13 @@ use crate::codec::{Properties, QoS};
 /// Bumped when frames change incompatibly; peers with another version are refused.
 /// 2: Hello carries the link's epoch (progress is kept per link incarnation).
 pub const PROTOCOL_VERSION: u16 = 2;
-/// Largest frame accepted; retained snapshots are sent in batches well below it.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
+/// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
+/// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.
+pub const MAX_FRAME: usize = 272 * 1024 * 1024;
+/// About how many bytes of retained messages go into one `Retained` frame (a single larger
+/// message goes alone).
+pub const RETAINED_BATCH_BYTES: usize = 1024 * 1024;
 
 /// A message between nodes: what a subscriber on the other node needs, and what retained
 /// ordering needs (origin and timestamp).
@@ -152,6 +157,55 @@ pub fn decode_message(bytes: &[u8]) -> Result<WireMessage, String> {
     bincode::serde::decode_from_slice(bytes, config())
         .map(|(m, _)| m)
         .map_err(|e| e.to_string())
+}
+
+/// What a message weighs on the wire, near enough to size batches (its variable parts plus a
+/// fixed allowance for the rest).
+fn wire_weight(m: &WireMessage) -> usize {
+    let strings = [&m.content_type, &m.response_topic]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+    let user: usize = m
+        .user_properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    m.topic.len()
+        + m.payload.len()
+        + m.correlation_data.as_ref().map_or(0, |c| c.len())
+        + m.origin.len()
+        + m.publisher.as_ref().map_or(0, String::len)
+        + strings
+        + user
+        + 64
+}
+
+/// Retained messages as `Retained` frames bounded by bytes when built: each holds messages up
+/// to `budget` bytes (a larger message alone), the last says `done`, and an empty set is one
+/// empty `done` frame.
+pub fn retained_batches(messages: Vec<WireMessage>, budget: usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut batch = Vec::new();
+    let mut weight = 0;
+    for m in messages {
+        let w = wire_weight(&m);
+        if !batch.is_empty() && weight + w > budget {
+            frames.push(Frame::Retained {
+                messages: std::mem::take(&mut batch),
+                done: false,
+            });
+            weight = 0;
+        }
+        weight += w;
+        batch.push(m);
+    }
+    frames.push(Frame::Retained {
+        messages: batch,
+        done: true,
+    });
+    frames
 }
 
 /// Appends one length-prefixed frame to `out`.
@@ -385,5 +439,55 @@ mod tests {
             "missing proof"
         );
         assert!(verify(None, "acceptor", &other, &[]));
+    }
+
+    #[test]
+    fn retained_batches_are_bounded_by_bytes_when_built() {
+        // The measured case: 600 retained messages of 40 KB (device shadows), 24 MB in all.
+        let messages: Vec<WireMessage> = (0..600)
+            .map(|i| WireMessage {
+                topic: format!("shadow/{i}"),
+                payload: Bytes::from(vec![7u8; 40 * 1024]),
+                ..sample()
+            })
+            .collect();
+        let frames = retained_batches(messages, RETAINED_BATCH_BYTES);
+        let mut seen = 0;
+        for (i, f) in frames.iter().enumerate() {
+            let Frame::Retained { messages, done } = f else {
+                panic!("not a Retained frame")
+            };
+            seen += messages.len();
+            assert_eq!(*done, i == frames.len() - 1);
+            let encoded = frame_bytes(f).len();
+            assert!(
+                encoded <= RETAINED_BATCH_BYTES + 64 * 1024,
+                "{encoded} bytes"
+            );
+        }
+        assert_eq!(seen, 600);
+        assert!(frames.len() >= 24, "{} frames", frames.len());
+        // One message larger than the budget goes alone; nothing is ever left out.
+        let big = WireMessage {
+            payload: Bytes::from(vec![1u8; 3 * RETAINED_BATCH_BYTES]),
+            ..sample()
+        };
+        let frames = retained_batches(vec![sample(), big, sample()], RETAINED_BATCH_BYTES);
+        let sizes: Vec<usize> = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Retained { messages, .. } => messages.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, [1, 1, 1]);
+        assert!(frames.iter().all(|f| frame_bytes(f).len() <= MAX_FRAME));
+        assert_eq!(
+            retained_batches(Vec::new(), RETAINED_BATCH_BYTES),
+            vec![Frame::Retained {
+                messages: Vec::new(),
+                done: true
+            }]
+        );
     }
 }
