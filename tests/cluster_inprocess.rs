@@ -385,3 +385,24 @@ async fn a_late_joiner_gets_24_mb_of_retained_messages_and_live_traffic() {
         "{m:?}"
     );
 }
+
+/// A v5 publisher hears 0x10 "no matching subscribers" only when no node has one: a
+/// subscriber on another node counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_other_nodes_count_for_the_publishers_reason_code() {
+    let [n1, n2, _n3] = three().await;
+    let mut s = RawClient::connect(n1.mqtt_addr(), Protocol::V5, "s", true).await;
+    s.subscribe("remote/+", QoS::AtLeastOnce).await;
+    wait_route(&n2, "remote/x", 1).await;
+    let mut p = RawClient::connect(n2.mqtt_addr(), Protocol::V5, "p", true).await;
+    p.publish("remote/x", b"1", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(Ack::new(1, 0x00)));
+    assert_eq!(&s.recv_publish().await.payload[..], b"1");
+    p.publish("nobody/x", b"2", QoS::AtLeastOnce, false, 2)
+        .await;
+    assert_eq!(p.recv().await, Packet::PubAck(Ack::new(2, 0x10)));
+    // A retained message goes to every node to be stored, but that is no subscriber.
+    p.publish("nobody/r", b"3", QoS::AtLeastOnce, true, 3).await;
+    assert_eq!(p.recv().await, Packet::PubAck(Ack::new(3, 0x10)));
+}

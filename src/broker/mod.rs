@@ -35,11 +35,21 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 pub trait ClusterHook: Send + Sync {
     /// Sends `message` to the remote nodes whose routes match it (every node, for a retained
     /// message). `local_groups` are the matching shared groups with members here; the cluster
-    /// gives each group one node and returns the groups this node should deliver to.
-    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Vec<Arc<str>>;
+    /// gives each group one node and says which groups this node should deliver to.
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Forwarded;
     /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here
     /// (`present`), or lost its last.
     fn route_changed(&self, key: &str, present: bool);
+}
+
+/// What the cluster did with a message that entered here.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// The shared groups (`$share/{group}/{filter}`) this node delivers the message to.
+    pub local_groups: Vec<Arc<str>>,
+    /// Other nodes it was queued for because they have subscribers for it (not counting
+    /// nodes that only store it as retained).
+    pub remote_nodes: usize,
 }
 
 pub struct Broker {
@@ -134,14 +144,17 @@ impl Broker {
         } else {
             Vec::new()
         };
-        let mine = cluster.forward(&message, local_groups);
+        let forwarded = cluster.forward(&message, local_groups);
         let audience = Audience {
             normal: true,
-            groups: GroupPick::Only(&mine),
+            groups: GroupPick::Only(&forwarded.local_groups),
         };
-        Ok(self
+        let local = self
             .router
-            .publish_noting(&message, audience, &self.metrics, pressure))
+            .publish_noting(&message, audience, &self.metrics, pressure);
+        // Subscribers on other nodes are subscribers too: a v5 publisher hears "no matching
+        // subscribers" only when there are none anywhere.
+        Ok(local + forwarded.remote_nodes)
     }
 
     /// Stores or clears a retained message; a write past the store's bounds is counted,

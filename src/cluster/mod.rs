@@ -23,7 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, watch};
 
-use crate::broker::{Broker, ClusterHook, Message, Metrics, now_ms};
+use crate::broker::{Broker, ClusterHook, Forwarded, Message, Metrics, now_ms};
 use crate::codec::QoS;
 use crate::config::ClusterConfig;
 use link::Link;
@@ -512,11 +512,14 @@ impl Cluster {
 }
 
 impl ClusterHook for Cluster {
-    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Vec<Arc<str>> {
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Forwarded {
         let matched = self.remote.match_topic(&message.topic);
         let links = self.links.read();
         if matched.nodes.is_empty() && matched.groups.is_empty() && !message.retain {
-            return local_groups;
+            return Forwarded {
+                local_groups,
+                remote_nodes: 0,
+            };
         }
         // node -> (ordinary subscribers wanted, shared groups it delivers)
         let mut targets: HashMap<Arc<str>, (bool, Vec<String>)> = HashMap::new();
@@ -552,24 +555,31 @@ impl ClusterHook for Cluster {
                     .push(key.to_string()),
             }
         }
+        let mut forwarded = Forwarded {
+            local_groups: mine,
+            remote_nodes: 0,
+        };
         if targets.is_empty() {
-            return mine;
+            return forwarded;
         }
         let Some(wire) = WireMessage::from_message(message, &self.node_id) else {
-            return mine;
+            return forwarded;
         };
         let encoded = wire::encode_message(&wire);
         let reliable = message.qos != QoS::AtMostOnce;
         for (node, (normal, groups)) in targets {
+            let subscribed = normal || !groups.is_empty();
             let sent = links
                 .get(&node)
                 .is_some_and(|l| l.send_publish(reliable, normal, groups, encoded.clone()));
             if !sent {
                 Metrics::add(&self.metrics.relay_dropped, 1);
                 tracing::debug!(node = %node, topic = %message.topic, "relay queue full or no link; message not forwarded");
+            } else if subscribed {
+                forwarded.remote_nodes += 1;
             }
         }
-        mine
+        forwarded
     }
 
     fn route_changed(&self, key: &str, present: bool) {
