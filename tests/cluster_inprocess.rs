@@ -172,6 +172,16 @@ async fn a_node_with_another_secret_never_joins() {
         assert!(peers.iter().all(|p| &*p.node_id != "intruder"), "{peers:?}");
     }
     assert!(intruder.cluster().unwrap().peers().is_empty());
+    // It did try: node1, its seed, refused its gossip (and, reading none of it, never answered).
+    let refused = |n: &vibemq::Node| {
+        vibemq::broker::Metrics::get(&n.cluster().unwrap().metrics.gossip_rejected)
+    };
+    eventually("node1 refused the intruder's gossip", || refused(&n1) > 0).await;
+    assert_eq!(
+        refused(&n2),
+        0,
+        "the nodes with the secret understand each other"
+    );
     // Messages flow between the two that share the secret, not to the intruder.
     let mut s = RawClient::connect(n1.mqtt_addr(), Protocol::V311, "s", true).await;
     s.subscribe("#", QoS::AtMostOnce).await;

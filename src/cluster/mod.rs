@@ -50,6 +50,8 @@ pub struct ClusterMetrics {
     pub relay_dropped: AtomicU64,
     pub link_reconnects: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Gossip datagrams refused for not being sealed with this cluster's secret.
+    pub gossip_rejected: Arc<AtomicU64>,
 }
 
 /// One peer as seen from this node.
@@ -266,7 +268,9 @@ impl Cluster {
             (membership::KEY_PEER_ADDR.to_string(), peer_addr.to_string()),
             (membership::KEY_STATUS.to_string(), "up".to_string()),
         ];
-        let transport = transport::GossipTransport::new(gossip_socket, key);
+        let metrics = ClusterMetrics::default();
+        let transport =
+            transport::GossipTransport::new(gossip_socket, key, metrics.gossip_rejected.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
 
@@ -287,7 +291,7 @@ impl Cluster {
             routes_dirty: Notify::new(),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),
-            metrics: ClusterMetrics::default(),
+            metrics,
             chitchat: Mutex::new(None),
             shutdown: watch::channel(false).0,
             config,

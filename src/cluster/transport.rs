@@ -5,6 +5,8 @@
 //! UDP's limit, which chitchat fills.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -21,13 +23,20 @@ const NONCE_LEN: usize = 12;
 pub struct GossipTransport {
     socket: Mutex<Option<tokio::net::UdpSocket>>,
     key: Option<[u8; 32]>,
+    /// Datagrams refused for not being sealed with this cluster's secret.
+    rejected: Arc<AtomicU64>,
 }
 
 impl GossipTransport {
-    pub fn new(socket: tokio::net::UdpSocket, key: Option<[u8; 32]>) -> GossipTransport {
+    pub fn new(
+        socket: tokio::net::UdpSocket,
+        key: Option<[u8; 32]>,
+        rejected: Arc<AtomicU64>,
+    ) -> GossipTransport {
         GossipTransport {
             socket: Mutex::new(Some(socket)),
             key,
+            rejected,
         }
     }
 }
@@ -45,7 +54,7 @@ impl Transport for GossipTransport {
             socket,
             cipher,
             buf: vec![0u8; MAX_DATAGRAM],
-            rejected: 0,
+            rejected: self.rejected.clone(),
         }))
     }
 }
@@ -54,7 +63,7 @@ struct GossipSocket {
     socket: tokio::net::UdpSocket,
     cipher: Option<ChaCha20Poly1305>,
     buf: Vec<u8>,
-    rejected: u64,
+    rejected: Arc<AtomicU64>,
 }
 
 /// Compresses and seals a datagram.
@@ -127,9 +136,9 @@ impl Socket for GossipSocket {
                         &opened
                     }
                     None => {
-                        self.rejected += 1;
+                        let rejected = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
                         // Once, then every 1000th: a misconfigured node would flood the log.
-                        if self.rejected % 1000 == 1 {
+                        if rejected % 1000 == 1 {
                             tracing::warn!(%from_addr, "gossip from a node without this cluster's secret: ignored");
                         }
                         continue;

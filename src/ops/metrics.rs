@@ -252,6 +252,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_cluster_gossip_rejected",
+            "Gossip datagrams refused: not sealed with this cluster's secret",
+            Metrics::get(&cm.gossip_rejected),
+        )?;
+        counter(
+            &mut e,
             "vibemq_cluster_auth_failures",
             "Peer links refused for authentication",
             Metrics::get(&cm.auth_failures),
