@@ -142,7 +142,7 @@ async fn resuming_with_a_smaller_receive_maximum_resends_within_it() {
             .await;
         assert!(matches!(p.recv().await, Packet::PubAck(_)));
     }
-    let first: Vec<_> = futures_take(&mut s, 5).await;
+    let first: Vec<_> = recv_publishes(&mut s, 5).await;
     drop(s);
     let mut c = persistent("rm", 60);
     c.properties.receive_maximum = Some(2);
@@ -150,7 +150,7 @@ async fn resuming_with_a_smaller_receive_maximum_resends_within_it() {
     assert!(ack.session_present);
     let mut seen = Vec::new();
     for _ in 0..5 {
-        let two: Vec<_> = futures_take(&mut s, 1).await;
+        let two: Vec<_> = recv_publishes(&mut s, 1).await;
         let m = &two[0];
         assert!(m.dup);
         seen.push(m.payload.clone());
@@ -174,7 +174,7 @@ async fn resuming_with_a_smaller_receive_maximum_resends_within_it() {
     s.expect_silence(Duration::from_millis(200)).await;
 }
 
-async fn futures_take(c: &mut RawClient, n: usize) -> Vec<vibemq::codec::Publish> {
+async fn recv_publishes(c: &mut RawClient, n: usize) -> Vec<vibemq::codec::Publish> {
     let mut out = Vec::new();
     while out.len() < n {
         out.push(c.recv_publish().await);
