@@ -97,7 +97,15 @@ pub struct ClusterConfig {
     pub dead_node_grace_period: u64,
     pub dns_refresh_interval: u64,
     pub dns_server: String,
-    pub relay_queue_size: usize,
+    /// Bytes queued for one peer (unsent and unacknowledged) past which new messages for it
+    /// are dropped and counted.
+    pub hold_bytes: usize,
+    /// Seconds a failed node's messages are held for its return.
+    pub hold_secs: u64,
+    /// Bytes in flight to one peer past which publishers whose messages only it wants wait.
+    pub link_window_bytes: usize,
+    /// Milliseconds of silence after which a peer connection is dead.
+    pub link_timeout_ms: u64,
 }
 
 impl ClusterConfig {
@@ -339,8 +347,23 @@ impl Config {
                 "cluster.dns_refresh_interval: must be at least 1 second (got 0)",
             ));
         }
-        if c.relay_queue_size == 0 {
-            return Err(err("cluster.relay_queue_size: must be at least 1 (got 0)"));
+        if c.link_window_bytes < 65_536 {
+            return Err(err(format!(
+                "cluster.link_window_bytes: must be at least 65536 (got {})",
+                c.link_window_bytes
+            )));
+        }
+        if c.hold_bytes < c.link_window_bytes {
+            return Err(err(format!(
+                "cluster.hold_bytes: must be at least cluster.link_window_bytes ({}; got {})",
+                c.link_window_bytes, c.hold_bytes
+            )));
+        }
+        if c.link_timeout_ms < 200 {
+            return Err(err(format!(
+                "cluster.link_timeout_ms: must be at least 200 (got {})",
+                c.link_timeout_ms
+            )));
         }
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
@@ -396,6 +419,11 @@ fn merge(base: &mut Table, user: Table, prefix: &str) -> Result<(), ConfigError>
                     )));
                 }
                 *slot = value;
+            }
+            (None, _) if path == "cluster.relay_queue_size" => {
+                return Err(err(
+                    "cluster.relay_queue_size: replaced by cluster.hold_bytes (a bound in bytes, default 268435456)",
+                ));
             }
             (None, _) => return Err(err(format!("{path}: unknown key"))),
         }

@@ -4,6 +4,7 @@
 
 mod message;
 mod metrics;
+pub mod pressure;
 pub mod queue;
 mod retained;
 mod router;
@@ -17,8 +18,9 @@ use dashmap::DashMap;
 
 pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
+pub use pressure::{Backlog, Held};
 pub use retained::{RetainOutcome, RetainedLimits, RetainedStore};
-pub use router::{Audience, GroupPick, Router};
+pub use router::{Audience, Fanned, GroupPick, Router};
 use session::PendingWill;
 pub use session::{ConnectionControl, Session};
 
@@ -36,20 +38,27 @@ pub trait ClusterHook: Send + Sync {
     /// Sends `message` to the remote nodes whose routes match it (every node, for a retained
     /// message). `local_groups` are the matching shared groups with members here; the cluster
     /// gives each group one node and says which groups this node should deliver to.
-    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Forwarded;
-    /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here
-    /// (`present`), or lost its last.
-    fn route_changed(&self, key: &str, present: bool);
+    /// Each local group comes with whether a member of it is connected here.
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<(Arc<str>, bool)>) -> Forwarded;
+    /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here, or lost
+    /// its last; the cluster reads the router's current state (`Router::has_route`).
+    fn route_changed(&self, key: &str);
 }
 
 /// What the cluster did with a message that entered here.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Forwarded {
     /// The shared groups (`$share/{group}/{filter}`) this node delivers the message to.
     pub local_groups: Vec<Arc<str>>,
     /// Other nodes it was queued for because they have subscribers for it (not counting
     /// nodes that only store it as retained).
     pub remote_nodes: usize,
+    /// One of those nodes took it within its link's window: the message is flowing, so
+    /// holding the publisher back would starve that node's subscribers.
+    pub remote_flowing: bool,
+    /// Links to subscribed nodes that were past their window: the message is queued there,
+    /// and the publisher waits for them when nothing else took it.
+    pub full_links: Vec<Arc<dyn Backlog>>,
 }
 
 pub struct Broker {
@@ -120,24 +129,23 @@ impl Broker {
         self.publish_noting(message, &mut None)
     }
 
-    /// As `publish`, and pushes onto `pressure` the local sessions whose fullness holds the
-    /// publishing connection back: it waits for their room before reading more.
+    /// As `publish`, and pushes onto `pressure` what holds the publishing connection back
+    /// (full local sessions, peer links past their window): it waits for their room before
+    /// reading more.
     pub fn publish_noting(
         &self,
         message: Arc<Message>,
-        pressure: &mut Option<&mut Vec<Arc<Session>>>,
+        pressure: &mut Option<&mut Held>,
     ) -> Result<usize, Limit> {
         Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
         if message.retain {
             self.retain(&message)?;
         }
         let Some(cluster) = self.cluster.get() else {
-            return Ok(self.router.publish_noting(
-                &message,
-                Audience::ALL,
-                &self.metrics,
-                pressure,
-            ));
+            let fanned =
+                self.router
+                    .publish_noting(&message, Audience::ALL, &self.metrics, pressure, false);
+            return Ok(fanned.queued);
         };
         let local_groups = if self.router.has_shared() {
             self.router.matching_groups(&message.topic)
@@ -149,12 +157,25 @@ impl Broker {
             normal: true,
             groups: GroupPick::Only(&forwarded.local_groups),
         };
-        let local = self
-            .router
-            .publish_noting(&message, audience, &self.metrics, pressure);
+        let local = self.router.publish_noting(
+            &message,
+            audience,
+            &self.metrics,
+            pressure,
+            forwarded.remote_flowing,
+        );
+        // As with local sessions: the publisher waits for full links only when no consumer
+        // took the message, here or on another node.
+        if !local.online
+            && let Some(p) = pressure
+        {
+            for link in forwarded.full_links {
+                p.push(link);
+            }
+        }
         // Subscribers on other nodes are subscribers too: a v5 publisher hears "no matching
         // subscribers" only when there are none anywhere.
-        Ok(local + forwarded.remote_nodes)
+        Ok(local.queued + forwarded.remote_nodes)
     }
 
     /// Stores or clears a retained message; a write past the store's bounds is counted,
@@ -171,12 +192,15 @@ impl Broker {
     }
 
     /// Publishes a message relayed by another node: stored as retained if it is the latest
-    /// write, delivered here to the audience that node chose, never forwarded again.
+    /// write, delivered here to the audience that node chose, never forwarded again. Full
+    /// sessions that hold the link back go into `pressure`, as for a local publisher: the link
+    /// reads no more (and so acknowledges no more) until one has room.
     pub fn publish_from_peer(
         &self,
         message: Arc<Message>,
         normal: bool,
         groups: &[Arc<str>],
+        pressure: &mut Held,
     ) -> usize {
         Metrics::add(&self.metrics.messages_from_peers, 1);
         if message.retain && self.retain(&message).is_err() {
@@ -186,14 +210,19 @@ impl Broker {
         if !normal && groups.is_empty() {
             return 0;
         }
-        self.router.publish(
-            &message,
-            Audience {
-                normal,
-                groups: GroupPick::Only(groups),
-            },
-            &self.metrics,
-        )
+        let audience = Audience {
+            normal,
+            groups: GroupPick::Only(groups),
+        };
+        self.router
+            .publish_noting(
+                &message,
+                audience,
+                &self.metrics,
+                &mut Some(pressure),
+                false,
+            )
+            .queued
     }
 
     /// Publishes a message made by this node for its own clients only (never forwarded).
@@ -204,9 +233,9 @@ impl Broker {
         self.router.publish(&message, Audience::ALL, &self.metrics)
     }
 
-    fn report_route(&self, key: &str, present: bool) {
+    fn report_route(&self, key: &str) {
         if let Some(cluster) = self.cluster.get() {
-            cluster.route_changed(key, present);
+            cluster.route_changed(key);
         }
     }
 
@@ -462,7 +491,7 @@ impl Broker {
             .insert(filter.to_string(), record);
         let outcome = self.router.subscribe(session, filter, shared, options, id);
         if outcome.route_added {
-            self.report_route(filter, true);
+            self.report_route(filter);
         }
         outcome.replaced
     }
@@ -481,7 +510,7 @@ impl Broker {
             .unsubscribe(client_id, filter, shared.as_ref())
             .route_removed
         {
-            self.report_route(filter, false);
+            self.report_route(filter);
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::RwLock;
 use smallvec::SmallVec;
 
+use super::pressure::Held;
 use super::session::Offer;
 use super::{Delivery, Message, Metrics, Session};
 use crate::codec::{QoS, SubscriptionOptions};
@@ -98,6 +99,15 @@ pub enum GroupPick<'a> {
     All,
     /// Only these `$share/{group}/{filter}` keys (the cluster chose this node for them).
     Only(&'a [Arc<str>]),
+}
+
+/// What a publish did here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fanned {
+    /// Sessions it was queued for.
+    pub queued: usize,
+    /// A connected session (or a consumer elsewhere, as the caller said) took it.
+    pub online: bool,
 }
 
 /// What a subscribe changed.
@@ -244,14 +254,29 @@ impl Router {
         self.shared_groups.load(Ordering::Relaxed) > 0
     }
 
-    /// The shared groups (`$share/{group}/{filter}`) with members here that match `topic`.
-    pub fn matching_groups(&self, topic: &str) -> Vec<Arc<str>> {
+    /// The shared groups (`$share/{group}/{filter}`) with members here that match `topic`,
+    /// each with whether one of its members is connected.
+    pub fn matching_groups(&self, topic: &str) -> Vec<(Arc<str>, bool)> {
         let trie = self.trie.read();
         let mut out = Vec::new();
         trie.for_each_match(topic, |set| {
-            out.extend(set.shared.values().map(|g| g.key.clone()))
+            out.extend(set.shared.values().map(|g| {
+                let online = g.members.iter().any(|m| m.session.is_online());
+                (g.key.clone(), online)
+            }))
         });
         out
+    }
+
+    /// Whether `key` (a filter, or `$share/{group}/{filter}`) has subscribers here.
+    pub fn has_route(&self, key: &str) -> bool {
+        let shared = crate::topic::parse_shared(key).ok().flatten();
+        let filter = shared.as_ref().map_or(key, |s| s.filter);
+        let trie = self.trie.read();
+        trie.get(filter).is_some_and(|set| match &shared {
+            None => !set.clients.is_empty(),
+            Some(sf) => set.shared.contains_key(sf.group),
+        })
     }
 
     /// Delivers `message` to the matching sessions `audience` selects; returns how many it was
@@ -262,18 +287,21 @@ impl Router {
         audience: Audience<'_>,
         metrics: &Metrics,
     ) -> usize {
-        self.publish_noting(message, audience, metrics, &mut None)
+        self.publish_noting(message, audience, metrics, &mut None, false)
+            .queued
     }
 
-    /// As `publish`, for a message whose publishing connection can be held back: `pressure`
-    /// receives the sessions it must wait for (see `Fanout::finish`).
+    /// As `publish`, for a message whose publisher can be held back: `pressure` receives the
+    /// sessions it must wait for (see `Fanout::finish`). `taken_elsewhere`: a consumer outside
+    /// this router (another node) took the message, so holding the publisher would starve it.
     pub fn publish_noting(
         &self,
         message: &Arc<Message>,
         audience: Audience<'_>,
         metrics: &Metrics,
-        pressure: &mut Option<&mut Vec<Arc<Session>>>,
-    ) -> usize {
+        pressure: &mut Option<&mut Held>,
+        taken_elsewhere: bool,
+    ) -> Fanned {
         let trie = self.trie.read();
         let mut sets: SmallVec<[&SubscriberSet; 8]> = SmallVec::new();
         trie.for_each_match(&message.topic, |set| sets.push(set));
@@ -282,7 +310,7 @@ impl Router {
             message,
             metrics,
             queued: 0,
-            online_queued: false,
+            online_queued: taken_elsewhere,
             full: SmallVec::new(),
         };
 
@@ -435,7 +463,7 @@ impl Fanout<'_> {
     /// queues the same way.) When another connected session took it, the full ones are slow
     /// subscribers: their copy is dropped (or they are disconnected) so they cannot slow the
     /// others down.
-    fn finish(self, slow_disconnect: bool, pressure: &mut Option<&mut Vec<Arc<Session>>>) -> usize {
+    fn finish(self, slow_disconnect: bool, pressure: &mut Option<&mut Held>) -> Fanned {
         let mut queued = self.queued;
         let hold = !self.online_queued;
         for (session, delivery) in self.full {
@@ -445,14 +473,15 @@ impl Fanout<'_> {
             }
             if session.admit_under_pressure(delivery, self.metrics) {
                 queued += 1;
-                if let Some(p) = pressure
-                    && !p.iter().any(|s| Arc::ptr_eq(s, &session))
-                {
+                if let Some(p) = pressure {
                     p.push(session);
                 }
             }
         }
-        queued
+        Fanned {
+            queued,
+            online: self.online_queued,
+        }
     }
 }
 
@@ -581,10 +610,20 @@ mod tests {
         assert!(r.has_shared());
         assert_eq!(
             r.matching_groups("t/x"),
-            vec![Arc::<str>::from("$share/g/t/#")]
+            vec![(Arc::<str>::from("$share/g/t/#"), true)]
+        );
+        assert!(r.has_route("$share/g/t/#"));
+        assert!(!r.has_route("$share/h/t/#"));
+        assert!(!r.has_route("t/#"), "its ordinary subscribers are gone");
+        a.set_online(false);
+        assert_eq!(
+            r.matching_groups("t/x"),
+            vec![(Arc::<str>::from("$share/g/t/#"), false)],
+            "no member connected"
         );
         assert!(r.unsubscribe("a", "$share/g/t/#", Some(&sf)).route_removed);
         assert!(!r.has_shared());
+        assert!(!r.has_route("$share/g/t/#"));
     }
 
     #[test]

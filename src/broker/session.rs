@@ -433,6 +433,16 @@ impl SessionState {
     }
 }
 
+impl super::pressure::Backlog for Session {
+    fn has_room(&self) -> bool {
+        Session::has_room(self)
+    }
+
+    fn room(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(Session::room(self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

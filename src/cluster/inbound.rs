@@ -1,22 +1,29 @@
-//! The accepting side of peer links: authenticates the dialing node, tells it where to resume
-//! (within the same link epoch; a new epoch starts at zero), delivers its publishes here exactly
-//! once (sequence numbers already processed in this epoch are skipped),
-//! acknowledges them in batches, applies its pushed route changes, and answers requests for
-//! this node's retained messages.
+//! The accepting side of peer links: authenticates the dialing node, lets one connection of
+//! each peer run in at a time, tells it where to resume (within the same link epoch; a new
+//! epoch starts at zero), delivers its publishes and retained batches here exactly once
+//! (sequence numbers already processed in this epoch are skipped), acknowledges them in
+//! batches and applies its pushed route changes. It reads no further while a delivery waits
+//! for room in a full subscriber here, so acknowledgements stop and the peer's window holds
+//! its publishers back: flow control end to end. Acknowledgements double as heartbeats, and a
+//! dialer silent past `cluster.link_timeout_ms` is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::Cluster;
 use super::wire::{self, Frame, HandshakeIds};
-use crate::broker::Metrics;
+use crate::broker::{Held, Metrics};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection waits for the one it replaces to stop.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
+/// Read no more while this much input waits to be processed.
+const READ_AHEAD: usize = 4 * 1024 * 1024;
 
 /// Accepts peer links until shutdown.
 pub async fn serve(
@@ -46,6 +53,69 @@ pub async fn serve(
     }
 }
 
+/// Where one connection's processing stands.
+struct Receiving {
+    peer: Arc<str>,
+    /// Last reliable sequence number processed.
+    last: u64,
+    /// Full subscribers the last delivery waits on: nothing more is processed until one has
+    /// room.
+    held: Held,
+}
+
+impl Receiving {
+    /// Processes every whole frame in `rbuf` unless held back.
+    fn process(&mut self, cluster: &Cluster, rbuf: &mut BytesMut) -> Result<(), String> {
+        while self.held.is_empty() {
+            let Some(frame) = wire::decode_frame(rbuf)? else {
+                return Ok(());
+            };
+            match frame {
+                Frame::Publish {
+                    seq,
+                    normal,
+                    groups,
+                    message,
+                } => {
+                    if seq != 0 && seq <= self.last {
+                        continue; // already delivered before a reconnect
+                    }
+                    let message = wire::decode_message(&message)?;
+                    let groups: Vec<Arc<str>> = groups.into_iter().map(Arc::from).collect();
+                    Metrics::add(&cluster.metrics.frames_received, 1);
+                    if let Some(broker) = cluster.broker() {
+                        broker.publish_from_peer(
+                            Arc::new(message.into_message()),
+                            normal,
+                            &groups,
+                            &mut self.held,
+                        );
+                    }
+                    if seq != 0 {
+                        self.last = seq;
+                    }
+                }
+                Frame::Retained { seq, messages } => {
+                    if seq <= self.last {
+                        continue;
+                    }
+                    Metrics::add(&cluster.metrics.frames_received, 1);
+                    cluster.apply_retained(messages);
+                    self.last = seq;
+                }
+                Frame::Route {
+                    version,
+                    key,
+                    present,
+                } => cluster.remote.apply_push(&self.peer, version, key, present),
+                Frame::Heartbeat => {}
+                other => return Err(format!("unexpected frame from dialer: {other:?}")),
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String> {
     let (mut reader, mut writer) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
@@ -56,61 +126,70 @@ async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String
     .await
     .map_err(|_| "handshake timed out".to_string())??;
     let peer: Arc<str> = peer.into();
-    let mut last = cluster.begin_link(&peer, generation, epoch);
+    // One connection per peer run at a time: the one being served (a connection the peer
+    // already gave up on, say) stops first, so two never process the same frames.
+    let mut turn = cluster.enter_link(&peer, generation);
+    let _gate = tokio::time::timeout(TAKEOVER_WAIT, turn.gate.clone().lock_owned())
+        .await
+        .map_err(|_| "the previous connection of this peer did not stop".to_string())?;
+    if *turn.superseded.borrow_and_update() != turn.ticket {
+        return Err("superseded by a newer connection".into());
+    }
+    let last = cluster.begin_link(&peer, generation, epoch);
     wire::write_frame(&mut writer, &Frame::Ready { resume_after: last }).await?;
+    let mut state = Receiving {
+        peer,
+        last,
+        held: Held::default(),
+    };
+    let timeout = Duration::from_millis(cluster.config.link_timeout_ms);
+    let mut heartbeat = tokio::time::interval(timeout / 4);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
     let mut acked = last;
     let mut out = BytesMut::new();
+    state.process(cluster, &mut rbuf)?;
     loop {
-        // Everything already buffered is handled before one ack and one write.
-        let frame = wire::read_frame(&mut reader, &mut rbuf).await?;
-        let mut next = Some(frame);
-        while let Some(frame) = next.take() {
-            match frame {
-                Frame::Publish {
-                    seq,
-                    normal,
-                    groups,
-                    message,
-                } => {
-                    if seq != 0 && seq <= last {
-                        continue; // already delivered before a reconnect
-                    }
-                    let message = wire::decode_message(&message)?;
-                    let groups: Vec<Arc<str>> = groups.into_iter().map(Arc::from).collect();
-                    Metrics::add(&cluster.metrics.frames_received, 1);
-                    if let Some(broker) = cluster.broker() {
-                        broker.publish_from_peer(Arc::new(message.into_message()), normal, &groups);
-                    }
-                    if seq != 0 {
-                        last = seq;
-                    }
-                }
-                Frame::Route {
-                    version,
-                    key,
-                    present,
-                } => cluster.remote.apply_push(&peer, version, key, present),
-                Frame::Retained { messages, .. } => cluster.apply_retained(messages),
-                Frame::RetainedRequest => {
-                    for frame in cluster.retained_frames() {
-                        wire::encode_frame(&frame, &mut out);
-                    }
-                }
-                other => return Err(format!("unexpected frame from dialer: {other:?}")),
+        if state.last != acked {
+            cluster.set_processed(&state.peer, generation, epoch, state.last);
+            wire::encode_frame(&Frame::Ack { upto: state.last }, &mut out)?;
+            acked = state.last;
+        }
+        let held = !state.held.is_empty();
+        tokio::select! {
+            written = writer.write(&out), if !out.is_empty() => {
+                let n = written.map_err(|e| format!("write: {e}"))?;
+                bytes::Buf::advance(&mut out, n);
             }
-            next = wire::decode_frame(&mut rbuf)?;
-        }
-        if last != acked {
-            cluster.set_processed(&peer, generation, epoch, last);
-            wire::encode_frame(&Frame::Ack { upto: last }, &mut out);
-            acked = last;
-        }
-        if !out.is_empty() {
-            writer
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            out.clear();
+            read = reader.read_buf(&mut rbuf), if !held && rbuf.len() < READ_AHEAD => {
+                match read {
+                    Ok(0) => return Err("connection closed".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("read: {e}")),
+                }
+                heard = Instant::now();
+                state.process(cluster, &mut rbuf)?;
+            }
+            _ = state.held.room(), if held => {
+                if state.held.release_if_room() {
+                    // The peer kept sending while we were not reading.
+                    heard = Instant::now();
+                    state.process(cluster, &mut rbuf)?;
+                }
+            }
+            _ = heartbeat.tick() => {
+                // Input this side is not reading cannot time the peer out.
+                if !held && heard.elapsed() >= timeout {
+                    Metrics::add(&cluster.metrics.link_timeouts, 1);
+                    return Err(format!("dialer silent for {} ms", heard.elapsed().as_millis()));
+                }
+                if out.is_empty() {
+                    wire::encode_frame(&Frame::Ack { upto: acked }, &mut out)?;
+                }
+            }
+            _ = turn.superseded.changed() => {
+                return Err("superseded by a newer connection from the same peer".into());
+            }
         }
     }
 }

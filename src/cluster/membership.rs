@@ -1,8 +1,9 @@
 //! Membership: follows chitchat's view of live nodes and turns it into links and routes. A node
 //! that appears gets an outbound link and its gossiped routes; one that restarts (a new
 //! generation) gets a fresh link; one that disappears is reported as left (it said it was
-//! leaving) or failed (the failure detector gave up on it), and its routes and queued frames
-//! are dropped. Each event is logged once, counted, and published on
+//! leaving: its routes and link go) or failed (the failure detector gave up on it: its link
+//! and routes stay, suspended, holding its messages for `cluster.hold_secs` in case it comes
+//! back as the same run). Each event is logged once, counted, and published on
 //! `$SYS/vibemq/cluster/events`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,12 +43,16 @@ pub async fn watch(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut known: HashMap<Arc<str>, Known> = HashMap::new();
+    // One timer for the whole run: membership changes (which may come more often than it
+    // ticks) must not keep resetting it.
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let snapshot = live.borrow_and_update().clone();
         apply(&cluster, &snapshot, &mut known);
         tokio::select! {
             changed = live.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => cluster.expire_suspended(),
+            _ = expiry.tick() => cluster.expire_suspended(),
             _ = crate::stopped(&mut shutdown) => break,
         }
     }
@@ -89,7 +94,11 @@ fn apply(
         } else {
             let queued = cluster.suspend_node(&node);
             Metrics::add(&cluster.metrics.nodes_failed, 1);
-            tracing::warn!(node = %node, generation = k.generation, queued, "cluster node failed");
+            tracing::warn!(
+                node = %node, generation = k.generation, queued,
+                hold_secs = cluster.config.hold_secs,
+                "cluster node failed; holding its messages in case it comes back"
+            );
         }
         cluster.publish_event(event, &node, k.generation);
     }
@@ -140,8 +149,9 @@ fn apply(
                         id.generation_id,
                         peer_addr,
                         id.gossip_advertise_addr,
-                        cluster.config.relay_queue_size,
+                        cluster.link_bounds(),
                     );
+                    cluster.remote.add_node(&node);
                     cluster.links.write().insert(node.clone(), l.clone());
                     tokio::spawn(link::run(l, cluster.clone()));
                 }

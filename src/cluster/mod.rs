@@ -26,15 +26,9 @@ use tokio::sync::{Notify, watch};
 use crate::broker::{Broker, ClusterHook, Forwarded, Message, Metrics, now_ms};
 use crate::codec::QoS;
 use crate::config::ClusterConfig;
-use link::Link;
+use link::{Link, Queued};
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::{Frame, WireMessage};
-
-/// A failed node's link and when it was suspended.
-type SuspendedLink = (Arc<Link>, std::time::Instant);
-
-/// How long a failed node's link and queue are kept in case it comes back.
-const SUSPENDED_GRACE: Duration = Duration::from_secs(30);
 
 /// Counters for operators (see README, Operations).
 #[derive(Debug, Default)]
@@ -45,10 +39,13 @@ pub struct ClusterMetrics {
     pub nodes_updated: AtomicU64,
     pub frames_forwarded: AtomicU64,
     pub frames_received: AtomicU64,
-    /// Frames dropped: a full link queue, no link to a node that has routes, or a node that
-    /// failed with frames queued for it.
+    /// Frames dropped: a link past `cluster.hold_bytes`, no link to a node that has routes,
+    /// or a node given up on (failed past `cluster.hold_secs`, restarted, left) with frames
+    /// queued for it.
     pub relay_dropped: AtomicU64,
     pub link_reconnects: AtomicU64,
+    /// Connections closed for silence past `cluster.link_timeout_ms`.
+    pub link_timeouts: AtomicU64,
     pub auth_failures: AtomicU64,
     /// Gossip datagrams refused for not being sealed with this cluster's secret.
     pub gossip_rejected: Arc<AtomicU64>,
@@ -62,18 +59,25 @@ pub struct PeerInfo {
     pub generation: u64,
     pub gossip_addr: SocketAddr,
     pub peer_addr: SocketAddr,
-    /// "connected", "connecting" (link not up yet, or reconnecting) or "suspended" (declared
-    /// failed, queue kept for a while in case it comes back).
+    /// "connected" (delivering), "stalled" (connected, but nothing acknowledged for a while
+    /// with frames waiting), "connecting" (link not up yet, or reconnecting) or "suspended"
+    /// (declared failed; its messages are held for `cluster.hold_secs` in case it comes back).
     pub status: &'static str,
-    /// The link is up and authenticated.
+    /// The link is up, authenticated and delivering.
     pub connected: bool,
     /// Frames waiting to be sent or acknowledged.
     pub queued: usize,
+    /// What they weigh against `cluster.hold_bytes`.
+    pub queued_bytes: usize,
+    /// Milliseconds since the peer last acknowledged anything while frames wait.
+    pub stalled_ms: u64,
 }
 
 impl PeerInfo {
-    fn of(link: &Link, suspended: bool) -> PeerInfo {
+    fn of(link: &Link) -> PeerInfo {
         let connected = link.is_connected();
+        let suspended = link.suspended_since().is_some();
+        let healthy = link.is_healthy();
         PeerInfo {
             node_id: link.node_id.clone(),
             generation: link.generation,
@@ -81,13 +85,17 @@ impl PeerInfo {
             peer_addr: link.addr,
             status: if suspended {
                 "suspended"
-            } else if connected {
+            } else if healthy {
                 "connected"
+            } else if connected {
+                "stalled"
             } else {
                 "connecting"
             },
-            connected: connected && !suspended,
+            connected: healthy,
             queued: link.depth(),
+            queued_bytes: link.queued_bytes(),
+            stalled_ms: link.stalled_for().as_millis() as u64,
         }
     }
 }
@@ -104,13 +112,14 @@ pub struct Cluster {
     broker: Weak<Broker>,
     pub local: LocalRoutes,
     pub remote: RemoteRoutes,
+    /// One link per known node. A node the failure detector gives up on keeps its link (queue,
+    /// routes and all, marked suspended) for `cluster.hold_secs` in case it was only frozen or
+    /// cut off: it then resumes where it stopped.
     links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
-    /// Links to nodes the failure detector gave up on, kept (queue and all) for
-    /// `SUSPENDED_GRACE` in case the node was only slow: it then resumes where it stopped.
-    suspended: Mutex<HashMap<Arc<str>, SuspendedLink>>,
     /// How far each peer's incoming link has been processed.
     progress: RelayProgress,
-    group_cursor: AtomicUsize,
+    /// Per shared group: whose turn it is among the nodes serving it.
+    group_turns: Mutex<HashMap<Arc<str>, usize>>,
     routes_dirty: Notify,
     /// Other nodes chitchat sees as live.
     members: AtomicUsize,
@@ -120,44 +129,83 @@ pub struct Cluster {
     shutdown: watch::Sender<bool>,
 }
 
-/// How far the newest link from one peer run has been processed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LinkProgress {
+/// How far the newest link from one peer run has been processed, and the gate that lets one
+/// connection of that run in at a time.
+struct PeerRun {
     epoch: u64,
     last: u64,
+    /// Held by the connection being served.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// Bumped by each new connection: the one being served sees it and steps aside.
+    turn: watch::Sender<u64>,
+}
+
+/// A connection's place in line for its peer run (see `RelayProgress::enter`).
+pub(crate) struct Turn {
+    pub gate: Arc<tokio::sync::Mutex<()>>,
+    pub ticket: u64,
+    pub superseded: watch::Receiver<u64>,
 }
 
 /// Per (peer, peer generation): the epoch of its newest incoming link and the last reliable
 /// sequence number processed on it. Resumption is keyed on the link's incarnation, so it can
 /// neither skip (a new link counting from 1 under an old link's mark) nor go back (a stale
-/// link moving the mark of a newer one).
+/// link moving the mark of a newer one). Connections of one run are served one at a time: a
+/// new one makes the current one stop and waits for it, so two can never process the same
+/// frames.
 #[derive(Default)]
-struct RelayProgress(Mutex<HashMap<(Arc<str>, u64), LinkProgress>>);
+struct RelayProgress(Mutex<HashMap<(Arc<str>, u64), PeerRun>>);
 
 impl RelayProgress {
-    /// A link from `peer` authenticated with `epoch`: where it resumes. The same epoch (a
-    /// reconnect of the same link) resumes after what was processed; a new epoch (a link the
-    /// peer made anew) starts from zero, and from then on the old epoch cannot move the mark.
-    fn begin(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
+    /// A new connection from `peer`'s run `generation`: its turn, which the connection now
+    /// being served (if any) is told to give up.
+    fn enter(&self, peer: &Arc<str>, generation: u64) -> Turn {
         let mut p = self.0.lock();
         // Older generations of this peer will never come back.
         p.retain(|(n, g), _| n != peer || *g >= generation);
-        let entry = p
+        let run = p
             .entry((peer.clone(), generation))
-            .or_insert(LinkProgress { epoch, last: 0 });
-        if entry.epoch != epoch {
-            *entry = LinkProgress { epoch, last: 0 };
+            .or_insert_with(|| PeerRun {
+                epoch: 0,
+                last: 0,
+                gate: Arc::default(),
+                turn: watch::channel(0).0,
+            });
+        let mut ticket = 0;
+        run.turn.send_modify(|t| {
+            *t += 1;
+            ticket = *t;
+        });
+        Turn {
+            gate: run.gate.clone(),
+            ticket,
+            superseded: run.turn.subscribe(),
         }
-        entry.last
     }
 
-    /// Records what a link processed, if it is still the peer's newest link.
+    /// A link from `peer` authenticated with `epoch` (and through the gate): where it resumes.
+    /// The same epoch (a reconnect of the same link) resumes after what was processed; a new
+    /// epoch (a link the peer made anew) starts from zero.
+    fn begin(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
+        let mut p = self.0.lock();
+        let Some(run) = p.get_mut(&(peer.clone(), generation)) else {
+            return 0;
+        };
+        if run.epoch != epoch {
+            run.epoch = epoch;
+            run.last = 0;
+        }
+        run.last
+    }
+
+    /// Records what a link processed, if it is still the peer's newest link; never backwards.
     fn record(&self, peer: &Arc<str>, generation: u64, epoch: u64, seq: u64) {
         let mut p = self.0.lock();
-        if let Some(entry) = p.get_mut(&(peer.clone(), generation))
-            && entry.epoch == epoch
+        if let Some(run) = p.get_mut(&(peer.clone(), generation))
+            && run.epoch == epoch
+            && seq > run.last
         {
-            entry.last = seq;
+            run.last = seq;
         }
     }
 }
@@ -285,9 +333,8 @@ impl Cluster {
             local: LocalRoutes::default(),
             remote: RemoteRoutes::default(),
             links: RwLock::new(HashMap::new()),
-            suspended: Mutex::new(HashMap::new()),
             progress: RelayProgress::default(),
-            group_cursor: AtomicUsize::new(0),
+            group_turns: Mutex::new(HashMap::new()),
             routes_dirty: Notify::new(),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),
@@ -344,16 +391,19 @@ impl Cluster {
             .links
             .read()
             .values()
-            .map(|l| PeerInfo::of(l, false))
+            .map(|l| PeerInfo::of(l))
             .collect();
-        out.extend(
-            self.suspended
-                .lock()
-                .values()
-                .map(|(l, _)| PeerInfo::of(l, true)),
-        );
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         out
+    }
+
+    /// The bounds every link gets, from the configuration.
+    fn link_bounds(&self) -> link::LinkBounds {
+        link::LinkBounds {
+            window_bytes: self.config.link_window_bytes,
+            hold_bytes: self.config.hold_bytes,
+            timeout: Duration::from_millis(self.config.link_timeout_ms),
+        }
     }
 
     /// Other nodes chitchat sees as live.
@@ -401,13 +451,14 @@ impl Cluster {
         for link in self.links.write().drain().map(|(_, l)| l) {
             link.close();
         }
-        for (_, (link, _)) in self.suspended.lock().drain() {
-            link.close();
-        }
         let handle = self.chitchat.lock().take();
         if let Some(handle) = handle {
             let _ = handle.shutdown().await;
         }
+    }
+
+    pub(crate) fn enter_link(&self, peer: &Arc<str>, generation: u64) -> Turn {
+        self.progress.enter(peer, generation)
     }
 
     fn begin_link(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
@@ -420,57 +471,60 @@ impl Cluster {
 
     /// Stops the link to a node and forgets its routes; returns how many frames were dropped.
     fn drop_node(&self, node: &Arc<str>) -> usize {
-        let active = self.links.write().remove(node);
-        let suspended = self.suspended.lock().remove(node).map(|(l, _)| l);
-        let dropped: usize = active.into_iter().chain(suspended).map(|l| l.close()).sum();
+        let dropped = self.links.write().remove(node).map_or(0, |l| l.close());
         Metrics::add(&self.metrics.relay_dropped, dropped as u64);
         self.remote.remove_node(node);
         dropped
     }
 
-    /// A node the failure detector declared failed: no more routing to it, but its link keeps
-    /// its queue (and keeps trying) for a while. Returns how many frames wait in it.
+    /// A node the failure detector declared failed: its link keeps its queue, its routes and
+    /// its reconnect attempts for `cluster.hold_secs`, so messages for its subscribers wait
+    /// for it. Returns how many frames wait.
     fn suspend_node(&self, node: &Arc<str>) -> usize {
-        self.remote.remove_node(node);
-        let Some(link) = self.links.write().remove(node) else {
-            return 0;
-        };
-        let queued = link.depth();
-        self.suspended
-            .lock()
-            .insert(node.clone(), (link, std::time::Instant::now()));
-        queued
+        match self.links.read().get(node) {
+            Some(link) => {
+                link.set_suspended(true);
+                link.depth()
+            }
+            None => 0,
+        }
     }
 
-    /// Takes back a suspended link if the node returned as the same run at the same address.
+    /// Takes back a suspended link if the node returned as the same run at the same address;
+    /// a link to another run (or address) is dropped, with what it held.
     fn resume_node(&self, node: &Arc<str>, generation: u64, addr: SocketAddr) -> bool {
-        let mut suspended = self.suspended.lock();
-        match suspended.remove(node) {
-            Some((link, _)) if link.generation == generation && link.addr == addr => {
-                self.links.write().insert(node.clone(), link);
+        let link = self.links.read().get(node).cloned();
+        match link {
+            Some(link) if link.generation == generation && link.addr == addr => {
+                link.set_suspended(false);
                 true
             }
-            Some((link, _)) => {
-                let dropped = link.close();
-                Metrics::add(&self.metrics.relay_dropped, dropped as u64);
+            Some(link) => {
+                let dropped = self.drop_node(node);
+                if dropped > 0 {
+                    tracing::warn!(node = %node, old_generation = link.generation, dropped, "node came back as a new run; messages queued for the old one are dropped");
+                }
                 false
             }
             None => false,
         }
     }
 
-    /// Closes suspended links older than the grace period, counting what they still held.
+    /// Gives up on nodes suspended for longer than `cluster.hold_secs`, counting and logging
+    /// what their links still held.
     fn expire_suspended(&self) {
-        let mut suspended = self.suspended.lock();
-        suspended.retain(|node, (link, since)| {
-            if since.elapsed() < SUSPENDED_GRACE {
-                return true;
-            }
-            let dropped = link.close();
-            Metrics::add(&self.metrics.relay_dropped, dropped as u64);
-            tracing::info!(node = %node, dropped, "gave up on failed node; its queued messages are dropped");
-            false
-        });
+        let hold = Duration::from_secs(self.config.hold_secs);
+        let expired: Vec<Arc<str>> = self
+            .links
+            .read()
+            .values()
+            .filter(|l| l.suspended_since().is_some_and(|t| t.elapsed() >= hold))
+            .map(|l| l.node_id.clone())
+            .collect();
+        for node in expired {
+            let dropped = self.drop_node(&node);
+            tracing::warn!(node = %node, dropped, hold_secs = self.config.hold_secs, "gave up on failed node (cluster.hold_secs); messages held for it are dropped");
+        }
     }
 
     fn apply_retained(&self, messages: Vec<WireMessage>) {
@@ -480,8 +534,8 @@ impl Cluster {
         }
     }
 
-    /// This node's retained messages and tombstones as snapshot frames.
-    fn retained_frames(&self) -> Vec<Frame> {
+    /// This node's retained messages and tombstones, in batches for `Retained` frames.
+    fn retained_batches(&self) -> Vec<Vec<WireMessage>> {
         let Some(broker) = self.broker() else {
             return Vec::new();
         };
@@ -516,53 +570,33 @@ impl Cluster {
 }
 
 impl ClusterHook for Cluster {
-    fn forward(&self, message: &Arc<Message>, local_groups: Vec<Arc<str>>) -> Forwarded {
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<(Arc<str>, bool)>) -> Forwarded {
         let matched = self.remote.match_topic(&message.topic);
-        let links = self.links.read();
         if matched.nodes.is_empty() && matched.groups.is_empty() && !message.retain {
             return Forwarded {
-                local_groups,
-                remote_nodes: 0,
+                local_groups: local_groups.into_iter().map(|(g, _)| g).collect(),
+                ..Forwarded::default()
             };
         }
+        let links = self.links.read();
         // node -> (ordinary subscribers wanted, shared groups it delivers)
         let mut targets: HashMap<Arc<str>, (bool, Vec<String>)> = HashMap::new();
         for n in &matched.nodes {
             targets.entry(n.clone()).or_default().0 = true;
         }
         if message.retain {
-            // Retained messages are stored on every node.
+            // Retained messages are stored on every node, suspended ones included.
             for n in links.keys() {
                 targets.entry(n.clone()).or_default();
             }
         }
-        // Each shared group gets one node, in turn: None is this node.
-        let mut mine = Vec::new();
-        type Candidates = Vec<Option<Arc<str>>>;
-        let mut groups: Vec<(Arc<str>, Candidates)> =
-            local_groups.into_iter().map(|g| (g, vec![None])).collect();
-        for (key, nodes) in matched.groups {
-            let candidates = nodes.into_iter().map(Some);
-            match groups.iter_mut().find(|(g, _)| *g == key) {
-                Some((_, c)) => c.extend(candidates),
-                None => groups.push((key, candidates.collect())),
+        let mut forwarded = Forwarded::default();
+        for (key, node) in self.pick_group_nodes(local_groups, matched.groups, &links) {
+            match node {
+                None => forwarded.local_groups.push(key),
+                Some(node) => targets.entry(node).or_default().1.push(key.to_string()),
             }
         }
-        for (key, candidates) in groups {
-            let turn = self.group_cursor.fetch_add(1, Ordering::Relaxed) % candidates.len();
-            match &candidates[turn] {
-                None => mine.push(key),
-                Some(node) => targets
-                    .entry(node.clone())
-                    .or_default()
-                    .1
-                    .push(key.to_string()),
-            }
-        }
-        let mut forwarded = Forwarded {
-            local_groups: mine,
-            remote_nodes: 0,
-        };
         if targets.is_empty() {
             return forwarded;
         }
@@ -570,35 +604,115 @@ impl ClusterHook for Cluster {
             return forwarded;
         };
         let encoded = wire::encode_message(&wire);
-        let reliable = message.qos != QoS::AtMostOnce;
+        // Retained writes are reliable whatever their QoS: every node's store must get them.
+        let reliable = message.qos != QoS::AtMostOnce || message.retain;
         for (node, (normal, groups)) in targets {
             let subscribed = normal || !groups.is_empty();
-            let sent = links
-                .get(&node)
-                .is_some_and(|l| l.send_publish(reliable, normal, groups, encoded.clone()));
-            if !sent {
+            let Some(link) = links.get(&node) else {
                 Metrics::add(&self.metrics.relay_dropped, 1);
-                tracing::debug!(node = %node, topic = %message.topic, "relay queue full or no link; message not forwarded");
-            } else if subscribed {
-                forwarded.remote_nodes += 1;
+                tracing::debug!(node = %node, "routes for a node without a link; message not forwarded");
+                continue;
+            };
+            let queued = link.send_publish(reliable, normal, groups, encoded.clone());
+            if queued == Queued::Dropped {
+                // Counted here, logged by the link once per episode.
+                Metrics::add(&self.metrics.relay_dropped, 1);
+                continue;
+            }
+            if !subscribed {
+                continue;
+            }
+            forwarded.remote_nodes += 1;
+            match queued {
+                Queued::Flowing => forwarded.remote_flowing = true,
+                Queued::PastWindow => forwarded.full_links.push(link.clone()),
+                Queued::Parked | Queued::Dropped => {}
             }
         }
         forwarded
     }
 
-    fn route_changed(&self, key: &str, present: bool) {
-        let version = self.local.update(key, present);
-        let frame = Frame::Route {
-            version,
-            key: key.to_string(),
-            present,
-        };
-        for link in self.links.read().values() {
-            if !link.send_control(&frame) {
-                Metrics::add(&self.metrics.relay_dropped, 1);
+    fn route_changed(&self, key: &str) {
+        let Some(broker) = self.broker() else { return };
+        // What is pushed is the router's state when the push is made, read under the routes'
+        // lock, and pushes go out in version order: a concurrent last-unsubscribe and
+        // first-subscribe of one filter cannot leave it advertised as absent.
+        self.local.update(
+            key,
+            || broker.router.has_route(key),
+            |version, present| {
+                let frame = Frame::Route {
+                    version,
+                    key: key.to_string(),
+                    present,
+                };
+                for link in self.links.read().values() {
+                    if !link.send_control(&frame) {
+                        Metrics::add(&self.metrics.relay_dropped, 1);
+                    }
+                }
+            },
+        );
+        self.routes_dirty.notify_one();
+    }
+}
+
+impl Cluster {
+    /// Gives each matching shared group one node, in turn per group: None is this node
+    /// (`local` says whether a member is connected here). Nodes that can deliver now (a
+    /// connected member here, a healthy link there) are preferred; when none can, the turn
+    /// goes among all, so the message waits in a queue rather than being lost.
+    fn pick_group_nodes(
+        &self,
+        local: Vec<(Arc<str>, bool)>,
+        remote: Vec<(Arc<str>, routes::NodeList)>,
+        links: &HashMap<Arc<str>, Arc<Link>>,
+    ) -> Vec<(Arc<str>, Option<Arc<str>>)> {
+        if local.is_empty() && remote.is_empty() {
+            return Vec::new();
+        }
+        // group -> [(node, can deliver now)]
+        type Candidates = Vec<(Option<Arc<str>>, bool)>;
+        let mut groups: Vec<(Arc<str>, Candidates)> = local
+            .into_iter()
+            .map(|(g, online)| (g, vec![(None, online)]))
+            .collect();
+        for (key, nodes) in remote {
+            let candidates = nodes.into_iter().map(|n| {
+                let healthy = links.get(&n).is_some_and(|l| l.is_healthy());
+                (Some(n), healthy)
+            });
+            match groups.iter_mut().find(|(g, _)| *g == key) {
+                Some((_, c)) => c.extend(candidates),
+                None => groups.push((key, candidates.collect())),
             }
         }
-        self.routes_dirty.notify_one();
+        let mut turns = self.group_turns.lock();
+        if turns.len() > 100_000 {
+            // Groups come and go; the turns only spread load, so forgetting them is harmless.
+            turns.clear();
+        }
+        groups
+            .into_iter()
+            .map(|(key, mut candidates)| {
+                // A stable order, so the turn means the same node each time.
+                candidates.sort_by(|a, b| a.0.cmp(&b.0));
+                let ready: Vec<&Option<Arc<str>>> = candidates
+                    .iter()
+                    .filter(|(_, ok)| *ok)
+                    .map(|(n, _)| n)
+                    .collect();
+                let pool: Vec<&Option<Arc<str>>> = if ready.is_empty() {
+                    candidates.iter().map(|(n, _)| n).collect()
+                } else {
+                    ready
+                };
+                let turn = turns.entry(key.clone()).or_insert(0);
+                let node = pool[*turn % pool.len()].clone();
+                *turn = turn.wrapping_add(1);
+                (key, node)
+            })
+            .collect()
     }
 }
 
@@ -650,8 +764,12 @@ mod tests {
         let progress = RelayProgress::default();
         let peer: Arc<str> = "n2".into();
         // A link processes up to 20,000, is cut, and reconnects: it resumes there.
+        progress.enter(&peer, 7);
         assert_eq!(progress.begin(&peer, 7, 100), 0);
         progress.record(&peer, 7, 100, 20_000);
+        assert_eq!(progress.begin(&peer, 7, 100), 20_000);
+        // The mark never goes back (a slower connection of the same link reporting late).
+        progress.record(&peer, 7, 100, 19_000);
         assert_eq!(progress.begin(&peer, 7, 100), 20_000);
         // The peer gave up on us and made a new link (the frozen-node case of issue 9): it
         // counts from 1 again and must not have its first 20,000 frames skipped.
@@ -661,7 +779,26 @@ mod tests {
         progress.record(&peer, 7, 100, 20_001);
         assert_eq!(progress.begin(&peer, 7, 200), 5);
         // A new run of the peer (generation) forgets the old one.
+        progress.enter(&peer, 8);
         assert_eq!(progress.begin(&peer, 8, 200), 0);
         assert_eq!(progress.0.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_connection_per_peer_run_at_a_time() {
+        let progress = RelayProgress::default();
+        let peer: Arc<str> = "n2".into();
+        let first = progress.enter(&peer, 7);
+        let held = first.gate.clone().lock_owned().await;
+        let mut watching = first.superseded.clone();
+        let second = progress.enter(&peer, 7);
+        assert_ne!(second.ticket, first.ticket);
+        // The first connection is told to step aside...
+        watching.changed().await.unwrap();
+        assert_eq!(*watching.borrow(), second.ticket);
+        // ...and the second gets in only once it has.
+        assert!(second.gate.clone().try_lock_owned().is_err());
+        drop(held);
+        assert!(second.gate.clone().try_lock_owned().is_ok());
     }
 }

@@ -25,15 +25,20 @@ pub struct LocalRoutes {
 }
 
 impl LocalRoutes {
-    /// Applies a router transition; returns the new version.
-    pub fn update(&self, key: &str, present: bool) -> u64 {
+    /// Brings `key` in line with the router: `truth` says whether it has subscribers now, read
+    /// under this lock, so updates racing for one key end in the router's final state;
+    /// `then` gets the new version and state, also under the lock, so pushes leave in version
+    /// order.
+    pub fn update(&self, key: &str, truth: impl FnOnce() -> bool, then: impl FnOnce(u64, bool)) {
         let mut keys = self.keys.lock();
+        let present = truth();
         if present {
             keys.insert(key.to_string());
         } else {
             keys.remove(key);
         }
-        self.version.fetch_add(1, Ordering::SeqCst) + 1
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        then(version, present);
     }
 
     pub fn version(&self) -> u64 {
@@ -229,10 +234,19 @@ impl RemoteIndex {
 }
 
 impl RemoteRoutes {
+    /// A node membership knows: from now on its routes are taken (and until `remove_node`;
+    /// routes of nodes not known are ignored, so a late push from a node given up on cannot
+    /// re-create routes that nothing would remove).
+    pub fn add_node(&self, node: &Arc<str>) {
+        self.index.write().nodes.entry(node.clone()).or_default();
+    }
+
     /// A node's gossiped routes at `version` (ignored when older than what is known).
     pub fn apply_gossip(&self, node: &Arc<str>, version: u64, keys: HashSet<String>) {
         let mut index = self.index.write();
-        let routes = index.nodes.entry(node.clone()).or_default();
+        let Some(routes) = index.nodes.get_mut(node) else {
+            return;
+        };
         if version < routes.gossip_version {
             return;
         }
@@ -246,7 +260,9 @@ impl RemoteRoutes {
     /// so a burst of subscriptions costs linear time, not quadratic.
     pub fn apply_push(&self, node: &Arc<str>, version: u64, key: String, present: bool) {
         let mut index = self.index.write();
-        let routes = index.nodes.entry(node.clone()).or_default();
+        let Some(routes) = index.nodes.get_mut(node) else {
+            return;
+        };
         if version <= routes.gossip_version {
             return;
         }
@@ -371,6 +387,14 @@ mod tests {
     fn remote_index_merges_gossip_and_pushes() {
         let r = RemoteRoutes::default();
         let (n1, n2): (Arc<str>, Arc<str>) = ("n1".into(), "n2".into());
+        r.apply_gossip(&n1, 5, set(&["ignored/#"]));
+        r.apply_push(&n1, 6, "ignored/too".into(), true);
+        assert!(
+            r.is_empty(),
+            "routes of a node membership does not know are ignored"
+        );
+        r.add_node(&n1);
+        r.add_node(&n2);
         r.apply_gossip(&n1, 5, set(&["a/+", "$share/g/a/#"]));
         r.apply_gossip(&n2, 1, set(&["a/b"]));
         let m = r.match_topic("a/b");
@@ -394,6 +418,11 @@ mod tests {
         assert!(r.match_topic("old/x").nodes.is_empty());
 
         r.remove_node(&n1);
+        r.apply_push(&n1, 9, "late/#".into(), true);
+        assert!(
+            r.match_topic("late/x").nodes.is_empty(),
+            "a late push after removal"
+        );
         assert!(r.match_topic("a/b").groups.is_empty());
         assert_eq!(
             r.match_topic("a/b").nodes.as_slice(),
@@ -405,9 +434,11 @@ mod tests {
     #[test]
     fn local_routes_version_every_change() {
         let l = LocalRoutes::default();
-        assert_eq!(l.update("a", true), 1);
-        assert_eq!(l.update("b", true), 2);
-        assert_eq!(l.update("a", false), 3);
+        let mut pushed = Vec::new();
+        for (key, present) in [("a", true), ("b", true), ("a", false)] {
+            l.update(key, || present, |v, p| pushed.push((v, p)));
+        }
+        assert_eq!(pushed, [(1, true), (2, true), (3, false)]);
         let (v, chunks) = l.gossip_chunks();
         assert_eq!(v, 3);
         assert_eq!(parse_chunks(chunks.iter().map(String::as_str)), set(&["b"]));

@@ -15,7 +15,9 @@ use crate::codec::{Properties, QoS};
 
 /// Bumped when frames change incompatibly; peers with another version are refused.
 /// 2: Hello carries the link's epoch (progress is kept per link incarnation).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: retained sync is part of the reliable stream (`Retained` has a sequence number, no
+/// `RetainedRequest`); `Heartbeat`.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
 /// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.
@@ -125,21 +127,23 @@ pub enum Frame {
         groups: Vec<String>,
         message: Bytes,
     },
-    /// Acceptor to dialer: every sequence number up to here is processed.
+    /// Acceptor to dialer: every sequence number up to here is processed. Also sent as the
+    /// acceptor's heartbeat while there is nothing new to acknowledge.
     Ack { upto: u64 },
+    /// Dialer to acceptor while it has nothing else to send: the link is alive.
+    Heartbeat,
     /// The dialer's node gained (`present`) or lost a route; `version` orders it against gossip.
     Route {
         version: u64,
         key: String,
         present: bool,
     },
-    /// Dialer to acceptor: send me your retained messages (the dialer sends its own as
-    /// `Retained` frames right after).
-    RetainedRequest,
-    /// A batch of retained messages and tombstones, either way.
+    /// Dialer to acceptor: a batch of the dialer's retained messages and tombstones, part of
+    /// the set each new link sends once. Reliable (sequenced and acknowledged) like a QoS 1
+    /// publish, so a cut in the middle resumes the set instead of losing or restarting it.
     Retained {
+        seq: u64,
         messages: Vec<WireMessage>,
-        done: bool,
     },
 }
 
@@ -182,44 +186,46 @@ fn wire_weight(m: &WireMessage) -> usize {
         + 64
 }
 
-/// Retained messages as `Retained` frames bounded by bytes when built: each holds messages up
-/// to `budget` bytes (a larger message alone), the last says `done`, and an empty set is one
-/// empty `done` frame.
-pub fn retained_batches(messages: Vec<WireMessage>, budget: usize) -> Vec<Frame> {
-    let mut frames = Vec::new();
+/// Retained messages in batches for `Retained` frames, bounded by bytes when built: each
+/// holds messages up to `budget` bytes (a larger message alone). No messages, no batches.
+pub fn retained_batches(messages: Vec<WireMessage>, budget: usize) -> Vec<Vec<WireMessage>> {
+    let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut weight = 0;
     for m in messages {
         let w = wire_weight(&m);
         if !batch.is_empty() && weight + w > budget {
-            frames.push(Frame::Retained {
-                messages: std::mem::take(&mut batch),
-                done: false,
-            });
+            batches.push(std::mem::take(&mut batch));
             weight = 0;
         }
         weight += w;
         batch.push(m);
     }
-    frames.push(Frame::Retained {
-        messages: batch,
-        done: true,
-    });
-    frames
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
-/// Appends one length-prefixed frame to `out`.
-pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
-    let body = bincode::serde::encode_to_vec(frame, config()).expect("frames always encode");
+/// Appends one length-prefixed frame to `out`. Every frame the relay builds is bounded when
+/// built (a publish by `mqtt.max_packet_size`, retained batches by `RETAINED_BATCH_BYTES`);
+/// one that would still exceed `MAX_FRAME` is refused here, never sent to be refused by the
+/// peer and sent again.
+pub fn encode_frame(frame: &Frame, out: &mut BytesMut) -> Result<(), String> {
+    let body = bincode::serde::encode_to_vec(frame, config()).map_err(|e| e.to_string())?;
+    if body.len() > MAX_FRAME {
+        return Err(format!("frame of {} bytes exceeds {MAX_FRAME}", body.len()));
+    }
     out.reserve(4 + body.len());
     out.put_u32(body.len() as u32);
     out.put_slice(&body);
+    Ok(())
 }
 
-pub fn frame_bytes(frame: &Frame) -> Bytes {
+pub fn frame_bytes(frame: &Frame) -> Result<Bytes, String> {
     let mut out = BytesMut::new();
-    encode_frame(frame, &mut out);
-    out.freeze()
+    encode_frame(frame, &mut out)?;
+    Ok(out.freeze())
 }
 
 /// Takes one whole frame off the front of `buf`, if there is one.
@@ -264,7 +270,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     frame: &Frame,
 ) -> Result<(), String> {
     writer
-        .write_all(&frame_bytes(frame))
+        .write_all(&frame_bytes(frame)?)
         .await
         .map_err(|e| e.to_string())
 }
@@ -359,13 +365,14 @@ mod tests {
             },
             Frame::Ack { upto: 9 },
             Frame::Retained {
+                seq: 10,
                 messages: vec![sample()],
-                done: true,
             },
+            Frame::Heartbeat,
         ];
         let mut buf = BytesMut::new();
         for f in &frames {
-            encode_frame(f, &mut buf);
+            encode_frame(f, &mut buf).unwrap();
         }
         let mut partial = buf.split_to(3);
         assert_eq!(decode_frame(&mut partial), Ok(None));
@@ -451,43 +458,30 @@ mod tests {
                 ..sample()
             })
             .collect();
-        let frames = retained_batches(messages, RETAINED_BATCH_BYTES);
+        let batches = retained_batches(messages, RETAINED_BATCH_BYTES);
         let mut seen = 0;
-        for (i, f) in frames.iter().enumerate() {
-            let Frame::Retained { messages, done } = f else {
-                panic!("not a Retained frame")
-            };
+        for messages in &batches {
             seen += messages.len();
-            assert_eq!(*done, i == frames.len() - 1);
-            let encoded = frame_bytes(f).len();
+            let frame = Frame::Retained {
+                seq: 1,
+                messages: messages.clone(),
+            };
+            let encoded = frame_bytes(&frame).unwrap().len();
             assert!(
                 encoded <= RETAINED_BATCH_BYTES + 64 * 1024,
                 "{encoded} bytes"
             );
         }
         assert_eq!(seen, 600);
-        assert!(frames.len() >= 24, "{} frames", frames.len());
+        assert!(batches.len() >= 24, "{} batches", batches.len());
         // One message larger than the budget goes alone; nothing is ever left out.
         let big = WireMessage {
             payload: Bytes::from(vec![1u8; 3 * RETAINED_BATCH_BYTES]),
             ..sample()
         };
-        let frames = retained_batches(vec![sample(), big, sample()], RETAINED_BATCH_BYTES);
-        let sizes: Vec<usize> = frames
-            .iter()
-            .map(|f| match f {
-                Frame::Retained { messages, .. } => messages.len(),
-                _ => 0,
-            })
-            .collect();
+        let batches = retained_batches(vec![sample(), big, sample()], RETAINED_BATCH_BYTES);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 1, 1]);
-        assert!(frames.iter().all(|f| frame_bytes(f).len() <= MAX_FRAME));
-        assert_eq!(
-            retained_batches(Vec::new(), RETAINED_BATCH_BYTES),
-            vec![Frame::Retained {
-                messages: Vec::new(),
-                done: true
-            }]
-        );
+        assert!(retained_batches(Vec::new(), RETAINED_BATCH_BYTES).is_empty());
     }
 }

@@ -350,7 +350,7 @@ async fn establish(
         expiry_interval,
         connect_expiry_zero: requested_expiry == 0,
         wbuf: BytesMut::new(),
-        held_by: Vec::new(),
+        held_by: Default::default(),
         publish_limits: PublishLimits::from_config(config),
         throttled_until: None,
         warned_sys: false,

@@ -90,7 +90,7 @@ pub(super) struct Connection {
     /// Subscriber sessions this client's publishes filled past their bound while no other
     /// subscriber needed the messages: no more is read from this client until one of them has
     /// room (backpressure instead of drops).
-    pub held_by: Vec<Arc<Session>>,
+    pub held_by: crate::broker::Held,
     /// `mqtt.max_publish_rate` and `mqtt.max_publish_bytes_rate`, when either is set.
     pub publish_limits: Option<Box<PublishLimits>>,
     /// Over a publish rate: no more is read or processed until then.
@@ -118,14 +118,6 @@ impl PublishLimits {
                 .then(|| TokenBucket::new(mqtt.max_publish_bytes_rate as f64)),
         };
         (limits.messages.is_some() || limits.bytes.is_some()).then(|| Box::new(limits))
-    }
-}
-
-/// Waits until `session` may have room (see `Session::room`).
-async fn room(session: Option<&Arc<Session>>) {
-    match session {
-        Some(s) => s.room().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -187,13 +179,13 @@ impl Connection {
                 close = Some(c);
                 break;
             }
-            let held = self.held_by.first().cloned();
+            let held = !self.held_by.is_empty();
             let throttled = self.throttled_until;
             rbuf.reserve(read_size);
             // One timer serves both: the end of a throttle pause, else the keep-alive
             // deadline. Input this side is not reading (held back, throttled) cannot time the
             // client out.
-            let timer = match (throttled, held.is_some()) {
+            let timer = match (throttled, held) {
                 (Some(until), _) => Some(until),
                 (None, true) => None,
                 (None, false) => deadline,
@@ -221,17 +213,16 @@ impl Connection {
                     }
                     Err(e) => close = Some(Close::Io(e)),
                 },
-                _ = room(held.as_ref()), if held.is_some() => {
+                _ = self.held_by.room(), if held => {
                     // One of them having room is enough: the next message goes on, and a
                     // session still full then is dropped for, not waited for.
-                    if self.held_by.iter().any(|s| s.has_room()) {
-                        self.held_by.clear();
+                    if self.held_by.release_if_room() {
                         // The client was sending all along; we were not reading.
                         deadline = self.next_deadline();
                         close = self.process_input(&mut rbuf, max_in).err();
                     }
                 }
-                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && held.is_none() && throttled.is_none() => match read {
+                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && !held && throttled.is_none() => match read {
                     Ok(0) => close = Some(Close::PeerClosed),
                     Ok(n) => {
                         Metrics::add(&self.broker.metrics.bytes_received, n as u64);

@@ -46,13 +46,21 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn ready(State(app): State<Arc<AppState>>) -> Response {
     let ops = &app.ops;
-    let peers = ops
-        .cluster
+    let all = ops.cluster.as_ref().map(|c| c.peers());
+    let peers = all
         .as_ref()
-        .map(|c| c.peers().iter().filter(|p| p.connected).count());
+        .map(|p| p.iter().filter(|p| p.connected).count());
+    // Every link that does not deliver, by name and state: what to look at first.
+    let degraded: Option<serde_json::Map<String, serde_json::Value>> = all.as_ref().map(|p| {
+        p.iter()
+            .filter(|p| !p.connected)
+            .map(|p| (p.node_id.to_string(), json!(p.status)))
+            .collect()
+    });
     let mut body = json!({
         "node_id": &*ops.broker.node_id,
         "peers_connected": peers,
+        "links_not_delivering": degraded,
         "clients": crate::broker::Metrics::get(&ops.broker.metrics.connections_current),
     });
     match ops.not_ready_reason() {

@@ -226,6 +226,30 @@ impl Collector for StateCollector {
             "peer",
             &depth,
         )?;
+        let queued_bytes: Vec<(String, u64)> = peers
+            .iter()
+            .map(|p| (p.node_id.to_string(), p.queued_bytes as u64))
+            .collect();
+        labelled(
+            &mut e,
+            MetricType::Gauge,
+            "vibemq_cluster_relay_queue_bytes",
+            "Bytes queued for a peer (against cluster.hold_bytes)",
+            "peer",
+            &queued_bytes,
+        )?;
+        let stalled: Vec<(String, u64)> = peers
+            .iter()
+            .map(|p| (p.node_id.to_string(), p.stalled_ms))
+            .collect();
+        labelled(
+            &mut e,
+            MetricType::Gauge,
+            "vibemq_cluster_link_stalled_ms",
+            "Milliseconds a peer has acknowledged nothing while frames wait for it",
+            "peer",
+            &stalled,
+        )?;
         counter(
             &mut e,
             "vibemq_cluster_frames_forwarded",
@@ -241,8 +265,14 @@ impl Collector for StateCollector {
         counter(
             &mut e,
             "vibemq_cluster_relay_dropped",
-            "Frames dropped (queue full, no link, failed node)",
+            "Frames dropped (cluster.hold_bytes reached, no link, node given up on)",
             Metrics::get(&cm.relay_dropped),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_link_timeouts",
+            "Peer connections closed for silence past cluster.link_timeout_ms",
+            Metrics::get(&cm.link_timeouts),
         )?;
         counter(
             &mut e,
