@@ -6,96 +6,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::{free_port, run, spawn};
+use common::nodes::{LIMIT, ProcessNode};
+use common::process::{run, spawn};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-const LIMIT: Duration = Duration::from_secs(20);
-const SECRET: &str = "dmliZW1xLXByb2Nlc3MtdGVzdC1zZWNyZXQtMzJiISE=";
-
-struct ProcessNode {
-    n: usize,
-    mqtt: u16,
-    gossip: u16,
-    peer: u16,
-    seed: u16,
-    child: Child,
-}
-
-impl ProcessNode {
-    fn spawn(n: usize, mqtt: u16, gossip: u16, peer: u16, seed: u16) -> ProcessNode {
-        let config = format!("{}/config/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
-        let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
-            .args(["--config", &config, "--log-level", "warn"])
-            .env("VIBEMQ_SERVER_BIND", format!("127.0.0.1:{mqtt}"))
-            .env("VIBEMQ_HTTP_BIND", "127.0.0.1:0")
-            .env("VIBEMQ_CLUSTER_GOSSIP_ADDR", format!("127.0.0.1:{gossip}"))
-            .env("VIBEMQ_CLUSTER_PEER_ADDR", format!("127.0.0.1:{peer}"))
-            .env(
-                "VIBEMQ_CLUSTER_SEEDS",
-                if n == 1 {
-                    String::new()
-                } else {
-                    format!("127.0.0.1:{seed}")
-                },
-            )
-            .env("VIBEMQ_CLUSTER_SECRET", SECRET)
-            .env("VIBEMQ_CLUSTER_GOSSIP_INTERVAL_MS", "100")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start vibemq");
-        ProcessNode {
-            n,
-            mqtt,
-            gossip,
-            peer,
-            seed,
-            child,
-        }
-    }
-
-    async fn start(n: usize, seed: u16) -> ProcessNode {
-        let node = ProcessNode::spawn(n, free_port(), free_port(), free_port(), seed);
-        node.wait_listening().await;
-        node
-    }
-
-    async fn wait_listening(&self) {
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.mqtt))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node{} did not start",
-                self.n
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The same node started again (a new run: new generation, same addresses).
-    async fn restart(&mut self) {
-        self.kill9().await;
-        *self = ProcessNode::spawn(self.n, self.mqtt, self.gossip, self.peer, self.seed);
-        self.wait_listening().await;
-    }
-
-    async fn kill9(&mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        self.child.wait().await.expect("reaped");
-    }
-
-    fn port(&self) -> String {
-        self.mqtt.to_string()
-    }
-}
+use tokio::process::{Child, ChildStdout};
 
 async fn three() -> [ProcessNode; 3] {
     let n1 = ProcessNode::start(1, 0).await;

@@ -248,6 +248,11 @@ impl Session {
             return Offer::Dropped;
         }
         if st.queue.has_room(&self.bounds) {
+            if st.queue.is_empty() {
+                // Nothing was waiting, so nothing was stalled: the stall clock starts now. (A
+                // node frozen for a while must not find its subscribers "stalled" on return.)
+                st.last_dequeue = std::time::Instant::now();
+            }
             st.queue.push_back(delivery);
             drop(st);
             if online {
@@ -470,6 +475,25 @@ mod tests {
 
     fn queued(o: &Offer) -> bool {
         matches!(o, Offer::Queued { .. })
+    }
+
+    #[test]
+    fn a_subscriber_with_nothing_waiting_is_not_stalled_however_long_ago_it_last_took_one() {
+        // A node frozen for 12 s comes back with a burst for a subscriber that was idle: the
+        // subscriber must hold the burst's source back, not be dropped for as stalled.
+        let metrics = Metrics::default();
+        let s = Session::new("c".into(), QueueBounds::messages(2), false);
+        s.state.lock().connection = Some(ConnectionControl::new(1));
+        s.state.lock().last_dequeue = std::time::Instant::now() - STALLED_AFTER * 6;
+        for _ in 0..2 {
+            assert!(queued(&s.offer(
+                delivery(QoS::AtLeastOnce, false),
+                true,
+                &metrics
+            )));
+        }
+        let full = s.offer(delivery(QoS::AtLeastOnce, false), true, &metrics);
+        assert!(matches!(full, Offer::Full(_)), "got {full:?}");
     }
 
     #[test]

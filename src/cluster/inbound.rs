@@ -146,6 +146,7 @@ async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String
     let mut heartbeat = tokio::time::interval(timeout / 4);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
+    let mut ticked = Instant::now();
     let mut acked = last;
     let mut out = BytesMut::new();
     state.process(cluster, &mut rbuf)?;
@@ -178,6 +179,11 @@ async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String
                 }
             }
             _ = heartbeat.tick() => {
+                if ticked.elapsed() >= timeout {
+                    // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
+                    heard = Instant::now();
+                }
+                ticked = Instant::now();
                 // Input this side is not reading cannot time the peer out.
                 if !held && heard.elapsed() >= timeout {
                     Metrics::add(&cluster.metrics.link_timeouts, 1);

@@ -480,6 +480,7 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
     let mut wrote = Instant::now();
+    let mut ticked = Instant::now();
     let mut wbuf = BytesMut::with_capacity(BATCH_BYTES);
     loop {
         if wbuf.is_empty() {
@@ -502,6 +503,11 @@ async fn serve(
             }
             _ = link.wake.notified(), if wbuf.is_empty() && !link.has_more() => {}
             _ = heartbeat.tick() => {
+                if ticked.elapsed() >= timeout {
+                    // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
+                    heard = Instant::now();
+                }
+                ticked = Instant::now();
                 if heard.elapsed() >= timeout {
                     Metrics::add(&cluster.metrics.link_timeouts, 1);
                     tracing::warn!(peer = %link.node_id, addr = %link.addr, silent_ms = heard.elapsed().as_millis() as u64, "peer link silent past cluster.link_timeout_ms; reconnecting");

@@ -114,6 +114,8 @@ async fn cluster(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "uptime_secs": now.saturating_sub(p.generation) / 1000,
             "link": if p.connected { "up" } else { "down" },
             "queued": p.queued,
+            "queued_bytes": p.queued_bytes,
+            "stalled_ms": p.stalled_ms,
         }));
     }
     Json(json!({ "enabled": true, "cluster": c.name, "node_id": &*c.node_id, "members": members }))

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod http;
+pub mod nodes;
 pub mod process;
 pub mod proxy;
 

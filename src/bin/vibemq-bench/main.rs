@@ -128,6 +128,28 @@ struct SubResult {
     duplicates: u64,
     histogram: Histogram<u64>,
     last_receive: Option<Instant>,
+    /// Sequence numbers seen, per publisher: a bit per message.
+    seen: HashMap<u32, Vec<u64>>,
+}
+
+/// How many of `publisher`'s first `count` messages `seen` holds.
+fn seen_below(seen: &HashMap<u32, Vec<u64>>, publisher: u32, count: u64) -> u64 {
+    let Some(bits) = seen.get(&publisher) else {
+        return 0;
+    };
+    let full = (count / 64) as usize;
+    let mut n: u64 = bits
+        .iter()
+        .take(full)
+        .map(|w| u64::from(w.count_ones()))
+        .sum();
+    let rest = count % 64;
+    if rest > 0
+        && let Some(w) = bits.get(full)
+    {
+        n += u64::from((w & ((1u64 << rest) - 1)).count_ones());
+    }
+    n
 }
 
 fn hosts(list: &str) -> Vec<SocketAddr> {
@@ -173,6 +195,7 @@ async fn subscriber(
         duplicates: 0,
         histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         last_receive: None,
+        seen: HashMap::new(),
     };
     let mut conn =
         match Conn::open(addr, protocol, format!("bench-sub-{i}"), !opts.persistent).await {
@@ -189,8 +212,6 @@ async fn subscriber(
     }
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(()).await;
-    // Seen sequence numbers, per publisher: a bit per message.
-    let mut seen: HashMap<u32, Vec<u64>> = HashMap::new();
     // Until the run ends (publishing plus the drain window): a broker still streaming a
     // backlog then has its undelivered messages counted as lost, not waited for.
     while !stop.load(Ordering::Relaxed) {
@@ -220,7 +241,7 @@ async fn subscriber(
                         let _ = result
                             .histogram
                             .record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
-                        let bits = seen.entry(publisher).or_default();
+                        let bits = result.seen.entry(publisher).or_default();
                         let (word, bit) = ((seq / 64) as usize, seq % 64);
                         if bits.len() <= word {
                             bits.resize(word + 1, 0);
@@ -341,13 +362,13 @@ async fn publisher(
     i: usize,
     addr: SocketAddr,
     deadline: Instant,
-) -> u64 {
+) -> (u64, u64) {
     let protocol = protocol(&opts.protocol);
     let mut conn = match Conn::open(addr, protocol, format!("bench-pub-{i}"), true).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("publisher {i}: {e}");
-            return 0;
+            return (0, 0);
         }
     };
     shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -361,6 +382,8 @@ async fn publisher(
     let limit = opts.count.unwrap_or(u64::MAX);
     let mut acks_pending_rel: Vec<u16> = Vec::new();
     let mut flushed = 0u64;
+    // PUBACK / PUBCOMP received: the broker answers in order, so these are messages 0..acked.
+    let mut acked = 0u64;
     while Instant::now() < deadline && seq < limit {
         // Fill a batch: up to the window, the rate, and 64 KB.
         while conn.wbuf.len() < 64 * 1024
@@ -426,7 +449,10 @@ async fn publisher(
             }
             while let Ok(Some(p)) = conn.next_buffered() {
                 match p {
-                    Packet::PubAck(_) | Packet::PubComp(_) => inflight = inflight.saturating_sub(1),
+                    Packet::PubAck(_) | Packet::PubComp(_) => {
+                        inflight = inflight.saturating_sub(1);
+                        acked += 1;
+                    }
                     Packet::PubRec(a) => acks_pending_rel.push(a.packet_id),
                     _ => {}
                 }
@@ -454,7 +480,8 @@ async fn publisher(
                 while let Ok(Some(p)) = conn.next_buffered() {
                     match p {
                         Packet::PubAck(_) | Packet::PubComp(_) => {
-                            inflight = inflight.saturating_sub(1)
+                            inflight = inflight.saturating_sub(1);
+                            acked += 1;
                         }
                         Packet::PubRec(a) => encode_packet(
                             &Packet::PubRel(Ack::new(a.packet_id, 0)),
@@ -473,7 +500,15 @@ async fn publisher(
         conn.send(&Packet::Disconnect(Default::default())),
     )
     .await;
-    flushed
+    // QoS 0 has no acknowledgement: what was written counts.
+    (
+        flushed,
+        if qos == QoS::AtMostOnce {
+            flushed
+        } else {
+            acked.min(flushed)
+        },
+    )
 }
 
 fn cpu_seconds() -> f64 {
@@ -661,8 +696,11 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
         }));
     }
     let mut sent_by = Vec::new();
+    let mut acked_by = Vec::new();
     for p in pubs {
-        sent_by.push(p.await.unwrap_or(0));
+        let (sent, acked) = p.await.unwrap_or((0, 0));
+        sent_by.push(sent);
+        acked_by.push(acked);
     }
     let sent: u64 = sent_by.iter().sum();
     let publish_secs = began.elapsed().as_secs_f64();
@@ -687,13 +725,20 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
     let mut histogram: Histogram<u64> =
         Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let (mut deliveries, mut unique, mut duplicates) = (0, 0, 0);
+    // Messages acknowledged to their publisher that a subscriber matching them never got.
+    let mut lost_acked = 0u64;
     let mut last_receive = None;
     let mut slow_received = 0;
     for s in slow {
         slow_received += s.await.unwrap_or(0);
     }
-    for s in subs {
+    for (i, s) in subs.into_iter().enumerate() {
         if let Ok(r) = s.await {
+            for (p, &acked) in acked_by.iter().enumerate() {
+                if vibemq::topic::matches(&filters[i], &pattern(&opts.topic, p)) {
+                    lost_acked += acked - seen_below(&r.seen, p as u32, acked).min(acked);
+                }
+            }
             deliveries += r.deliveries;
             unique += r.unique;
             duplicates += r.duplicates;
@@ -716,6 +761,8 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
         "received": deliveries,
         "expected": expected,
         "lost": expected.saturating_sub(unique),
+        "acked": acked_by.iter().sum::<u64>(),
+        "lost_acked": lost_acked,
         "duplicates": duplicates,
         "slow_received": slow_received,
         "seconds": (window * 1000.0).round() / 1000.0,

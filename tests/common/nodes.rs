@@ -1,0 +1,211 @@
+//! Cluster nodes as real `vibemq` processes, started from the shipped config/nodeN.toml (ports,
+//! seeds, secret and a short gossip interval overridden through VIBEMQ_* variables), which a
+//! test can kill -9, restart, freeze (SIGSTOP) and thaw (SIGCONT), and whose metrics it reads
+//! over HTTP; plus `vibemq-bench` runs whose JSON summary counts what was sent, acknowledged,
+//! delivered, lost and duplicated.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::process::free_port;
+
+pub const LIMIT: Duration = Duration::from_secs(20);
+pub const SECRET: &str = "dmliZW1xLXByb2Nlc3MtdGVzdC1zZWNyZXQtMzJiISE=";
+
+pub struct ProcessNode {
+    pub n: usize,
+    pub mqtt: u16,
+    pub gossip: u16,
+    pub peer: u16,
+    pub http: u16,
+    pub seed: u16,
+    /// Extra VIBEMQ_* settings this node runs with (kept for restarts).
+    pub env: Vec<(String, String)>,
+    pub child: Child,
+}
+
+impl ProcessNode {
+    fn spawn_with(n: usize, ports: [u16; 4], seed: u16, env: Vec<(String, String)>) -> ProcessNode {
+        let [mqtt, gossip, peer, http] = ports;
+        let config = format!("{}/config/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
+        let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
+            .args(["--config", &config, "--log-level", "warn"])
+            .env("VIBEMQ_SERVER_BIND", format!("127.0.0.1:{mqtt}"))
+            .env("VIBEMQ_HTTP_BIND", format!("127.0.0.1:{http}"))
+            .env("VIBEMQ_CLUSTER_GOSSIP_ADDR", format!("127.0.0.1:{gossip}"))
+            .env("VIBEMQ_CLUSTER_PEER_ADDR", format!("127.0.0.1:{peer}"))
+            .env(
+                "VIBEMQ_CLUSTER_SEEDS",
+                if seed == 0 {
+                    String::new()
+                } else {
+                    format!("127.0.0.1:{seed}")
+                },
+            )
+            .env("VIBEMQ_CLUSTER_SECRET", SECRET)
+            .env("VIBEMQ_CLUSTER_GOSSIP_INTERVAL_MS", "100")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start vibemq");
+        ProcessNode {
+            n,
+            mqtt,
+            gossip,
+            peer,
+            http,
+            seed,
+            env,
+            child,
+        }
+    }
+
+    /// Node `n` joining through the gossip port `seed` (0: the first node), listening.
+    pub async fn start(n: usize, seed: u16) -> ProcessNode {
+        Self::start_with(n, seed, free_port(), Vec::new()).await
+    }
+
+    /// As `start`, with the peer port given (a proxy may stand in front of it) and extra
+    /// VIBEMQ_* settings.
+    pub async fn start_with(
+        n: usize,
+        seed: u16,
+        peer: u16,
+        env: Vec<(String, String)>,
+    ) -> ProcessNode {
+        let ports = [free_port(), free_port(), peer, free_port()];
+        let node = ProcessNode::spawn_with(n, ports, seed, env);
+        node.wait_listening().await;
+        node
+    }
+
+    pub async fn wait_listening(&self) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.mqtt))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node{} did not start",
+                self.n
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The same node started again (a new run: new generation, same addresses).
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        let ports = [self.mqtt, self.gossip, self.peer, self.http];
+        *self = ProcessNode::spawn_with(self.n, ports, self.seed, self.env.clone());
+        self.wait_listening().await;
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reaped");
+    }
+
+    /// SIGSTOP: the process stops dead (a VM pause, a long GC); its sockets stay open.
+    pub async fn freeze(&self) {
+        self.signal("-STOP").await;
+    }
+
+    /// SIGCONT after `freeze`.
+    pub async fn thaw(&self) {
+        self.signal("-CONT").await;
+    }
+
+    async fn signal(&self, which: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill {which} {pid}");
+    }
+
+    pub fn port(&self) -> String {
+        self.mqtt.to_string()
+    }
+
+    pub fn mqtt_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.mqtt)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.http).parse().unwrap()
+    }
+
+    /// The value of a metric (summed over its labels; a counter's `_total` sample) in
+    /// /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, body) = super::http::get(self.http_addr(), "/metrics").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name).is_some_and(|rest| {
+                    let rest = rest.strip_prefix("_total").unwrap_or(rest);
+                    rest.starts_with(' ') || rest.starts_with('{')
+                })
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until this node has `count` delivering links.
+    pub async fn wait_linked(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let (status, body) = super::http::get(self.http_addr(), "/api/v1/cluster").await;
+            if status == 200 {
+                let v = super::http::json(&body);
+                let up = v["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["link"] == "up").count());
+                if up >= count {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node{} did not link to {count} peers",
+                self.n
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs vibemq-bench with `args` (plus `--json`) within `limit`; returns its summary.
+pub async fn bench(args: &[&str], limit: Duration) -> serde_json::Value {
+    let child = Command::new(env!("CARGO_BIN_EXE_vibemq-bench"))
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start vibemq-bench");
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("vibemq-bench {args:?} did not finish within {limit:?}"))
+        .expect("wait");
+    assert!(
+        out.status.success(),
+        "vibemq-bench {args:?}: {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().expect("a summary line");
+    super::http::json(last)
+}
