@@ -254,14 +254,28 @@ async fn qos1_survives_peer_links_cut_mid_stream_without_loss_or_duplicates() {
         s.expect_silence(Duration::from_millis(300)).await;
         seen
     });
+    // Unpaced: every publish goes out without waiting for its PUBACK, so many frames are
+    // in flight on the link at each cut (the acks are read once all are sent).
     let mut p = RawClient::connect(n2.mqtt_addr(), Protocol::V311, "p", true).await;
     for i in 1..=N {
+        if i % 250 == 1 {
+            // Each burst starts on a live link and is cut while it streams.
+            wait_linked(&n2, 1).await;
+        }
         p.publish("stream", &i.to_be_bytes(), QoS::AtLeastOnce, false, i)
             .await;
-        assert!(matches!(p.recv().await, Packet::PubAck(_)));
         if i % 250 == 0 {
+            let metrics = &n2.cluster().unwrap().metrics;
+            let before = vibemq::broker::Metrics::get(&metrics.link_reconnects);
             proxy.cut();
+            eventually("the cut link reconnects", || {
+                vibemq::broker::Metrics::get(&metrics.link_reconnects) > before
+            })
+            .await;
         }
+    }
+    for _ in 1..=N {
+        assert!(matches!(p.recv().await, Packet::PubAck(_)));
     }
     let seen = receiver.await.unwrap();
     let reconnects = vibemq::broker::Metrics::get(&n2.cluster().unwrap().metrics.link_reconnects);
@@ -415,4 +429,62 @@ async fn subscribers_on_other_nodes_count_for_the_publishers_reason_code() {
     // A retained message goes to every node to be stored, but that is no subscriber.
     p.publish("nobody/r", b"3", QoS::AtLeastOnce, true, 3).await;
     assert_eq!(p.recv().await, Packet::PubAck(Ack::new(3, 0x10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_subscribe_and_last_unsubscribe_leave_the_route_advertised() {
+    // A last UNSUBSCRIBE and a first SUBSCRIBE of one filter on two connections at once: the
+    // route must end as the router has it (subscribed), not as whichever report came last.
+    let n1 = node("node1", &[], |_| {}).await;
+    let n2 = node("node2", &[gossip_addr(&n1)], |_| {}).await;
+    wait_linked(&n2, 1).await;
+    let mut tasks = Vec::new();
+    for id in ["ra", "rb"] {
+        let addr = n1.mqtt_addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(addr, Protocol::V311, id, true).await;
+            for _ in 0..300 {
+                c.subscribe("race/x", QoS::AtLeastOnce).await;
+                c.send(&Packet::Unsubscribe(vibemq::codec::Unsubscribe {
+                    packet_id: 1,
+                    filters: vec!["race/x".into()],
+                    properties: Default::default(),
+                }))
+                .await;
+                assert!(matches!(c.recv().await, Packet::UnsubAck(_)));
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    // Both end unsubscribed: the route goes. Then one subscribes: it comes back, and a
+    // publish on node2 reaches it.
+    wait_route(&n2, "race/x", 0).await;
+    clients[1].subscribe("race/x", QoS::AtLeastOnce).await;
+    wait_route(&n2, "race/x", 1).await;
+    // The routes stay that way once gossip has caught up with every push.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_route(&n2, "race/x", 1).await;
+    let mut p = RawClient::connect(n2.mqtt_addr(), Protocol::V311, "rp", true).await;
+    p.publish("race/x", b"1", QoS::AtLeastOnce, false, 1).await;
+    assert!(matches!(p.recv().await, Packet::PubAck(_)));
+    assert_eq!(&clients[1].recv_publish().await.payload[..], b"1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60_kb_filter_does_not_stop_a_nodes_gossip() {
+    // Routes subscribed before node2 exists reach it through gossip alone (no link was up to
+    // push them on): the long filter and the ones after it.
+    let n1 = node("node1", &[], |_| {}).await;
+    let mut c = RawClient::connect(n1.mqtt_addr(), Protocol::V311, "long", true).await;
+    let long = format!("long/{}", "x".repeat(60_000));
+    c.subscribe(&long, QoS::AtMostOnce).await;
+    c.subscribe("zz/after", QoS::AtMostOnce).await;
+    let n2 = node("node2", &[gossip_addr(&n1)], |_| {}).await;
+    wait_linked(&n2, 1).await;
+    wait_route(&n2, "zz/after", 1).await;
+    wait_route(&n2, &long, 1).await;
 }

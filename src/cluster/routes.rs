@@ -1,7 +1,9 @@
 //! Routes: which filters each node has subscribers for. `LocalRoutes` is this node's set, as
-//! the router reports first and last subscribers, summarised to fit gossip (filters widened to
-//! wildcards past a size budget: a wider route costs a wasted forward, a missing one a lost
-//! message). `RemoteRoutes` merges every other node's routes into one trie, combining each
+//! the router reports first and last subscribers, summarised to fit gossip (ordinary filters
+//! widened to wildcards past a size budget: a wider route costs a wasted forward, a missing one
+//! a lost message; shared-subscription keys are never widened, since groups are delivered by
+//! exact key). The text is cut into gossip values of at most `CHUNK_BYTES` wherever the cut
+//! falls, so no single route, however long, makes a value too large for a datagram. `RemoteRoutes` merges every other node's routes into one trie, combining each
 //! node's gossiped set with changes pushed over peer links that gossip has not caught up with.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -13,9 +15,11 @@ use smallvec::SmallVec;
 
 use crate::topic::{Trie, parse_shared};
 
-/// Most bytes of route text one gossip value carries (chitchat drops values over ~64 KB).
+/// Most bytes of route text one gossip value carries (chitchat cannot send a value that does
+/// not fit one datagram, and stops at the first such value).
 pub const CHUNK_BYTES: usize = 48 * 1024;
-/// Most chunks a node advertises; past CHUNK_BYTES * MAX_CHUNKS routes are widened.
+/// Chunks of ordinary routes a node advertises; past CHUNK_BYTES * MAX_CHUNKS they are
+/// widened. Shared-subscription keys come on top, exact.
 pub const MAX_CHUNKS: usize = 4;
 
 #[derive(Default)]
@@ -67,9 +71,6 @@ impl LocalRoutes {
 
 /// `filter` cut to its first `depth` levels plus `#` (unchanged when it is no deeper).
 fn widen(filter: &str, depth: usize) -> String {
-    if let Ok(Some(sf)) = parse_shared(filter) {
-        return format!("$share/{}/{}", sf.group, widen(sf.filter, depth));
-    }
     let levels: Vec<&str> = filter.split('/').collect();
     if levels.len() <= depth {
         return filter.to_string();
@@ -83,54 +84,75 @@ fn text_len(keys: &BTreeSet<String>) -> usize {
     keys.iter().map(|k| k.len() + 1).sum()
 }
 
-/// The routes, widened until their text fits `budget` bytes. Each result matches at least
-/// every topic its originals matched.
+/// The routes, ordinary filters widened until their text (with the shared keys, which stay
+/// exact) fits `budget` bytes. Each result matches at least every topic its originals
+/// matched, and every shared group keeps its exact key.
 pub fn summarize(keys: &BTreeSet<String>, budget: usize) -> BTreeSet<String> {
     if text_len(keys) <= budget {
         return keys.clone();
     }
-    let deepest = keys.iter().map(|k| k.split('/').count()).max().unwrap_or(1);
+    let (shared, ordinary): (BTreeSet<String>, BTreeSet<String>) = keys
+        .iter()
+        .cloned()
+        .partition(|k| matches!(parse_shared(k), Ok(Some(_))));
+    let budget = budget.saturating_sub(text_len(&shared));
+    let deepest = ordinary
+        .iter()
+        .map(|k| k.split('/').count())
+        .max()
+        .unwrap_or(1);
+    let mut summary = None;
     for depth in (1..deepest).rev() {
-        let widened: BTreeSet<String> = keys.iter().map(|k| widen(k, depth)).collect();
+        let widened: BTreeSet<String> = ordinary.iter().map(|k| widen(k, depth)).collect();
         if text_len(&widened) <= budget {
-            return widened;
+            summary = Some(widened);
+            break;
         }
     }
-    // Everything: "#" for ordinary topics, "$X/#" for each `$` root, one per shared group.
-    let mut all = BTreeSet::from(["#".to_string()]);
-    for k in keys {
-        match parse_shared(k) {
-            Ok(Some(sf)) => {
-                all.insert(format!("$share/{}/#", sf.group));
-            }
-            _ if k.starts_with('$') => {
-                all.insert(widen(k, 1));
-            }
-            _ => {}
-        }
-    }
-    all
+    let mut summary = summary.unwrap_or_else(|| {
+        // Everything: "#" for ordinary topics, "$X/#" for each `$` root.
+        let mut all = BTreeSet::from(["#".to_string()]);
+        all.extend(
+            ordinary
+                .iter()
+                .filter(|k| k.starts_with('$'))
+                .map(|k| widen(k, 1)),
+        );
+        all
+    });
+    summary.extend(shared);
+    summary
 }
 
+/// The routes as newline-terminated text cut into pieces of at most `max` bytes (at
+/// character boundaries; a route may straddle two pieces).
 fn chunk(keys: &BTreeSet<String>, max: usize) -> Vec<String> {
-    let mut chunks = vec![String::new()];
+    let mut text = String::with_capacity(text_len(keys));
     for k in keys {
-        let current = chunks.last_mut().expect("never empty");
-        if !current.is_empty() && current.len() + k.len() + 1 > max {
-            chunks.push(String::new());
+        text.push_str(k);
+        text.push('\n');
+    }
+    let mut chunks = Vec::new();
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(max);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
         }
-        let current = chunks.last_mut().expect("never empty");
-        current.push_str(k);
-        current.push('\n');
+        let (piece, tail) = rest.split_at(cut);
+        chunks.push(piece.to_string());
+        rest = tail;
+    }
+    if chunks.is_empty() {
+        chunks.push(String::new());
     }
     chunks
 }
 
-/// The routes in gossiped chunks.
+/// The routes in gossiped chunks (joined first: a route may straddle two).
 pub fn parse_chunks<'a>(chunks: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
-    chunks
-        .into_iter()
-        .flat_map(str::lines)
+    let text: String = chunks.into_iter().collect();
+    text.lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect()
@@ -368,19 +390,50 @@ mod tests {
     }
 
     #[test]
-    fn widest_fallback_keeps_dollar_roots_and_groups() {
-        let keys: BTreeSet<String> = ["a", "b", "$SYS/x", "$share/g/q"]
+    fn widest_fallback_keeps_dollar_roots_and_exact_groups() {
+        let keys: BTreeSet<String> = ["a", "b", "$SYS/x", "$share/g/q/r/s"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         let all = summarize(&keys, 1);
         assert_eq!(
             all,
-            ["#", "$SYS/#", "$share/g/#"]
+            ["#", "$SYS/#", "$share/g/q/r/s"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect()
         );
+    }
+
+    #[test]
+    fn shared_keys_are_never_widened_past_the_budget() {
+        // Past 192 KB of routes, `$share/g/a/b/c` used to be advertised as `$share/g/a/#`:
+        // the sender grouped by that key and the receiver knew only the exact one, so group
+        // messages were dropped or delivered twice.
+        let mut keys: BTreeSet<String> = (0..20_000)
+            .map(|i| format!("fleet/{}/device-{i}/telemetry", i % 50))
+            .collect();
+        keys.insert("$share/g/a/b/c".into());
+        let summary = summarize(&keys, CHUNK_BYTES * MAX_CHUNKS);
+        assert!(summary.contains("$share/g/a/b/c"));
+        assert!(!summary.iter().any(|k| k.starts_with("$share/g/a/#")));
+        assert!(summary.contains("fleet/7/#"), "ordinary routes widened");
+    }
+
+    #[test]
+    fn a_route_longer_than_a_gossip_value_straddles_chunks() {
+        // One SUBSCRIBE of a 60 KB filter used to sit alone in a value too large for a
+        // datagram, and chitchat then stopped sending that node's later keys.
+        let long = format!("big/{}", "é".repeat(30_000));
+        let keys: BTreeSet<String> = [long.clone(), "a/b".into(), "$share/g/x".into()]
+            .into_iter()
+            .collect();
+        let chunks = chunk(&summarize(&keys, CHUNK_BYTES * MAX_CHUNKS), CHUNK_BYTES);
+        assert!(chunks.len() >= 2);
+        assert!(chunks.iter().all(|c| c.len() <= CHUNK_BYTES));
+        let back = parse_chunks(chunks.iter().map(String::as_str));
+        assert!(back.contains(&long) && back.contains("a/b") && back.contains("$share/g/x"));
+        assert_eq!(chunk(&BTreeSet::new(), CHUNK_BYTES), vec![String::new()]);
     }
 
     #[test]
