@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 use crate::codec::{Properties, QoS};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub topic: Arc<str>,
     pub payload: Bytes,
@@ -24,9 +24,9 @@ pub struct Message {
     pub publisher: Option<Arc<str>>,
     /// Node the message entered the cluster at; None when it is this node.
     pub origin: Option<Arc<str>>,
-    /// Milliseconds since the Unix epoch at the origin: orders retained writes (last writer
-    /// wins, ties broken by origin).
-    pub timestamp_ms: u64,
+    /// Hybrid logical clock stamp (see `clock`), given by the origin's broker to a retained
+    /// write: orders retained writes (last writer wins, ties broken by origin).
+    pub stamp: u64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -62,14 +62,14 @@ impl Message {
             expires_at,
             publisher,
             origin: None,
-            timestamp_ms: now_ms(),
+            stamp: super::clock::physical(now_ms()),
         }
     }
 
-    /// Order of retained writes: timestamp, then origin node id (`local` for messages that
+    /// Order of retained writes: stamp, then origin node id (`local` for messages that
     /// entered at this node). The larger one wins everywhere, so all nodes agree.
     pub fn write_order<'a>(&'a self, local: &'a str) -> (u64, &'a str) {
-        (self.timestamp_ms, self.origin.as_deref().unwrap_or(local))
+        (self.stamp, self.origin.as_deref().unwrap_or(local))
     }
 
     /// `None` when expired; otherwise the Message Expiry Interval left to send (if any).

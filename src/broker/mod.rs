@@ -2,6 +2,7 @@
 //! session lifecycle (attach on CONNECT, detach on close, expiry, wills). It speaks in
 //! messages and sessions, never in sockets or bytes: `mqtt` drives it, `cluster` will feed it.
 
+pub mod clock;
 mod message;
 mod metrics;
 pub mod pressure;
@@ -69,6 +70,8 @@ pub struct Broker {
     pub sessions: DashMap<Arc<str>, Arc<Session>>,
     pub router: Router,
     pub retained: RetainedStore,
+    /// Stamps this node's retained writes (and learns from other nodes' stamps).
+    pub clock: clock::Hlc,
     pub metrics: Metrics,
     pub limits: LimitCounters,
     next_connection_id: AtomicU64,
@@ -105,6 +108,7 @@ impl Broker {
             cluster: std::sync::OnceLock::new(),
             sessions: DashMap::new(),
             router: Router::new(slow_disconnect),
+            clock: clock::Hlc::default(),
             metrics: Metrics::default(),
             limits: LimitCounters::default(),
             next_connection_id: AtomicU64::new(1),
@@ -138,7 +142,9 @@ impl Broker {
         pressure: &mut Option<&mut Held>,
     ) -> Result<usize, Limit> {
         Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
+        let mut message = message;
         if message.retain {
+            Arc::make_mut(&mut message).stamp = self.clock.now();
             self.retain(&message)?;
         }
         let Some(cluster) = self.cluster.get() else {
@@ -203,6 +209,9 @@ impl Broker {
         pressure: &mut Held,
     ) -> usize {
         Metrics::add(&self.metrics.messages_from_peers, 1);
+        if message.retain {
+            self.clock.observe(message.stamp);
+        }
         if message.retain && self.retain(&message).is_err() {
             // Refused here as at its origin had this node been full: not delivered either.
             return 0;
@@ -227,6 +236,10 @@ impl Broker {
 
     /// Publishes a message made by this node for its own clients only (never forwarded).
     pub fn publish_local(&self, message: Arc<Message>) -> usize {
+        let mut message = message;
+        if message.retain {
+            Arc::make_mut(&mut message).stamp = self.clock.now();
+        }
         if message.retain && self.retain(&message).is_err() {
             return 0;
         }

@@ -152,7 +152,7 @@ impl RetainedStore {
             inner.tombstones += 1;
             inner.tombstone_bytes += weight(&message);
             let topic = message.topic.clone();
-            let order = message.timestamp_ms;
+            let order = message.stamp;
             let slot = inner
                 .trie
                 .get_or_insert_with(&message.topic, || message.clone());
@@ -183,7 +183,7 @@ impl RetainedStore {
             let current = inner
                 .trie
                 .get(&topic)
-                .filter(|m| m.payload.is_empty() && m.timestamp_ms == order)
+                .filter(|m| m.payload.is_empty() && m.stamp == order)
                 .map(|m| weight(m));
             if let Some(w) = current {
                 inner.trie.edit(&topic, |_| true);
@@ -201,7 +201,7 @@ impl RetainedStore {
             } = inner;
             tombstone_order.retain(|(topic, order, _)| {
                 trie.get(topic)
-                    .is_some_and(|m| m.payload.is_empty() && m.timestamp_ms == *order)
+                    .is_some_and(|m| m.payload.is_empty() && m.stamp == *order)
             });
         }
     }
@@ -294,7 +294,7 @@ mod tests {
                 Properties::default(),
                 None,
             );
-            m.timestamp_ms = ts;
+            m.stamp = ts;
             m.origin = Some(origin.into());
             Arc::new(m)
         };

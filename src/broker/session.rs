@@ -139,7 +139,7 @@ pub struct SessionState {
     /// Set when the session has been discarded: nothing more is queued for it.
     pub ended: bool,
     /// When the connection last took deliveries off the queue (stall detection).
-    pub last_dequeue: std::time::Instant,
+    pub last_dequeue: tokio::time::Instant,
     /// Deliveries dropped since the current overflow episode began (0: none running).
     episode_drops: u64,
 }
@@ -212,7 +212,7 @@ impl Session {
                 will: None,
                 timer: None,
                 ended: false,
-                last_dequeue: std::time::Instant::now(),
+                last_dequeue: tokio::time::Instant::now(),
                 episode_drops: 0,
             }),
             online: AtomicBool::new(false),
@@ -251,7 +251,7 @@ impl Session {
             if st.queue.is_empty() {
                 // Nothing was waiting, so nothing was stalled: the stall clock starts now. (A
                 // node frozen for a while must not find its subscribers "stalled" on return.)
-                st.last_dequeue = std::time::Instant::now();
+                st.last_dequeue = tokio::time::Instant::now();
             }
             st.queue.push_back(delivery);
             drop(st);
@@ -335,7 +335,7 @@ impl Session {
 
     /// Called by the owning connection after it took deliveries off the queue.
     pub(crate) fn note_dequeued(&self, st: &mut SessionState) {
-        st.last_dequeue = std::time::Instant::now();
+        st.last_dequeue = tokio::time::Instant::now();
         if st.queue.has_room(&self.bounds) {
             self.room.notify_waiters();
             if st.episode_drops > 0 {
@@ -484,7 +484,7 @@ mod tests {
         let metrics = Metrics::default();
         let s = Session::new("c".into(), QueueBounds::messages(2), false);
         s.state.lock().connection = Some(ConnectionControl::new(1));
-        s.state.lock().last_dequeue = std::time::Instant::now() - STALLED_AFTER * 6;
+        s.state.lock().last_dequeue = tokio::time::Instant::now() - STALLED_AFTER * 6;
         for _ in 0..2 {
             assert!(queued(&s.offer(
                 delivery(QoS::AtLeastOnce, false),
@@ -532,7 +532,7 @@ mod tests {
         assert_eq!(Metrics::get(&metrics.dropped_slow_subscriber), 1);
         assert_eq!(s.dropped.load(Ordering::Relaxed), 2, "counted per client");
         // A subscriber that has not moved for the stall time holds nobody back.
-        s.state.lock().last_dequeue = std::time::Instant::now() - STALLED_AFTER;
+        s.state.lock().last_dequeue = tokio::time::Instant::now() - STALLED_AFTER;
         assert!(s.has_room());
         assert!(matches!(
             s.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),

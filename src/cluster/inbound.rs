@@ -8,12 +8,13 @@
 //! dialer silent past `cluster.link_timeout_ms` is dropped.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Cluster;
 use super::wire::{self, Frame, HandshakeIds};
@@ -116,8 +117,12 @@ impl Receiving {
     }
 }
 
-async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String> {
-    let (mut reader, mut writer) = stream.into_split();
+/// Serves one accepted peer connection to its end (also driven by the simulation).
+pub(crate) async fn receive(
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+    cluster: &Arc<Cluster>,
+) -> Result<(), String> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let (peer, generation, epoch) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -157,7 +162,9 @@ async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String
             acked = state.last;
         }
         let held = !state.held.is_empty();
+        // Biased (in this order) so a simulation replays exactly.
         tokio::select! {
+            biased;
             written = writer.write(&out), if !out.is_empty() => {
                 let n = written.map_err(|e| format!("write: {e}"))?;
                 bytes::Buf::advance(&mut out, n);
@@ -202,8 +209,8 @@ async fn receive(stream: TcpStream, cluster: &Arc<Cluster>) -> Result<(), String
 
 async fn handshake(
     cluster: &Cluster,
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    reader: &mut (impl AsyncRead + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
 ) -> Result<(String, u64, u64), String> {
     let refuse = |reason: String| Frame::Refused { reason };

@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
 use super::Cluster;
@@ -140,8 +141,7 @@ impl Link {
         gossip_addr: SocketAddr,
         bounds: LinkBounds,
     ) -> Arc<Link> {
-        let random = wire::nonce();
-        let epoch = u64::from_be_bytes(random[..8].try_into().expect("8 bytes"));
+        let epoch = wire::random_u64();
         Arc::new(Link {
             node_id,
             generation,
@@ -415,16 +415,16 @@ pub async fn run(link: Arc<Link>, cluster: Arc<Cluster>) {
             return;
         }
         let session = async {
-            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(link.addr))
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, (cluster.dial)(link.addr))
                 .await
                 .map_err(|_| "connect timed out".to_string())?
                 .map_err(|e| format!("connect: {e}"))?;
-            let _ = stream.set_nodelay(true);
             serve(&link, &cluster, stream, &mut backoff, &mut down_since).await
         };
         let outcome = tokio::select! {
-            r = session => r,
+            biased;
             _ = crate::stopped(&mut stop) => return,
+            r = session => r,
         };
         link.connected.store(false, Ordering::Relaxed);
         link.room.notify_waiters();
@@ -441,10 +441,11 @@ pub async fn run(link: Arc<Link>, cluster: Arc<Cluster>) {
         }
         Metrics::add(&cluster.metrics.link_reconnects, 1);
         // Exponential backoff with jitter, so a restarted node is not hit by all peers at once.
-        let jitter = 0.8 + 0.4 * f64::from(wire::nonce()[0]) / 255.0;
+        let jitter = 0.8 + 0.4 * (wire::random_u64() % 256) as f64 / 255.0;
         tokio::select! {
-            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            biased;
             _ = crate::stopped(&mut stop) => return,
+            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -453,11 +454,11 @@ pub async fn run(link: Arc<Link>, cluster: Arc<Cluster>) {
 async fn serve(
     link: &Link,
     cluster: &Cluster,
-    stream: TcpStream,
+    stream: super::PeerStream,
     backoff: &mut Duration,
     down_since: &mut Option<Instant>,
 ) -> Result<(), String> {
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let resume_after = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -487,12 +488,10 @@ async fn serve(
             let n = link.take_batch(&mut wbuf, || cluster.retained_batches());
             Metrics::add(&cluster.metrics.frames_forwarded, n as u64);
         }
+        // Biased (in this order) so a simulation replays exactly; reading first is also what
+        // keeps acknowledgements flowing while there is always more to write.
         tokio::select! {
-            written = writer.write(&wbuf), if !wbuf.is_empty() => {
-                let n = written.map_err(|e| format!("write: {e}"))?;
-                bytes::Buf::advance(&mut wbuf, n);
-                wrote = Instant::now();
-            }
+            biased;
             frame = wire::read_frame(&mut reader, &mut rbuf) => {
                 heard = Instant::now();
                 match frame? {
@@ -500,6 +499,11 @@ async fn serve(
                     Frame::Refused { reason } => return Err(format!("refused: {reason}")),
                     other => return Err(format!("unexpected frame from acceptor: {other:?}")),
                 }
+            }
+            written = writer.write(&wbuf), if !wbuf.is_empty() => {
+                let n = written.map_err(|e| format!("write: {e}"))?;
+                bytes::Buf::advance(&mut wbuf, n);
+                wrote = Instant::now();
             }
             _ = link.wake.notified(), if wbuf.is_empty() && !link.has_more() => {}
             _ = heartbeat.tick() => {
@@ -524,8 +528,8 @@ async fn serve(
 async fn handshake(
     link: &Link,
     cluster: &Cluster,
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    reader: &mut (impl AsyncRead + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
 ) -> Result<u64, String> {
     let my_nonce = wire::nonce();
@@ -708,7 +712,7 @@ mod tests {
                 expiry_secs: None,
                 publisher: None,
                 origin: "me".into(),
-                timestamp_ms: 1,
+                stamp: 1,
             }]
         };
         let set = || (0..3).map(batch).collect::<Vec<_>>();

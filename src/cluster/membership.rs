@@ -29,7 +29,7 @@ pub fn routes_chunk_key(i: usize) -> String {
 }
 
 /// What this node last saw of another.
-struct Known {
+pub(crate) struct Known {
     generation: u64,
     routes_version: Option<u64>,
     leaving: bool,
@@ -61,6 +61,19 @@ pub async fn watch(
     }
 }
 
+/// One other node as the membership source (chitchat, or a simulation) reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberView {
+    pub node_id: Arc<str>,
+    pub generation: u64,
+    pub gossip_addr: SocketAddr,
+    /// None until it has announced its relay address.
+    pub peer_addr: Option<SocketAddr>,
+    pub leaving: bool,
+    /// Its gossiped routes, (version, route set), when they may be news to this node.
+    pub routes: Option<(u64, std::collections::HashSet<String>)>,
+}
+
 fn apply(
     cluster: &Arc<Cluster>,
     snapshot: &BTreeMap<ChitchatId, NodeState>,
@@ -78,10 +91,51 @@ fn apply(
             *slot = (id, state);
         }
     }
+    let views: Vec<MemberView> = newest
+        .into_iter()
+        .map(|(node_id, (id, state))| {
+            // Parsed only when new to this node: chitchat reports often, routes change rarely.
+            let seen = known
+                .get(node_id)
+                .filter(|k| k.generation == id.generation_id)
+                .and_then(|k| k.routes_version);
+            let routes = state
+                .get(KEY_ROUTES_VERSION)
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| seen != Some(*v))
+                .map(|v| {
+                    let n = state
+                        .get(KEY_ROUTES_CHUNKS)
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let keys: Vec<String> = (0..n).map(routes_chunk_key).collect();
+                    (v, parse_chunks(keys.iter().filter_map(|k| state.get(k))))
+                });
+            MemberView {
+                node_id: Arc::from(node_id),
+                generation: id.generation_id,
+                gossip_addr: id.gossip_advertise_addr,
+                peer_addr: state
+                    .get(KEY_PEER_ADDR)
+                    .and_then(|a| a.parse::<SocketAddr>().ok()),
+                leaving: state.get(KEY_STATUS) == Some(STATUS_LEAVING),
+                routes,
+            }
+        })
+        .collect();
+    observe(cluster, views, known);
+}
 
+/// Applies one view of the other live nodes: joins, restarts, failures, departures and route
+/// changes, each logged, counted and published once. Shared by chitchat and the simulation.
+pub(crate) fn observe(
+    cluster: &Arc<Cluster>,
+    views: Vec<MemberView>,
+    known: &mut HashMap<Arc<str>, Known>,
+) {
     let gone: Vec<Arc<str>> = known
         .keys()
-        .filter(|n| !newest.contains_key(&***n))
+        .filter(|n| !views.iter().any(|v| v.node_id == **n))
         .cloned()
         .collect();
     for node in gone {
@@ -105,18 +159,15 @@ fn apply(
 
     cluster
         .members
-        .store(newest.len(), std::sync::atomic::Ordering::Relaxed);
-    for (node_id, (id, state)) in newest {
-        let Some(peer_addr) = state
-            .get(KEY_PEER_ADDR)
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-        else {
+        .store(views.len(), std::sync::atomic::Ordering::Relaxed);
+    for view in views {
+        let Some(peer_addr) = view.peer_addr else {
             continue; // not fully announced yet
         };
-        let node: Arc<str> = Arc::from(node_id);
-        let leaving = state.get(KEY_STATUS) == Some(STATUS_LEAVING);
+        let node = view.node_id.clone();
+        let leaving = view.leaving;
         match known.get_mut(&node) {
-            Some(k) if k.generation == id.generation_id && k.peer_addr == peer_addr => {
+            Some(k) if k.generation == view.generation && k.peer_addr == peer_addr => {
                 if leaving && !k.leaving {
                     tracing::info!(node = %node, "cluster node is leaving");
                 }
@@ -125,7 +176,7 @@ fn apply(
             previous => {
                 let restarted = previous.is_some();
                 // A node thought failed that comes back as the same run keeps its link.
-                let resumed = !restarted && cluster.resume_node(&node, id.generation_id, peer_addr);
+                let resumed = !restarted && cluster.resume_node(&node, view.generation, peer_addr);
                 let (event, what) = if restarted {
                     cluster.drop_node(&node);
                     Metrics::add(&cluster.metrics.nodes_updated, 1);
@@ -141,14 +192,14 @@ fn apply(
                         },
                     )
                 };
-                tracing::info!(node = %node, generation = id.generation_id, %peer_addr, "{what}");
-                cluster.publish_event(event, &node, id.generation_id);
+                tracing::info!(node = %node, generation = view.generation, %peer_addr, "{what}");
+                cluster.publish_event(event, &node, view.generation);
                 if !resumed {
                     let l = Link::new(
                         node.clone(),
-                        id.generation_id,
+                        view.generation,
                         peer_addr,
-                        id.gossip_advertise_addr,
+                        view.gossip_addr,
                         cluster.link_bounds(),
                     );
                     cluster.remote.add_node(&node);
@@ -156,7 +207,7 @@ fn apply(
                     tokio::spawn(link::run(l, cluster.clone()));
                 }
                 let k = Known {
-                    generation: id.generation_id,
+                    generation: view.generation,
                     routes_version: None,
                     leaving,
                     peer_addr,
@@ -165,18 +216,9 @@ fn apply(
             }
         }
         let k = known.get_mut(&node).expect("inserted above");
-        let version = state
-            .get(KEY_ROUTES_VERSION)
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(v) = version
+        if let Some((v, routes)) = view.routes
             && k.routes_version != Some(v)
         {
-            let n = state
-                .get(KEY_ROUTES_CHUNKS)
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(0);
-            let keys: Vec<String> = (0..n).map(routes_chunk_key).collect();
-            let routes = parse_chunks(keys.iter().filter_map(|k| state.get(k)));
             tracing::debug!(node = %node, version = v, routes = routes.len(), "routes gossiped");
             cluster.remote.apply_gossip(&node, v, routes);
             k.routes_version = Some(v);

@@ -12,8 +12,10 @@ pub mod routes;
 mod transport;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -29,6 +31,32 @@ use crate::config::ClusterConfig;
 use link::{Link, Queued};
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::{Frame, WireMessage};
+
+/// A connection to a peer's relay port: a TCP stream in production, a simulated one in the
+/// simulation.
+pub(crate) trait PeerIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+pub(crate) type PeerStream = Box<dyn PeerIo>;
+/// Opens a connection to a peer's relay address.
+pub(crate) type Dialer = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<PeerStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The production dialer: TCP, without Nagle's delay.
+fn tcp_dialer() -> Dialer {
+    Arc::new(|addr| {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as PeerStream)
+        })
+    })
+}
 
 /// Counters for operators (see README, Operations).
 #[derive(Debug, Default)]
@@ -114,8 +142,11 @@ pub struct Cluster {
     pub remote: RemoteRoutes,
     /// One link per known node. A node the failure detector gives up on keeps its link (queue,
     /// routes and all, marked suspended) for `cluster.hold_secs` in case it was only frozen or
-    /// cut off: it then resumes where it stopped.
-    links: RwLock<HashMap<Arc<str>, Arc<Link>>>,
+    /// cut off: it then resumes where it stopped. (Ordered, so iteration is the same on
+    /// every run: the simulation replays exactly.)
+    links: RwLock<BTreeMap<Arc<str>, Arc<Link>>>,
+    /// How links reach their peers.
+    dial: Dialer,
     /// How far each peer's incoming link has been processed.
     progress: RelayProgress,
     /// Per shared group: whose turn it is among the nodes serving it.
@@ -208,6 +239,14 @@ impl RelayProgress {
             run.last = seq;
         }
     }
+}
+
+/// Who a node is on the network.
+struct Identity {
+    key: Option<[u8; 32]>,
+    generation: u64,
+    gossip_addr: SocketAddr,
+    peer_addr: SocketAddr,
 }
 
 /// This node's id: the configured one, else the host name.
@@ -322,27 +361,18 @@ impl Cluster {
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
 
-        let cluster = Arc::new(Cluster {
-            node_id,
-            generation,
-            name: config.name.clone(),
-            gossip_addr,
-            peer_addr,
-            key,
-            broker: Arc::downgrade(broker),
-            local: LocalRoutes::default(),
-            remote: RemoteRoutes::default(),
-            links: RwLock::new(HashMap::new()),
-            progress: RelayProgress::default(),
-            group_turns: Mutex::new(HashMap::new()),
-            routes_dirty: Notify::new(),
-            members: AtomicUsize::new(0),
-            routes_pending: AtomicUsize::new(0),
-            metrics,
-            chitchat: Mutex::new(None),
-            shutdown: watch::channel(false).0,
+        let cluster = Cluster::assemble(
             config,
-        });
+            broker,
+            Identity {
+                key,
+                generation,
+                gossip_addr,
+                peer_addr,
+            },
+            metrics,
+            tcp_dialer(),
+        );
         let chitchat = handle.chitchat();
         *cluster.chitchat.lock() = Some(handle);
 
@@ -379,6 +409,39 @@ impl Cluster {
             secret = cluster.key.is_some(), "cluster node started"
         );
         Ok(cluster)
+    }
+
+    /// The cluster's state, before anything runs: `start` adds chitchat and the tasks, the
+    /// simulation its own.
+    fn assemble(
+        config: ClusterConfig,
+        broker: &Arc<Broker>,
+        id: Identity,
+        metrics: ClusterMetrics,
+        dial: Dialer,
+    ) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            node_id: broker.node_id.clone(),
+            generation: id.generation,
+            name: config.name.clone(),
+            gossip_addr: id.gossip_addr,
+            peer_addr: id.peer_addr,
+            key: id.key,
+            broker: Arc::downgrade(broker),
+            local: LocalRoutes::default(),
+            remote: RemoteRoutes::default(),
+            links: RwLock::new(BTreeMap::new()),
+            dial,
+            progress: RelayProgress::default(),
+            group_turns: Mutex::new(HashMap::new()),
+            routes_dirty: Notify::new(),
+            members: AtomicUsize::new(0),
+            routes_pending: AtomicUsize::new(0),
+            metrics,
+            chitchat: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+            config,
+        })
     }
 
     pub(crate) fn broker(&self) -> Option<Arc<Broker>> {
@@ -448,7 +511,7 @@ impl Cluster {
         let spread = Duration::from_millis(self.config.gossip_interval_ms * 3);
         tokio::time::sleep_until(until.min(tokio::time::Instant::now() + spread)).await;
         self.shutdown.send_replace(true);
-        for link in self.links.write().drain().map(|(_, l)| l) {
+        for link in std::mem::take(&mut *self.links.write()).into_values() {
             link.close();
         }
         let handle = self.chitchat.lock().take();
@@ -530,6 +593,7 @@ impl Cluster {
     fn apply_retained(&self, messages: Vec<WireMessage>) {
         let Some(broker) = self.broker() else { return };
         for m in messages {
+            broker.clock.observe(m.stamp);
             broker.retained.set(Arc::new(m.into_message()));
         }
     }
@@ -580,7 +644,7 @@ impl ClusterHook for Cluster {
         }
         let links = self.links.read();
         // node -> (ordinary subscribers wanted, shared groups it delivers)
-        let mut targets: HashMap<Arc<str>, (bool, Vec<String>)> = HashMap::new();
+        let mut targets: BTreeMap<Arc<str>, (bool, Vec<String>)> = BTreeMap::new();
         for n in &matched.nodes {
             targets.entry(n.clone()).or_default().0 = true;
         }
@@ -666,7 +730,7 @@ impl Cluster {
         &self,
         local: Vec<(Arc<str>, bool)>,
         remote: Vec<(Arc<str>, routes::NodeList)>,
-        links: &HashMap<Arc<str>, Arc<Link>>,
+        links: &BTreeMap<Arc<str>, Arc<Link>>,
     ) -> Vec<(Arc<str>, Option<Arc<str>>)> {
         if local.is_empty() && remote.is_empty() {
             return Vec::new();

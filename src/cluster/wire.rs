@@ -43,7 +43,7 @@ pub struct WireMessage {
     pub expiry_secs: Option<u32>,
     pub publisher: Option<String>,
     pub origin: String,
-    pub timestamp_ms: u64,
+    pub stamp: u64,
 }
 
 impl WireMessage {
@@ -64,7 +64,7 @@ impl WireMessage {
             expiry_secs,
             publisher: m.publisher.as_deref().map(str::to_string),
             origin: m.origin.as_deref().unwrap_or(local).to_string(),
-            timestamp_ms: m.timestamp_ms,
+            stamp: m.stamp,
         })
     }
 
@@ -88,7 +88,7 @@ impl WireMessage {
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
             publisher: self.publisher.map(Arc::from),
             origin: Some(self.origin.into()),
-            timestamp_ms: self.timestamp_ms,
+            stamp: self.stamp,
         }
     }
 }
@@ -324,6 +324,31 @@ pub fn nonce() -> [u8; 32] {
     n
 }
 
+thread_local! {
+    /// Set by the simulation: its seeded source of randomness (xorshift state), so a run
+    /// replays exactly. Production leaves it unset and gets the OS's.
+    static SEEDED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Seeds `random_u64` on this thread (the simulation runs every node on one thread).
+#[cfg(test)]
+pub fn seed_random(seed: u64) {
+    SEEDED.with(|s| s.set(Some(seed.max(1))));
+}
+
+/// A random number for the choices that shape behaviour (link epochs, backoff jitter).
+pub fn random_u64() -> u64 {
+    if let Some(mut x) = SEEDED.with(std::cell::Cell::get) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        SEEDED.with(|s| s.set(Some(x)));
+        return x;
+    }
+    let n = nonce();
+    u64::from_be_bytes(n[..8].try_into().expect("8 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,7 +367,7 @@ mod tests {
             expiry_secs: Some(30),
             publisher: Some("client".into()),
             origin: "node1".into(),
-            timestamp_ms: 1234,
+            stamp: 1234,
         }
     }
 
