@@ -31,6 +31,11 @@ pub struct Message {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
+    // In the cluster simulation, the simulated wall clock: a run replays exactly.
+    #[cfg(test)]
+    if let Some(since_epoch) = turmoil::since_epoch() {
+        return since_epoch.as_millis() as u64;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -133,7 +133,18 @@ pub(crate) async fn receive(
     let peer: Arc<str> = peer.into();
     // One connection per peer run at a time: the one being served (a connection the peer
     // already gave up on, say) stops first, so two never process the same frames.
-    let mut turn = cluster.enter_link(&peer, generation);
+    let Some(mut turn) = cluster.enter_link(&peer, generation) else {
+        let reason =
+            "that run of your node is over here (a newer one joined, or it was given up on)";
+        let _ = wire::write_frame(
+            &mut writer,
+            &Frame::Refused {
+                reason: reason.into(),
+            },
+        )
+        .await;
+        return Err(reason.into());
+    };
     let _gate = tokio::time::timeout(TAKEOVER_WAIT, turn.gate.clone().lock_owned())
         .await
         .map_err(|_| "the previous connection of this peer did not stop".to_string())?;

@@ -62,10 +62,17 @@ impl Outgoing {
     }
 }
 
-/// Where this link's one-time retained set stands.
+/// Which retained messages a sync sends: all of them, or those that entered the cluster at
+/// the listed nodes.
+pub type RetainedScope<'a> = Option<&'a [Arc<str>]>;
+
+/// Where this link's retained syncs stand: the whole set once per link, and the messages of
+/// nodes whose runs ended (see `Link::resync_origin`).
 enum RetainedSync {
-    /// Not started: taken from the store when the first connection comes up.
+    /// The whole set, not started: taken from the store when the first connection comes up.
     Due,
+    /// The messages that entered at these nodes, not started.
+    DueFrom(Vec<Arc<str>>),
     /// Batches not sent yet (the ones sent are reliable frames in the queue).
     Sending(VecDeque<Vec<WireMessage>>),
     Done,
@@ -81,6 +88,8 @@ struct LinkQueue {
     /// When the peer last acknowledged progress (or the queue was last empty).
     progress_at: Instant,
     retained: RetainedSync,
+    /// Origins to resync once the sync on its way is done.
+    pending_resync: Vec<Arc<str>>,
     /// Frames dropped since the queue last had room (logged once per episode).
     episode_drops: u64,
 }
@@ -156,6 +165,7 @@ impl Link {
                 next_seq: 1,
                 progress_at: Instant::now(),
                 retained: RetainedSync::Due,
+                pending_resync: Vec::new(),
                 episode_drops: 0,
             }),
             wake: Notify::new(),
@@ -279,6 +289,27 @@ impl Link {
         None
     }
 
+    /// A node's run ended (crashed, restarted, given up on) perhaps before its last retained
+    /// writes reached the peer at this link's other end: send the peer the ones that entered
+    /// the cluster there, as this node has them. The last-writer-wins order makes it harmless
+    /// where the peer already has them, and all surviving nodes converge.
+    pub fn resync_origin(&self, origin: &Arc<str>) {
+        let mut q = self.queue.lock();
+        match &mut q.retained {
+            RetainedSync::Due => {}
+            RetainedSync::DueFrom(origins) => {
+                if !origins.contains(origin) {
+                    origins.push(origin.clone());
+                }
+            }
+            // A set on its way was taken before this; its scope is sent again afterwards.
+            RetainedSync::Sending(_) => q.pending_resync.push(origin.clone()),
+            RetainedSync::Done => q.retained = RetainedSync::DueFrom(vec![origin.clone()]),
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
     /// Stops the link's task; what is queued is dropped. Returns how many frames that was.
     pub fn close(&self) -> usize {
         self.stop.send_replace(true);
@@ -336,7 +367,7 @@ impl Link {
     fn take_batch(
         &self,
         out: &mut BytesMut,
-        retained_set: impl FnOnce() -> Vec<Vec<WireMessage>>,
+        retained_set: impl FnOnce(RetainedScope<'_>) -> Vec<Vec<WireMessage>>,
     ) -> usize {
         let mut q = self.queue.lock();
         let mut n = 0;
@@ -351,8 +382,14 @@ impl Link {
             n += 1;
         }
         if q.bytes <= self.bounds.window_bytes {
-            if matches!(q.retained, RetainedSync::Due) {
-                q.retained = RetainedSync::Sending(retained_set().into());
+            match std::mem::replace(&mut q.retained, RetainedSync::Done) {
+                RetainedSync::Due => {
+                    q.retained = RetainedSync::Sending(retained_set(None).into());
+                }
+                RetainedSync::DueFrom(origins) => {
+                    q.retained = RetainedSync::Sending(retained_set(Some(&origins)).into());
+                }
+                other => q.retained = other,
             }
             if let RetainedSync::Sending(batches) = &mut q.retained {
                 match batches.pop_front() {
@@ -373,7 +410,11 @@ impl Link {
                         }
                     }
                     None => {
-                        q.retained = RetainedSync::Done;
+                        q.retained = if q.pending_resync.is_empty() {
+                            RetainedSync::Done
+                        } else {
+                            RetainedSync::DueFrom(std::mem::take(&mut q.pending_resync))
+                        };
                         tracing::debug!(peer = %self.node_id, "retained set sent");
                     }
                 }
@@ -485,7 +526,7 @@ async fn serve(
     let mut wbuf = BytesMut::with_capacity(BATCH_BYTES);
     loop {
         if wbuf.is_empty() {
-            let n = link.take_batch(&mut wbuf, || cluster.retained_batches());
+            let n = link.take_batch(&mut wbuf, |scope| cluster.retained_batches(scope));
             Metrics::add(&cluster.metrics.frames_forwarded, n as u64);
         }
         // Biased (in this order) so a simulation replays exactly; reading first is also what
@@ -638,7 +679,7 @@ mod tests {
         )
     }
 
-    fn none() -> Vec<Vec<WireMessage>> {
+    fn none(_: RetainedScope<'_>) -> Vec<Vec<WireMessage>> {
         Vec::new()
     }
 
@@ -715,7 +756,7 @@ mod tests {
                 stamp: 1,
             }]
         };
-        let set = || (0..3).map(batch).collect::<Vec<_>>();
+        let set = |_: RetainedScope<'_>| (0..3).map(batch).collect::<Vec<_>>();
         l.send_publish(true, true, vec![], Bytes::from_static(b"live"));
         let mut out = BytesMut::new();
         // Live traffic first, then one batch of the set.
@@ -735,6 +776,15 @@ mod tests {
         l.take_batch(&mut out, set);
         assert!(matches!(l.queue.lock().retained, RetainedSync::Done));
         assert!(!l.has_more());
+        // A node's run ended: its messages are sent again, and only those.
+        let gone: Arc<str> = "n3".into();
+        l.resync_origin(&gone);
+        let mut scopes = Vec::new();
+        l.take_batch(&mut out, |scope| {
+            scopes.push(scope.map(<[Arc<str>]>::to_vec));
+            vec![batch(9)]
+        });
+        assert_eq!(scopes, vec![Some(vec![gone])]);
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod inbound;
 mod link;
 mod membership;
 pub mod routes;
+#[cfg(test)]
+mod sim;
 mod transport;
 pub mod wire;
 
@@ -185,13 +187,25 @@ pub(crate) struct Turn {
 /// new one makes the current one stop and waits for it, so two can never process the same
 /// frames.
 #[derive(Default)]
-struct RelayProgress(Mutex<HashMap<(Arc<str>, u64), PeerRun>>);
+struct RelayProgress(Mutex<Runs>);
+
+#[derive(Default)]
+struct Runs {
+    runs: HashMap<(Arc<str>, u64), PeerRun>,
+    /// Per peer: its runs up to this generation are over (membership saw them end); their
+    /// connections are refused, and the ones still open stop.
+    retired: HashMap<Arc<str>, u64>,
+}
 
 impl RelayProgress {
     /// A new connection from `peer`'s run `generation`: its turn, which the connection now
-    /// being served (if any) is told to give up.
-    fn enter(&self, peer: &Arc<str>, generation: u64) -> Turn {
-        let mut p = self.0.lock();
+    /// being served (if any) is told to give up. None for a run that is over.
+    fn enter(&self, peer: &Arc<str>, generation: u64) -> Option<Turn> {
+        let mut guard = self.0.lock();
+        let Runs { runs: p, retired } = &mut *guard;
+        if retired.get(peer).is_some_and(|r| generation <= *r) {
+            return None;
+        }
         // Older generations of this peer will never come back.
         p.retain(|(n, g), _| n != peer || *g >= generation);
         let run = p
@@ -207,11 +221,29 @@ impl RelayProgress {
             *t += 1;
             ticket = *t;
         });
-        Turn {
+        Some(Turn {
             gate: run.gate.clone(),
             ticket,
             superseded: run.turn.subscribe(),
-        }
+        })
+    }
+
+    /// `peer`'s runs up to `generation` are over: a frame still on its way from one of them
+    /// (held in the network, say) must not be applied after the others have moved on, so
+    /// their open connections stop and new ones are refused.
+    fn retire(&self, peer: &Arc<str>, generation: u64) {
+        let mut guard = self.0.lock();
+        let Runs { runs, retired } = &mut *guard;
+        let floor = retired.entry(peer.clone()).or_insert(0);
+        *floor = (*floor).max(generation);
+        let floor = *floor;
+        runs.retain(|(n, g), run| {
+            let over = n == peer && *g <= floor;
+            if over {
+                run.turn.send_modify(|t| *t += 1);
+            }
+            !over
+        });
     }
 
     /// A link from `peer` authenticated with `epoch` (and through the gate): where it resumes.
@@ -219,7 +251,7 @@ impl RelayProgress {
     /// epoch (a link the peer made anew) starts from zero.
     fn begin(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
         let mut p = self.0.lock();
-        let Some(run) = p.get_mut(&(peer.clone(), generation)) else {
+        let Some(run) = p.runs.get_mut(&(peer.clone(), generation)) else {
             return 0;
         };
         if run.epoch != epoch {
@@ -232,7 +264,7 @@ impl RelayProgress {
     /// Records what a link processed, if it is still the peer's newest link; never backwards.
     fn record(&self, peer: &Arc<str>, generation: u64, epoch: u64, seq: u64) {
         let mut p = self.0.lock();
-        if let Some(run) = p.get_mut(&(peer.clone(), generation))
+        if let Some(run) = p.runs.get_mut(&(peer.clone(), generation))
             && run.epoch == epoch
             && seq > run.last
         {
@@ -520,7 +552,7 @@ impl Cluster {
         }
     }
 
-    pub(crate) fn enter_link(&self, peer: &Arc<str>, generation: u64) -> Turn {
+    pub(crate) fn enter_link(&self, peer: &Arc<str>, generation: u64) -> Option<Turn> {
         self.progress.enter(peer, generation)
     }
 
@@ -533,8 +565,17 @@ impl Cluster {
     }
 
     /// Stops the link to a node and forgets its routes; returns how many frames were dropped.
+    /// That run of the node is over, perhaps with retained writes that reached some nodes and
+    /// not others: every other link resends the ones this node has from it.
     fn drop_node(&self, node: &Arc<str>) -> usize {
-        let dropped = self.links.write().remove(node).map_or(0, |l| l.close());
+        let link = self.links.write().remove(node);
+        if let Some(link) = &link {
+            self.progress.retire(node, link.generation);
+        }
+        let dropped = link.map_or(0, |l| l.close());
+        for link in self.links.read().values() {
+            link.resync_origin(node);
+        }
         Metrics::add(&self.metrics.relay_dropped, dropped as u64);
         self.remote.remove_node(node);
         dropped
@@ -598,8 +639,9 @@ impl Cluster {
         }
     }
 
-    /// This node's retained messages and tombstones, in batches for `Retained` frames.
-    fn retained_batches(&self) -> Vec<Vec<WireMessage>> {
+    /// This node's retained messages and tombstones (those that entered at the `scope` nodes,
+    /// or all), in batches for `Retained` frames.
+    fn retained_batches(&self, scope: link::RetainedScope<'_>) -> Vec<Vec<WireMessage>> {
         let Some(broker) = self.broker() else {
             return Vec::new();
         };
@@ -609,6 +651,12 @@ impl Cluster {
             .snapshot()
             .iter()
             .filter(|m| !m.topic.starts_with("$SYS/"))
+            .filter(|m| {
+                scope.is_none_or(|origins| {
+                    let origin = m.origin.as_deref().unwrap_or(&self.node_id);
+                    origins.iter().any(|o| **o == *origin)
+                })
+            })
             .filter_map(|m| WireMessage::from_message(m, &self.node_id))
             .collect();
         wire::retained_batches(all, wire::RETAINED_BATCH_BYTES)
@@ -845,17 +893,17 @@ mod tests {
         // A new run of the peer (generation) forgets the old one.
         progress.enter(&peer, 8);
         assert_eq!(progress.begin(&peer, 8, 200), 0);
-        assert_eq!(progress.0.lock().len(), 1);
+        assert_eq!(progress.0.lock().runs.len(), 1);
     }
 
     #[tokio::test]
     async fn one_connection_per_peer_run_at_a_time() {
         let progress = RelayProgress::default();
         let peer: Arc<str> = "n2".into();
-        let first = progress.enter(&peer, 7);
+        let first = progress.enter(&peer, 7).unwrap();
         let held = first.gate.clone().lock_owned().await;
         let mut watching = first.superseded.clone();
-        let second = progress.enter(&peer, 7);
+        let second = progress.enter(&peer, 7).unwrap();
         assert_ne!(second.ticket, first.ticket);
         // The first connection is told to step aside...
         watching.changed().await.unwrap();
@@ -864,5 +912,14 @@ mod tests {
         assert!(second.gate.clone().try_lock_owned().is_err());
         drop(held);
         assert!(second.gate.clone().try_lock_owned().is_ok());
+        // Membership saw run 7 end: its connection stops, and no new one gets in.
+        let mut watching = second.superseded.clone();
+        progress.retire(&peer, 7);
+        watching.changed().await.unwrap();
+        assert!(progress.enter(&peer, 7).is_none());
+        assert!(
+            progress.enter(&peer, 8).is_some(),
+            "the next run is welcome"
+        );
     }
 }

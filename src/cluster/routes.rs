@@ -316,6 +316,16 @@ impl RemoteRoutes {
         }
     }
 
+    /// The routes in force for `node` (its gossiped set with the pushes newer than it).
+    pub fn routes_of(&self, node: &str) -> HashSet<String> {
+        self.index
+            .read()
+            .nodes
+            .get(node)
+            .map(|n| n.effective.clone())
+            .unwrap_or_default()
+    }
+
     /// Number of (node, route) pairs known.
     pub fn len(&self) -> usize {
         self.index
