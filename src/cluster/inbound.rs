@@ -76,6 +76,7 @@ impl Receiving {
                     seq,
                     normal,
                     groups,
+                    held_ms,
                     message,
                 } => {
                     if seq != 0 && seq <= self.last {
@@ -84,13 +85,24 @@ impl Receiving {
                     let message = wire::decode_message(&message)?;
                     let groups: Vec<Arc<str>> = groups.into_iter().map(Arc::from).collect();
                     Metrics::add(&cluster.metrics.frames_received, 1);
-                    if let Some(broker) = cluster.broker() {
-                        broker.publish_from_peer(
-                            Arc::new(message.into_message()),
-                            normal,
-                            &groups,
-                            &mut self.held,
-                        );
+                    let broker = cluster.broker();
+                    match wire::after_holding(message, held_ms) {
+                        Some(message) => {
+                            if let Some(broker) = broker {
+                                broker.publish_from_peer(
+                                    Arc::new(message.into_message()),
+                                    normal,
+                                    &groups,
+                                    &mut self.held,
+                                );
+                            }
+                        }
+                        // Expired while it waited for this node: as a queued message expires.
+                        None => {
+                            if let Some(broker) = broker {
+                                Metrics::add(&broker.metrics.dropped_expired, 1);
+                            }
+                        }
                     }
                     if seq != 0 {
                         self.last = seq;

@@ -53,12 +53,54 @@ pub struct LinkBounds {
 struct Outgoing {
     /// Sequence number of a reliable frame; 0 for the others.
     seq: u64,
-    bytes: Bytes,
+    body: Body,
+}
+
+enum Body {
+    /// Encoded when written, with how long it waited here: message expiry counts down
+    /// while a message is queued for a peer (or waits for it to come back).
+    Publish {
+        normal: bool,
+        groups: Vec<String>,
+        message: Bytes,
+        queued_at: Instant,
+    },
+    Encoded(Bytes),
 }
 
 impl Outgoing {
     fn cost(&self) -> usize {
-        self.bytes.len() + FRAME_OVERHEAD
+        let bytes = match &self.body {
+            Body::Publish {
+                groups, message, ..
+            } => message.len() + groups.iter().map(|g| g.len() + 8).sum::<usize>(),
+            Body::Encoded(bytes) => bytes.len(),
+        };
+        bytes + FRAME_OVERHEAD
+    }
+
+    fn write_to(&self, out: &mut BytesMut) -> Result<(), String> {
+        match &self.body {
+            Body::Publish {
+                normal,
+                groups,
+                message,
+                queued_at,
+            } => wire::encode_frame(
+                &Frame::Publish {
+                    seq: self.seq,
+                    normal: *normal,
+                    groups: groups.clone(),
+                    held_ms: queued_at.elapsed().as_millis() as u64,
+                    message: message.clone(),
+                },
+                out,
+            ),
+            Body::Encoded(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -230,16 +272,15 @@ impl Link {
             return Queued::Dropped;
         }
         let seq = if reliable { q.next_seq() } else { 0 };
-        let frame = Frame::Publish {
+        q.push(Outgoing {
             seq,
-            normal,
-            groups,
-            message,
-        };
-        let Ok(bytes) = wire::frame_bytes(&frame) else {
-            return Queued::Dropped;
-        };
-        q.push(Outgoing { seq, bytes });
+            body: Body::Publish {
+                normal,
+                groups,
+                message,
+                queued_at: Instant::now(),
+            },
+        });
         let state = if !self.is_connected()
             || self.suspended_since().is_some()
             || q.progress_at.elapsed() >= STALLED_AFTER
@@ -264,7 +305,10 @@ impl Link {
         if self.admit(&mut q, bytes.len() + FRAME_OVERHEAD).is_none() {
             return false;
         }
-        q.push(Outgoing { seq: 0, bytes });
+        q.push(Outgoing {
+            seq: 0,
+            body: Body::Encoded(bytes),
+        });
         drop(q);
         self.wake.notify_one();
         true
@@ -373,7 +417,12 @@ impl Link {
         let mut n = 0;
         while out.len() < BATCH_BYTES {
             let Some(o) = q.unsent.pop_front() else { break };
-            out.extend_from_slice(&o.bytes);
+            if let Err(e) = o.write_to(out) {
+                // Bounded when queued; cannot happen, and must not stop the link if it does.
+                tracing::warn!(peer = %self.node_id, error = %e, "frame not sent");
+                q.bytes -= o.cost();
+                continue;
+            }
             if o.seq != 0 {
                 q.unacked.push_back(o);
             } else {
@@ -399,7 +448,10 @@ impl Link {
                         match wire::frame_bytes(&frame) {
                             Ok(bytes) => {
                                 out.extend_from_slice(&bytes);
-                                let o = Outgoing { seq, bytes };
+                                let o = Outgoing {
+                                    seq,
+                                    body: Body::Encoded(bytes),
+                                };
                                 q.bytes += o.cost();
                                 q.unacked.push_back(o);
                                 n += 1;

@@ -16,7 +16,7 @@ use crate::codec::{Properties, QoS};
 /// Bumped when frames change incompatibly; peers with another version are refused.
 /// 2: Hello carries the link's epoch (progress is kept per link incarnation).
 /// 3: retained sync is part of the reliable stream (`Retained` has a sequence number, no
-/// `RetainedRequest`); `Heartbeat`.
+/// `RetainedRequest`); `Heartbeat`; `Publish` says how long it waited in the queue.
 pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
@@ -125,6 +125,8 @@ pub enum Frame {
         seq: u64,
         normal: bool,
         groups: Vec<String>,
+        /// Milliseconds it waited in the sender's queue: its expiry counts that time.
+        held_ms: u64,
         message: Bytes,
     },
     /// Acceptor to dialer: every sequence number up to here is processed. Also sent as the
@@ -155,6 +157,19 @@ pub fn encode_message(m: &WireMessage) -> Bytes {
     bincode::serde::encode_to_vec(m, config())
         .expect("wire messages always encode")
         .into()
+}
+
+/// The message as it arrives after `held_ms` in the sender's queue: its expiry interval less
+/// that time, or None when it expired on the way.
+pub fn after_holding(mut m: WireMessage, held_ms: u64) -> Option<WireMessage> {
+    if let Some(secs) = m.expiry_secs {
+        let left_ms = (u64::from(secs) * 1000).checked_sub(held_ms)?;
+        if left_ms == 0 {
+            return None;
+        }
+        m.expiry_secs = Some(left_ms.div_ceil(1000) as u32);
+    }
+    Some(m)
 }
 
 pub fn decode_message(bytes: &[u8]) -> Result<WireMessage, String> {
@@ -386,6 +401,7 @@ mod tests {
                 seq: 9,
                 normal: true,
                 groups: vec!["$share/g/t".into()],
+                held_ms: 1500,
                 message: encode_message(&sample()),
             },
             Frame::Ack { upto: 9 },
@@ -410,6 +426,23 @@ mod tests {
             unreachable!()
         };
         assert_eq!(decode_message(message).unwrap(), sample());
+    }
+
+    #[test]
+    fn expiry_counts_the_time_a_message_waited_for_a_peer() {
+        let m = sample(); // 30 s to live
+        assert_eq!(after_holding(m.clone(), 0).unwrap().expiry_secs, Some(30));
+        assert_eq!(
+            after_holding(m.clone(), 12_500).unwrap().expiry_secs,
+            Some(18)
+        );
+        assert!(after_holding(m.clone(), 30_000).is_none());
+        assert!(after_holding(m, 45_000).is_none(), "held past its expiry");
+        let forever = WireMessage {
+            expiry_secs: None,
+            ..sample()
+        };
+        assert!(after_holding(forever, u64::MAX).is_some());
     }
 
     #[test]
