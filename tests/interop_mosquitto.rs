@@ -157,18 +157,35 @@ async fn retained_message_reaches_a_later_subscriber_and_is_deleted() {
         .await;
         assert_eq!(out.trim(), format!("{topic} 1 kept"));
         publish(&b, version, &["-t", &topic, "-n", "-r"]).await;
-        // Nothing retained now: a subscriber with a 1 s timeout sees no message.
+        // Nothing retained now: a subscriber with a 1 s timeout is subscribed (its debug
+        // output shows the SUBACK, so the broker is up and answering) and sees no message.
         // (mosquitto_sub exits non-zero on its -W timeout, so this one is not `run`.)
+        let rest = [
+            "-d",
+            "-t",
+            &topic,
+            "-C",
+            "1",
+            "-W",
+            "1",
+            "-F",
+            "MESSAGE %t %p",
+        ];
         let out = tokio::process::Command::new("mosquitto_sub")
-            .args(args(&b, version, &["-t", &topic, "-C", "1", "-W", "1"]))
+            .args(args(&b, version, &rest))
             .output();
         let out = tokio::time::timeout(LIMIT, out)
             .await
             .expect("in time")
             .expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.stdout.is_empty(),
-            "{version}: deleted retained message still delivered"
+            text.contains("received SUBACK"),
+            "{version}: the subscriber never got subscribed: {text}"
+        );
+        assert!(
+            !text.contains("MESSAGE "),
+            "{version}: deleted retained message still delivered: {text}"
         );
     }
 }

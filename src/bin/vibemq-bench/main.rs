@@ -725,8 +725,10 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
     let mut histogram: Histogram<u64> =
         Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let (mut deliveries, mut unique, mut duplicates) = (0, 0, 0);
-    // Messages acknowledged to their publisher that a subscriber matching them never got.
+    // Messages acknowledged to their publisher that a subscriber matching them never got
+    // (in all, and per publisher).
     let mut lost_acked = 0u64;
+    let mut lost_acked_by = vec![0u64; acked_by.len()];
     let mut last_receive = None;
     let mut slow_received = 0;
     for s in slow {
@@ -736,7 +738,9 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
         if let Ok(r) = s.await {
             for (p, &acked) in acked_by.iter().enumerate() {
                 if vibemq::topic::matches(&filters[i], &pattern(&opts.topic, p)) {
-                    lost_acked += acked - seen_below(&r.seen, p as u32, acked).min(acked);
+                    let lost = acked - seen_below(&r.seen, p as u32, acked).min(acked);
+                    lost_acked += lost;
+                    lost_acked_by[p] += lost;
                 }
             }
             deliveries += r.deliveries;
@@ -763,6 +767,8 @@ async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde_json::Valu
         "lost": expected.saturating_sub(unique),
         "acked": acked_by.iter().sum::<u64>(),
         "lost_acked": lost_acked,
+        "acked_by_publisher": acked_by,
+        "lost_acked_by_publisher": lost_acked_by,
         "duplicates": duplicates,
         "slow_received": slow_received,
         "seconds": (window * 1000.0).round() / 1000.0,
