@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
 # (mosquitto-clients, dnsmasq-base, the deployment validators, cargo-fuzz), then formatting,
-# lints, the deployment checks, the Docker Compose test, a bounded fuzzing slice and every
-# test. Fails loudly; skips nothing.
+# lints, the deployment checks, the Docker Compose test, a chaos run of the Compose cluster, a
+# bounded fuzzing slice and every test (the cluster simulation's 200 seeds among them). Fails
+# loudly; skips nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,9 @@ python3 scripts/check-deploy.py target/debug/vibemq
 
 log "docker compose: the README's steps against the real engine"
 bash scripts/compose-test.sh
+
+log "chaos: the Compose cluster under load and faults for ${CHAOS_SECONDS:-60}s (scripts/chaos.sh SECONDS for longer)"
+bash scripts/chaos.sh "${CHAOS_SECONDS:-60}"
 
 log "fuzzing: each target for ${FUZZ_SECONDS:-60}s (scripts/fuzz.sh SECONDS for longer)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -5,9 +5,11 @@
 //! to every node. The broker sees all this only through the `ClusterHook` trait.
 
 mod discovery;
+mod groups;
 mod inbound;
 mod link;
 mod membership;
+mod progress;
 pub mod routes;
 #[cfg(test)]
 mod sim;
@@ -31,6 +33,7 @@ use crate::broker::{Broker, ClusterHook, Forwarded, Message, Metrics, now_ms};
 use crate::codec::QoS;
 use crate::config::ClusterConfig;
 use link::{Link, Queued};
+use progress::{RelayProgress, Turn};
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::{Frame, WireMessage};
 
@@ -160,117 +163,6 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     chitchat: Mutex<Option<ChitchatHandle>>,
     shutdown: watch::Sender<bool>,
-}
-
-/// How far the newest link from one peer run has been processed, and the gate that lets one
-/// connection of that run in at a time.
-struct PeerRun {
-    epoch: u64,
-    last: u64,
-    /// Held by the connection being served.
-    gate: Arc<tokio::sync::Mutex<()>>,
-    /// Bumped by each new connection: the one being served sees it and steps aside.
-    turn: watch::Sender<u64>,
-}
-
-/// A connection's place in line for its peer run (see `RelayProgress::enter`).
-pub(crate) struct Turn {
-    pub gate: Arc<tokio::sync::Mutex<()>>,
-    pub ticket: u64,
-    pub superseded: watch::Receiver<u64>,
-}
-
-/// Per (peer, peer generation): the epoch of its newest incoming link and the last reliable
-/// sequence number processed on it. Resumption is keyed on the link's incarnation, so it can
-/// neither skip (a new link counting from 1 under an old link's mark) nor go back (a stale
-/// link moving the mark of a newer one). Connections of one run are served one at a time: a
-/// new one makes the current one stop and waits for it, so two can never process the same
-/// frames.
-#[derive(Default)]
-struct RelayProgress(Mutex<Runs>);
-
-#[derive(Default)]
-struct Runs {
-    runs: HashMap<(Arc<str>, u64), PeerRun>,
-    /// Per peer: its runs up to this generation are over (membership saw them end); their
-    /// connections are refused, and the ones still open stop.
-    retired: HashMap<Arc<str>, u64>,
-}
-
-impl RelayProgress {
-    /// A new connection from `peer`'s run `generation`: its turn, which the connection now
-    /// being served (if any) is told to give up. None for a run that is over.
-    fn enter(&self, peer: &Arc<str>, generation: u64) -> Option<Turn> {
-        let mut guard = self.0.lock();
-        let Runs { runs: p, retired } = &mut *guard;
-        if retired.get(peer).is_some_and(|r| generation <= *r) {
-            return None;
-        }
-        // Older generations of this peer will never come back.
-        p.retain(|(n, g), _| n != peer || *g >= generation);
-        let run = p
-            .entry((peer.clone(), generation))
-            .or_insert_with(|| PeerRun {
-                epoch: 0,
-                last: 0,
-                gate: Arc::default(),
-                turn: watch::channel(0).0,
-            });
-        let mut ticket = 0;
-        run.turn.send_modify(|t| {
-            *t += 1;
-            ticket = *t;
-        });
-        Some(Turn {
-            gate: run.gate.clone(),
-            ticket,
-            superseded: run.turn.subscribe(),
-        })
-    }
-
-    /// `peer`'s runs up to `generation` are over: a frame still on its way from one of them
-    /// (held in the network, say) must not be applied after the others have moved on, so
-    /// their open connections stop and new ones are refused.
-    fn retire(&self, peer: &Arc<str>, generation: u64) {
-        let mut guard = self.0.lock();
-        let Runs { runs, retired } = &mut *guard;
-        let floor = retired.entry(peer.clone()).or_insert(0);
-        *floor = (*floor).max(generation);
-        let floor = *floor;
-        runs.retain(|(n, g), run| {
-            let over = n == peer && *g <= floor;
-            if over {
-                run.turn.send_modify(|t| *t += 1);
-            }
-            !over
-        });
-    }
-
-    /// A link from `peer` authenticated with `epoch` (and through the gate): where it resumes.
-    /// The same epoch (a reconnect of the same link) resumes after what was processed; a new
-    /// epoch (a link the peer made anew) starts from zero.
-    fn begin(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
-        let mut p = self.0.lock();
-        let Some(run) = p.runs.get_mut(&(peer.clone(), generation)) else {
-            return 0;
-        };
-        if run.epoch != epoch {
-            run.epoch = epoch;
-            run.last = 0;
-        }
-        run.last
-    }
-
-    /// Records what a link processed, if it is still the peer's newest link; never backwards.
-    fn record(&self, peer: &Arc<str>, generation: u64, epoch: u64, seq: u64) {
-        let mut p = self.0.lock();
-        if let Some(run) = p.runs.get_mut(&(peer.clone(), generation))
-            && run.epoch == epoch
-            && seq > run.last
-        {
-            run.last = seq;
-        }
-    }
 }
 
 /// Who a node is on the network.
@@ -703,7 +595,13 @@ impl ClusterHook for Cluster {
             }
         }
         let mut forwarded = Forwarded::default();
-        for (key, node) in self.pick_group_nodes(local_groups, matched.groups, &links) {
+        let picks = groups::pick_nodes(
+            &mut self.group_turns.lock(),
+            local_groups,
+            matched.groups,
+            |n| links.get(n).is_some_and(|l| l.is_healthy()),
+        );
+        for (key, node) in picks {
             match node {
                 None => forwarded.local_groups.push(key),
                 Some(node) => targets.entry(node).or_default().1.push(key.to_string()),
@@ -769,65 +667,6 @@ impl ClusterHook for Cluster {
     }
 }
 
-impl Cluster {
-    /// Gives each matching shared group one node, in turn per group: None is this node
-    /// (`local` says whether a member is connected here). Nodes that can deliver now (a
-    /// connected member here, a healthy link there) are preferred; when none can, the turn
-    /// goes among all, so the message waits in a queue rather than being lost.
-    fn pick_group_nodes(
-        &self,
-        local: Vec<(Arc<str>, bool)>,
-        remote: Vec<(Arc<str>, routes::NodeList)>,
-        links: &BTreeMap<Arc<str>, Arc<Link>>,
-    ) -> Vec<(Arc<str>, Option<Arc<str>>)> {
-        if local.is_empty() && remote.is_empty() {
-            return Vec::new();
-        }
-        // group -> [(node, can deliver now)]
-        type Candidates = Vec<(Option<Arc<str>>, bool)>;
-        let mut groups: Vec<(Arc<str>, Candidates)> = local
-            .into_iter()
-            .map(|(g, online)| (g, vec![(None, online)]))
-            .collect();
-        for (key, nodes) in remote {
-            let candidates = nodes.into_iter().map(|n| {
-                let healthy = links.get(&n).is_some_and(|l| l.is_healthy());
-                (Some(n), healthy)
-            });
-            match groups.iter_mut().find(|(g, _)| *g == key) {
-                Some((_, c)) => c.extend(candidates),
-                None => groups.push((key, candidates.collect())),
-            }
-        }
-        let mut turns = self.group_turns.lock();
-        if turns.len() > 100_000 {
-            // Groups come and go; the turns only spread load, so forgetting them is harmless.
-            turns.clear();
-        }
-        groups
-            .into_iter()
-            .map(|(key, mut candidates)| {
-                // A stable order, so the turn means the same node each time.
-                candidates.sort_by(|a, b| a.0.cmp(&b.0));
-                let ready: Vec<&Option<Arc<str>>> = candidates
-                    .iter()
-                    .filter(|(_, ok)| *ok)
-                    .map(|(n, _)| n)
-                    .collect();
-                let pool: Vec<&Option<Arc<str>>> = if ready.is_empty() {
-                    candidates.iter().map(|(n, _)| n).collect()
-                } else {
-                    ready
-                };
-                let turn = turns.entry(key.clone()).or_insert(0);
-                let node = pool[*turn % pool.len()].clone();
-                *turn = turn.wrapping_add(1);
-                (key, node)
-            })
-            .collect()
-    }
-}
-
 /// Writes this node's routes into its gossip state whenever they change (batched: at most one
 /// write per 50 ms). Chunks are written before the version, so a peer that sees the new
 /// version has the chunks that go with it.
@@ -864,62 +703,5 @@ async fn gossip_routes(
         state.set(membership::KEY_ROUTES_CHUNKS, chunks.len());
         state.set(membership::KEY_ROUTES_VERSION, version);
         published = (version, chunks.len());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resumption_is_keyed_on_the_link_epoch() {
-        let progress = RelayProgress::default();
-        let peer: Arc<str> = "n2".into();
-        // A link processes up to 20,000, is cut, and reconnects: it resumes there.
-        progress.enter(&peer, 7);
-        assert_eq!(progress.begin(&peer, 7, 100), 0);
-        progress.record(&peer, 7, 100, 20_000);
-        assert_eq!(progress.begin(&peer, 7, 100), 20_000);
-        // The mark never goes back (a slower connection of the same link reporting late).
-        progress.record(&peer, 7, 100, 19_000);
-        assert_eq!(progress.begin(&peer, 7, 100), 20_000);
-        // The peer gave up on us and made a new link (the frozen-node case of issue 9): it
-        // counts from 1 again and must not have its first 20,000 frames skipped.
-        assert_eq!(progress.begin(&peer, 7, 200), 0);
-        progress.record(&peer, 7, 200, 5);
-        // A connection of the old link still draining cannot move the new link's mark.
-        progress.record(&peer, 7, 100, 20_001);
-        assert_eq!(progress.begin(&peer, 7, 200), 5);
-        // A new run of the peer (generation) forgets the old one.
-        progress.enter(&peer, 8);
-        assert_eq!(progress.begin(&peer, 8, 200), 0);
-        assert_eq!(progress.0.lock().runs.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn one_connection_per_peer_run_at_a_time() {
-        let progress = RelayProgress::default();
-        let peer: Arc<str> = "n2".into();
-        let first = progress.enter(&peer, 7).unwrap();
-        let held = first.gate.clone().lock_owned().await;
-        let mut watching = first.superseded.clone();
-        let second = progress.enter(&peer, 7).unwrap();
-        assert_ne!(second.ticket, first.ticket);
-        // The first connection is told to step aside...
-        watching.changed().await.unwrap();
-        assert_eq!(*watching.borrow(), second.ticket);
-        // ...and the second gets in only once it has.
-        assert!(second.gate.clone().try_lock_owned().is_err());
-        drop(held);
-        assert!(second.gate.clone().try_lock_owned().is_ok());
-        // Membership saw run 7 end: its connection stops, and no new one gets in.
-        let mut watching = second.superseded.clone();
-        progress.retire(&peer, 7);
-        watching.changed().await.unwrap();
-        assert!(progress.enter(&peer, 7).is_none());
-        assert!(
-            progress.enter(&peer, 8).is_some(),
-            "the next run is welcome"
-        );
     }
 }

@@ -1,0 +1,122 @@
+//! Shared subscriptions across nodes: which node delivers each message of a group. The
+//! publishing node gives each matching group one node, in turn per group, preferring nodes
+//! that can deliver now; the chosen node then picks one of its members (the router's job).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::routes::NodeList;
+
+/// Gives each matching shared group one node: None is this node (`local` says whether a
+/// member of the group is connected here), `can_deliver` says whether a node's link delivers.
+/// Nodes that can deliver now are preferred; when none can, the turn goes among all, so the
+/// message waits in a queue rather than being lost. `turns` keeps each group's turn.
+pub fn pick_nodes(
+    turns: &mut HashMap<Arc<str>, usize>,
+    local: Vec<(Arc<str>, bool)>,
+    remote: Vec<(Arc<str>, NodeList)>,
+    can_deliver: impl Fn(&str) -> bool,
+) -> Vec<(Arc<str>, Option<Arc<str>>)> {
+    if local.is_empty() && remote.is_empty() {
+        return Vec::new();
+    }
+    // group -> [(node, can deliver now)]
+    type Candidates = Vec<(Option<Arc<str>>, bool)>;
+    let mut groups: Vec<(Arc<str>, Candidates)> = local
+        .into_iter()
+        .map(|(g, online)| (g, vec![(None, online)]))
+        .collect();
+    for (key, nodes) in remote {
+        let candidates = nodes.into_iter().map(|n| {
+            let ok = can_deliver(&n);
+            (Some(n), ok)
+        });
+        match groups.iter_mut().find(|(g, _)| *g == key) {
+            Some((_, c)) => c.extend(candidates),
+            None => groups.push((key, candidates.collect())),
+        }
+    }
+    if turns.len() > 100_000 {
+        // Groups come and go; the turns only spread load, so forgetting them is harmless.
+        turns.clear();
+    }
+    groups
+        .into_iter()
+        .map(|(key, mut candidates)| {
+            // A stable order, so the turn means the same node each time.
+            candidates.sort_by(|a, b| a.0.cmp(&b.0));
+            let ready: Vec<&Option<Arc<str>>> = candidates
+                .iter()
+                .filter(|(_, ok)| *ok)
+                .map(|(n, _)| n)
+                .collect();
+            let pool: Vec<&Option<Arc<str>>> = if ready.is_empty() {
+                candidates.iter().map(|(n, _)| n).collect()
+            } else {
+                ready
+            };
+            let turn = turns.entry(key.clone()).or_insert(0);
+            let node = pool[*turn % pool.len()].clone();
+            *turn = turn.wrapping_add(1);
+            (key, node)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(names: &[&str]) -> NodeList {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    #[test]
+    fn each_group_takes_its_own_turns_among_nodes_that_can_deliver() {
+        let mut turns = HashMap::new();
+        let (g, h): (Arc<str>, Arc<str>) = ("$share/g/t".into(), "$share/h/t".into());
+        let mut picked = Vec::new();
+        for _ in 0..4 {
+            let picks = pick_nodes(
+                &mut turns,
+                vec![(g.clone(), true)],
+                vec![
+                    (g.clone(), nodes(&["n2"])),
+                    (h.clone(), nodes(&["n2", "n3"])),
+                ],
+                |_| true,
+            );
+            picked.push(picks);
+        }
+        // Group g alternates between here (None) and n2; group h between n2 and n3, each on
+        // its own count (one global counter made one group's turn skip in the other).
+        let g_nodes: Vec<Option<&str>> = picked.iter().map(|p| p[0].1.as_deref()).collect();
+        let h_nodes: Vec<Option<&str>> = picked.iter().map(|p| p[1].1.as_deref()).collect();
+        assert_eq!(g_nodes, [None, Some("n2"), None, Some("n2")]);
+        assert_eq!(h_nodes, [Some("n2"), Some("n3"), Some("n2"), Some("n3")]);
+    }
+
+    #[test]
+    fn nodes_that_cannot_deliver_are_passed_over_unless_none_can() {
+        let mut turns = HashMap::new();
+        let g: Arc<str> = "$share/g/t".into();
+        // No member connected here, n2's link down: n3 gets every message.
+        for _ in 0..3 {
+            let picks = pick_nodes(
+                &mut turns,
+                vec![(g.clone(), false)],
+                vec![(g.clone(), nodes(&["n2", "n3"]))],
+                |n| n == "n3",
+            );
+            assert_eq!(picks[0].1.as_deref(), Some("n3"));
+        }
+        // Nobody can deliver: the turn goes among all, and the message waits in a queue.
+        let picks = pick_nodes(
+            &mut turns,
+            vec![(g.clone(), false)],
+            vec![(g.clone(), nodes(&["n2"]))],
+            |_| false,
+        );
+        assert!(picks.len() == 1);
+    }
+}
