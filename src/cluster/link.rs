@@ -544,7 +544,7 @@ pub async fn run(link: Arc<Link>, cluster: Arc<Cluster>) {
     }
 }
 
-async fn serve(
+pub(super) async fn serve(
     link: &Link,
     cluster: &Cluster,
     stream: super::PeerStream,

@@ -566,6 +566,70 @@ fn check(w: &World, crashes: usize) -> Result<String, String> {
     ))
 }
 
+/// A bare cluster node for the handshake tests: no tasks of its own but accepting links.
+fn bare_node(i: usize, generation: u64) -> (Arc<Broker>, Arc<Cluster>) {
+    let mut config = Config::default_config();
+    config.cluster.enabled = true;
+    config.cluster.node_id = name(i);
+    let broker = Broker::new(config.clone(), name(i).into());
+    let ip: IpAddr = turmoil::lookup(name(i));
+    let identity = Identity {
+        key: None,
+        generation,
+        gossip_addr: SocketAddr::new(ip, PORT + 1),
+        peer_addr: SocketAddr::new(ip, PORT),
+    };
+    let cluster = Cluster::assemble(
+        config.cluster,
+        &broker,
+        identity,
+        ClusterMetrics::default(),
+        dialer(),
+    );
+    broker.set_cluster(cluster.clone());
+    (broker, cluster)
+}
+
+#[test]
+fn a_link_meant_for_an_earlier_run_of_the_peer_is_not_used_with_a_later_one() {
+    // node0 restarted (run 8) at the address its run 7 had: a link made for run 7, whose
+    // queue and sequence numbers belong to run 7, must not carry on with run 8.
+    let mut sim = turmoil::Builder::new().build();
+    sim.host(name(0).as_str(), || async {
+        let (_broker, cluster) = bare_node(0, 8);
+        let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let cluster = cluster.clone();
+            tokio::task::spawn_local(async move {
+                let _ = inbound::receive(stream, &cluster).await;
+            });
+        }
+    });
+    sim.client(name(1).as_str(), async {
+        let (_broker, cluster) = bare_node(1, 1);
+        let addr = SocketAddr::new(turmoil::lookup(name(0)), PORT);
+        let bounds = cluster.link_bounds();
+        let connect = |generation| {
+            let (cluster, addr) = (cluster.clone(), addr);
+            async move {
+                let link = super::link::Link::new(name(0).into(), generation, addr, addr, bounds);
+                let stream = (cluster.dial)(addr).await.expect("connects");
+                let (mut backoff, mut down) = (Duration::ZERO, None);
+                let serving = super::link::serve(&link, &cluster, stream, &mut backoff, &mut down);
+                tokio::time::timeout(Duration::from_secs(3), serving).await
+            }
+        };
+        let stale = connect(7).await.expect("refused at once, not left hanging");
+        let err = stale.expect_err("a link for run 7 refuses run 8");
+        assert!(err.contains("expected run 7"), "{err}");
+        // A link for the current run is up and stays up (the timeout ends it).
+        assert!(connect(8).await.is_err(), "the link to run 8 keeps serving");
+        Ok(())
+    });
+    sim.run().unwrap();
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let first = run_seed(7).expect("seed 7 passes");
