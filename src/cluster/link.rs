@@ -1,6 +1,5 @@
-//! An outbound link to one peer node: a queue of frames bounded in bytes, and the task that
-//! keeps a TCP connection to the peer, authenticates, writes queued frames in batches, and
-//! keeps every reliable frame (QoS 1/2 publishes, retained writes and the retained set) until
+//! An outbound link to one peer node: a queue of frames bounded in bytes (the task that keeps
+//! its connection is in `dial`), which keeps every reliable frame (QoS 1/2 publishes, retained writes and the retained set) until
 //! the peer acknowledges it. After a reconnect the peer says what it processed last and
 //! everything after that is sent again, so a dropped connection between two live nodes loses
 //! nothing reliable and duplicates nothing. The link is also flow control: past its window it
@@ -20,18 +19,13 @@ use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
-use super::Cluster;
-use super::wire::{self, Frame, HandshakeIds, WireMessage};
-use crate::broker::{Backlog, Metrics};
+use super::wire::{self, Frame, WireMessage};
+use crate::broker::Backlog;
 
 /// One batch written at once.
-const BATCH_BYTES: usize = 256 * 1024;
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BATCH_BYTES: usize = 256 * 1024;
 /// What one queued frame costs beyond its bytes (queue entry, allocation), for the bounds.
 const FRAME_OVERHEAD: usize = 64;
 /// A link whose peer has acknowledged nothing for this long while frames wait is stalled: it
@@ -173,15 +167,15 @@ pub struct Link {
     pub epoch: u64,
     pub addr: SocketAddr,
     pub gossip_addr: SocketAddr,
-    bounds: LinkBounds,
+    pub(super) bounds: LinkBounds,
     queue: Mutex<LinkQueue>,
-    wake: Notify,
+    pub(super) wake: Notify,
     /// Acknowledgements made room.
-    room: Notify,
-    connected: AtomicBool,
+    pub(super) room: Notify,
+    pub(super) connected: AtomicBool,
     /// When the failure detector declared the peer failed; None while it is live.
     suspended_since: Mutex<Option<Instant>>,
-    stop: watch::Sender<bool>,
+    pub(super) stop: watch::Sender<bool>,
 }
 
 impl Link {
@@ -367,7 +361,7 @@ impl Link {
         n
     }
 
-    fn ack(&self, upto: u64) {
+    pub(super) fn ack(&self, upto: u64) {
         let mut q = self.queue.lock();
         let mut freed = false;
         while q.unacked.front().is_some_and(|o| o.seq <= upto) {
@@ -392,7 +386,7 @@ impl Link {
     }
 
     /// After a (re)connect: drop what the peer has, resend the rest ahead of new frames.
-    fn resume(&self, resume_after: u64) {
+    pub(super) fn resume(&self, resume_after: u64) {
         let mut q = self.queue.lock();
         let unacked = std::mem::take(&mut q.unacked);
         for o in unacked.into_iter().rev() {
@@ -408,7 +402,7 @@ impl Link {
     /// Moves up to one batch from the queue into `out` (reliable frames go to `unacked`),
     /// then at most one batch of the retained set while the link is within its window, so
     /// a large set never holds live publishes up behind it.
-    fn take_batch(
+    pub(super) fn take_batch(
         &self,
         out: &mut BytesMut,
         retained_set: impl FnOnce(RetainedScope<'_>) -> Vec<Vec<WireMessage>>,
@@ -475,7 +469,7 @@ impl Link {
         n
     }
 
-    fn has_more(&self) -> bool {
+    pub(super) fn has_more(&self) -> bool {
         let q = self.queue.lock();
         !q.unsent.is_empty()
             || (q.bytes <= self.bounds.window_bytes && !matches!(q.retained, RetainedSync::Done))
@@ -495,212 +489,6 @@ impl Backlog for Link {
         Box::pin(async {
             let _ = tokio::time::timeout(Duration::from_millis(10), self.room.notified()).await;
         })
-    }
-}
-
-/// Keeps the link connected until it is closed or the node stops.
-pub async fn run(link: Arc<Link>, cluster: Arc<Cluster>) {
-    let mut stop = link.stop.subscribe();
-    let mut backoff = BACKOFF_MIN;
-    let mut down_since: Option<Instant> = None;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let session = async {
-            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, (cluster.dial)(link.addr))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
-            serve(&link, &cluster, stream, &mut backoff, &mut down_since).await
-        };
-        let outcome = tokio::select! {
-            biased;
-            _ = crate::stopped(&mut stop) => return,
-            r = session => r,
-        };
-        link.connected.store(false, Ordering::Relaxed);
-        link.room.notify_waiters();
-        let since = *down_since.get_or_insert_with(Instant::now);
-        if let Err(e) = outcome {
-            // Once per outage at warn (a peer down for long), the retries at debug.
-            if since.elapsed() >= link.bounds.timeout && backoff == BACKOFF_MAX {
-                tracing::debug!(peer = %link.node_id, addr = %link.addr, error = %e, "peer link still down");
-            } else if since.elapsed() < Duration::from_millis(1) {
-                tracing::info!(peer = %link.node_id, addr = %link.addr, error = %e, "peer link down; reconnecting");
-            } else {
-                tracing::debug!(peer = %link.node_id, addr = %link.addr, error = %e, "peer link down; reconnecting");
-            }
-        }
-        Metrics::add(&cluster.metrics.link_reconnects, 1);
-        // Exponential backoff with jitter, so a restarted node is not hit by all peers at once.
-        let jitter = 0.8 + 0.4 * (wire::random_u64() % 256) as f64 / 255.0;
-        tokio::select! {
-            biased;
-            _ = crate::stopped(&mut stop) => return,
-            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-pub(super) async fn serve(
-    link: &Link,
-    cluster: &Cluster,
-    stream: super::PeerStream,
-    backoff: &mut Duration,
-    down_since: &mut Option<Instant>,
-) -> Result<(), String> {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let resume_after = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake(link, cluster, &mut reader, &mut writer, &mut rbuf),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())??;
-    link.resume(resume_after);
-    link.connected.store(true, Ordering::Relaxed);
-    *backoff = BACKOFF_MIN;
-    if let Some(since) = down_since.take() {
-        tracing::info!(peer = %link.node_id, addr = %link.addr, resume_after, down_ms = since.elapsed().as_millis() as u64, "peer link up again");
-    } else {
-        tracing::debug!(peer = %link.node_id, addr = %link.addr, resume_after, "peer link up");
-    }
-    // The loop reads while it writes: the peer's acknowledgements (and heartbeats) must keep
-    // flowing while a large batch or the retained set goes out.
-    let timeout = link.bounds.timeout;
-    let mut heartbeat = tokio::time::interval(timeout / 4);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heard = Instant::now();
-    let mut wrote = Instant::now();
-    let mut ticked = Instant::now();
-    let mut wbuf = BytesMut::with_capacity(BATCH_BYTES);
-    loop {
-        if wbuf.is_empty() {
-            let n = link.take_batch(&mut wbuf, |scope| cluster.retained_batches(scope));
-            Metrics::add(&cluster.metrics.frames_forwarded, n as u64);
-        }
-        // Biased (in this order) so a simulation replays exactly; reading first is also what
-        // keeps acknowledgements flowing while there is always more to write.
-        tokio::select! {
-            biased;
-            frame = wire::read_frame(&mut reader, &mut rbuf) => {
-                heard = Instant::now();
-                match frame? {
-                    Frame::Ack { upto } => link.ack(upto),
-                    Frame::Refused { reason } => return Err(format!("refused: {reason}")),
-                    other => return Err(format!("unexpected frame from acceptor: {other:?}")),
-                }
-            }
-            written = writer.write(&wbuf), if !wbuf.is_empty() => {
-                let n = written.map_err(|e| format!("write: {e}"))?;
-                bytes::Buf::advance(&mut wbuf, n);
-                wrote = Instant::now();
-            }
-            _ = link.wake.notified(), if wbuf.is_empty() && !link.has_more() => {}
-            _ = heartbeat.tick() => {
-                if ticked.elapsed() >= timeout {
-                    // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
-                    heard = Instant::now();
-                }
-                ticked = Instant::now();
-                if heard.elapsed() >= timeout {
-                    Metrics::add(&cluster.metrics.link_timeouts, 1);
-                    tracing::warn!(peer = %link.node_id, addr = %link.addr, silent_ms = heard.elapsed().as_millis() as u64, "peer link silent past cluster.link_timeout_ms; reconnecting");
-                    return Err("peer silent".into());
-                }
-                if wbuf.is_empty() && wrote.elapsed() >= timeout / 4 {
-                    wire::encode_frame(&Frame::Heartbeat, &mut wbuf)?;
-                }
-            }
-        }
-    }
-}
-
-async fn handshake(
-    link: &Link,
-    cluster: &Cluster,
-    reader: &mut (impl AsyncRead + Unpin),
-    writer: &mut (impl AsyncWrite + Unpin),
-    rbuf: &mut BytesMut,
-) -> Result<u64, String> {
-    let my_nonce = wire::nonce();
-    let hello = Frame::Hello {
-        version: wire::PROTOCOL_VERSION,
-        cluster: cluster.name.clone(),
-        node_id: cluster.node_id.to_string(),
-        generation: cluster.generation,
-        link_epoch: link.epoch,
-        nonce: my_nonce,
-    };
-    wire::write_frame(writer, &hello).await?;
-    let (their_id, their_gen, their_nonce, their_proof) = match wire::read_frame(reader, rbuf)
-        .await?
-    {
-        Frame::Welcome {
-            node_id,
-            generation,
-            nonce,
-            proof,
-        } => (node_id, generation, nonce, proof),
-        Frame::Refused { reason } => {
-            Metrics::add(&cluster.metrics.auth_failures, 1);
-            tracing::warn!(peer = %link.node_id, addr = %link.addr, %reason, "peer refused our link");
-            return Err(format!("refused: {reason}"));
-        }
-        other => return Err(format!("expected Welcome, got {other:?}")),
-    };
-    if their_id != *link.node_id {
-        return Err(format!(
-            "expected node {} at {}, found {their_id}",
-            link.node_id, link.addr
-        ));
-    }
-    // A restarted peer at the same address is another run: this link's queue (and its
-    // sequence numbers) belong to the old one. Membership makes a new link for the new run.
-    if their_gen != link.generation {
-        return Err(format!(
-            "expected run {} of {}, found run {their_gen}",
-            link.generation, link.node_id
-        ));
-    }
-    let ids = HandshakeIds {
-        cluster: &cluster.name,
-        dialer: (&cluster.node_id, cluster.generation),
-        link_epoch: link.epoch,
-        acceptor: (&their_id, their_gen),
-        dialer_nonce: &my_nonce,
-        acceptor_nonce: &their_nonce,
-    };
-    let key = cluster.key.as_ref();
-    if !wire::verify(key, "acceptor", &ids, &their_proof) {
-        Metrics::add(&cluster.metrics.auth_failures, 1);
-        tracing::warn!(peer = %their_id, addr = %link.addr, "peer failed authentication (wrong cluster secret?)");
-        let _ = wire::write_frame(
-            writer,
-            &Frame::Refused {
-                reason: "authentication failed".into(),
-            },
-        )
-        .await;
-        return Err("peer failed authentication".into());
-    }
-    wire::write_frame(
-        writer,
-        &Frame::Proof {
-            proof: wire::proof(key, "dialer", &ids),
-        },
-    )
-    .await?;
-    match wire::read_frame(reader, rbuf).await? {
-        Frame::Ready { resume_after } => Ok(resume_after),
-        Frame::Refused { reason } => {
-            Metrics::add(&cluster.metrics.auth_failures, 1);
-            tracing::warn!(peer = %their_id, addr = %link.addr, %reason, "peer refused our link");
-            Err(format!("refused: {reason}"))
-        }
-        other => Err(format!("expected Ready, got {other:?}")),
     }
 }
 

@@ -14,7 +14,8 @@ use chitchat::{ChitchatId, NodeState};
 use tokio::sync::watch;
 
 use super::Cluster;
-use super::link::{self, Link};
+use super::dial;
+use super::link::Link;
 use super::routes::parse_chunks;
 use crate::broker::Metrics;
 
@@ -204,7 +205,7 @@ pub(crate) fn observe(
                     );
                     cluster.remote.add_node(&node);
                     cluster.links.write().insert(node.clone(), l.clone());
-                    tokio::spawn(link::run(l, cluster.clone()));
+                    tokio::spawn(dial::run(l, cluster.clone()));
                 }
                 let k = Known {
                     generation: view.generation,

@@ -4,6 +4,7 @@
 //! `inbound` accepting, `wire` format) only to the nodes whose routes match, retained messages
 //! to every node. The broker sees all this only through the `ClusterHook` trait.
 
+mod dial;
 mod discovery;
 mod groups;
 mod inbound;

@@ -616,7 +616,7 @@ fn a_link_meant_for_an_earlier_run_of_the_peer_is_not_used_with_a_later_one() {
                 let link = super::link::Link::new(name(0).into(), generation, addr, addr, bounds);
                 let stream = (cluster.dial)(addr).await.expect("connects");
                 let (mut backoff, mut down) = (Duration::ZERO, None);
-                let serving = super::link::serve(&link, &cluster, stream, &mut backoff, &mut down);
+                let serving = super::dial::serve(&link, &cluster, stream, &mut backoff, &mut down);
                 tokio::time::timeout(Duration::from_secs(3), serving).await
             }
         };
