@@ -19,7 +19,38 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+/// `[auth]`: who may connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `true`, `false`, or unset ("auto": true without a password file, false with one).
+    pub allow_anonymous: String,
+    /// mosquitto_passwd's format; `vibemq passwd FILE USER` writes argon2id entries.
+    pub password_file: String,
+}
+
+impl AuthConfig {
+    /// `allow_anonymous` as set: Some(yes or no), None for "auto"; Err for anything else.
+    fn anonymous_setting(&self) -> Result<Option<bool>, ()> {
+        match self.allow_anonymous.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(None),
+            "true" | "1" | "yes" | "on" => Ok(Some(true)),
+            "false" | "0" | "no" | "off" => Ok(Some(false)),
+            _ => Err(()),
+        }
+    }
+
+    /// Whether clients without credentials may connect.
+    pub fn anonymous_allowed(&self) -> bool {
+        match self.anonymous_setting() {
+            Ok(Some(allowed)) => allowed,
+            _ => self.password_file.is_empty(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +263,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.anonymous_setting().is_err() {
+            return Err(err(format!(
+                "auth.allow_anonymous: expected true or false (got `{}`)",
+                self.auth.allow_anonymous
+            )));
+        }
+        if !self.auth.password_file.is_empty() {
+            crate::auth::passwords::load(std::path::Path::new(&self.auth.password_file))
+                .map_err(|e| err(format!("auth.password_file: {e}")))?;
+        }
         let m = &self.mqtt;
         if m.max_packet_size < 64 || m.max_packet_size > 268_435_460 {
             return Err(err(format!(
@@ -410,6 +451,12 @@ fn merge(base: &mut Table, user: Table, prefix: &str) -> Result<(), ConfigError>
             (Some(Value::Table(_)), _) => {
                 return Err(err(format!("{path}: must be a table ([{path}])")));
             }
+            // `allow_anonymous = true` in a file: kept as text, beside its "auto" default.
+            (Some(slot @ Value::String(_)), Value::Boolean(b))
+                if path == "auth.allow_anonymous" =>
+            {
+                *slot = Value::String(b.to_string());
+            }
             (Some(slot), value) => {
                 if std::mem::discriminant(slot) != std::mem::discriminant(&value) {
                     return Err(err(format!(
@@ -481,6 +528,34 @@ fn set_key(table: &mut Table, key: &str, raw: &str, source: Source<'_>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_anonymous_is_a_boolean_or_unset() {
+        let auth = |text: &str| load_str(text).map(|c| c.auth);
+        assert!(auth("").unwrap().anonymous_allowed(), "no file: allowed");
+        assert!(
+            !auth("[auth]\nallow_anonymous = false\n")
+                .unwrap()
+                .anonymous_allowed()
+        );
+        assert!(
+            auth("[auth]\nallow_anonymous = true\n")
+                .unwrap()
+                .anonymous_allowed()
+        );
+        let e = auth("[auth]\nallow_anonymous = \"maybe\"\n").unwrap_err();
+        assert!(e.to_string().contains("auth.allow_anonymous"), "{e}");
+        let from_env = Config::load(
+            None,
+            &[(
+                "auth.allow_anonymous".into(),
+                "no".into(),
+                Source::Env("VIBEMQ_AUTH_ALLOW_ANONYMOUS"),
+            )],
+        )
+        .unwrap();
+        assert!(!from_env.auth.anonymous_allowed());
+    }
 
     fn load_str(text: &str) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!("vibemq-config-test-{}", std::process::id()));

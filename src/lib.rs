@@ -2,6 +2,7 @@
 //! `codec` is the wire format, `topic` the filter rules and trie, `broker` the sessions and
 //! routing, `mqtt` the client-facing listener, `config` the settings.
 
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod codec;

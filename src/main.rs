@@ -71,6 +71,15 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Add a user to a password file, or change their password (argon2id; the file is created
+    /// if missing, other lines are kept; mosquitto_passwd's files work unchanged). The password
+    /// is asked for twice on a terminal, read from the first line of standard input otherwise.
+    Passwd {
+        /// The password file (`auth.password_file`).
+        file: PathBuf,
+        /// The user name.
+        user: String,
+    },
 }
 
 impl Cli {
@@ -127,6 +136,9 @@ fn main() -> ExitCode {
     if let Some(Command::Probe { path, addr }) = &cli.command {
         return probe(addr, path);
     }
+    if let Some(Command::Passwd { file, user }) = &cli.command {
+        return passwd(file, user);
+    }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return match load(&cli, Some(file)) {
             Ok(_) => {
@@ -166,6 +178,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        reload_on_sighup(node.broker().clone());
         wait_for_signal().await;
         tracing::info!(deadline_secs = shutdown_timeout, "shutting down");
         node.shutdown(Duration::from_secs(shutdown_timeout)).await;
@@ -227,6 +240,69 @@ fn init_logging(log: &vibemq::config::LogConfig) {
             .with_target(false)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+}
+
+/// SIGHUP reloads the password file; a file that does not load keeps the users in force.
+fn reload_on_sighup(broker: std::sync::Arc<vibemq::broker::Broker>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: files reload only with a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match broker.auth.reload() {
+                Ok(users) => tracing::info!(users, "SIGHUP: password file reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: password file not reloaded; the previous users stay")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = broker;
+}
+
+/// `vibemq passwd FILE USER`.
+fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let again = rpassword::prompt_password("Password again: ");
+        match (first, again) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("vibemq passwd: the passwords differ; nothing changed");
+                return ExitCode::from(1);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("vibemq passwd: cannot read the password: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("vibemq passwd: cannot read the password: {e}");
+            return ExitCode::from(1);
+        }
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("vibemq passwd: an empty password; nothing changed");
+        return ExitCode::from(1);
+    }
+    match vibemq::auth::passwords::set_password(file, user, password.as_bytes()) {
+        Ok(()) => {
+            println!("{}: password set for {user}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vibemq passwd: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Client PUBLISH packets refused because they target `$SYS`.
     pub publishes_refused_sys: AtomicU64,
+    /// CONNECTs refused for a user name and password that do not match.
+    pub auth_bad_credentials: AtomicU64,
+    /// CONNECTs refused for coming without credentials where they are required.
+    pub auth_required: AtomicU64,
 }
 
 impl Metrics {

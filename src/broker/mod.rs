@@ -74,6 +74,8 @@ pub struct Broker {
     pub clock: clock::Hlc,
     pub metrics: Metrics,
     pub limits: LimitCounters,
+    /// Who may connect (the front end asks; the broker itself never looks at credentials).
+    pub auth: Arc<crate::auth::Authenticator>,
     next_connection_id: AtomicU64,
     me: Weak<Broker>,
 }
@@ -101,6 +103,10 @@ impl Broker {
             tombstones: config.cluster.enabled,
         };
         let slow_disconnect = config.mqtt.slow_subscriber == SlowSubscriber::Disconnect;
+        let auth = crate::auth::Authenticator::from_config(&config.auth).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot load the password file: refusing every client until it loads (SIGHUP)");
+            crate::auth::Authenticator::deny_all(&config.auth)
+        });
         Arc::new_cyclic(|me| Broker {
             config: Arc::new(config),
             retained: RetainedStore::with_limits(node_id.clone(), retained_limits),
@@ -111,6 +117,7 @@ impl Broker {
             clock: clock::Hlc::default(),
             metrics: Metrics::default(),
             limits: LimitCounters::default(),
+            auth: Arc::new(auth),
             next_connection_id: AtomicU64::new(1),
             me: me.clone(),
         })

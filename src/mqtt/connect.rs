@@ -66,10 +66,13 @@ pub(super) async fn handshake<S: ClientStream>(
         Ok(Ok(c)) => c,
     };
     let protocol = connect.protocol;
-    let checked = match &admission {
+    let mut checked = match &admission {
         Admission::Refused(limit) => Err(Refusal::limit(*limit)),
         Admission::Admitted(_) => check_connect(&connect, broker),
     };
+    if checked.is_ok() {
+        checked = authenticate(&connect, broker).await;
+    }
     if let Err(refusal) = checked {
         if let Some(limit) = refusal.limit {
             broker
@@ -225,6 +228,33 @@ fn check_connect(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
         return Err(Refusal::limit(Limit::Sessions));
     }
     Ok(())
+}
+
+/// The CONNECT's credentials against `[auth]`, each refusal counted.
+async fn authenticate(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
+    let verdict = broker
+        .auth
+        .authenticate(c.username.as_deref(), c.password.as_deref())
+        .await;
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(crate::auth::Denied::BadCredentials) => {
+            crate::broker::Metrics::add(&broker.metrics.auth_bad_credentials, 1);
+            Err(Refusal::new(
+                reason::BAD_USER_NAME_OR_PASSWORD,
+                v3_return::NOT_AUTHORIZED,
+                "bad user name or password",
+            ))
+        }
+        Err(crate::auth::Denied::Required) => {
+            crate::broker::Metrics::add(&broker.metrics.auth_required, 1);
+            Err(Refusal::new(
+                reason::NOT_AUTHORIZED,
+                v3_return::NOT_AUTHORIZED,
+                "a user name and password are required (auth.allow_anonymous = false)",
+            ))
+        }
+    }
 }
 
 fn check_will(w: &crate::codec::Will, config: &crate::config::Config) -> Result<(), Refusal> {

@@ -155,6 +155,19 @@ impl Collector for StateCollector {
             "Client PUBLISH packets to $SYS topics refused",
             Metrics::get(&m.publishes_refused_sys),
         )?;
+        let auth = [
+            ("bad_credentials", Metrics::get(&m.auth_bad_credentials)),
+            ("required", Metrics::get(&m.auth_required)),
+        ]
+        .map(|(r, v)| (r.to_string(), v));
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_auth_failures",
+            "CONNECTs refused: credentials that do not match, or none where required",
+            "reason",
+            &auth,
+        )?;
         gauge(
             &mut e,
             "vibemq_retained_bytes",

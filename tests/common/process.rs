@@ -25,15 +25,15 @@ impl BrokerProcess {
     pub async fn start(extra_args: &[&str]) -> BrokerProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // An ephemeral HTTP port unless the caller names one.
+        let http: &[&str] = if extra_args.contains(&"--http-bind") {
+            &[]
+        } else {
+            &["--http-bind", "127.0.0.1:0"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
-            .args([
-                "--bind",
-                &addr.to_string(),
-                "--http-bind",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--bind", &addr.to_string(), "--log-level", "warn"])
+            .args(http)
             .args(extra_args)
             .kill_on_drop(true)
             .stdout(Stdio::null())

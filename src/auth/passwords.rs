@@ -1,0 +1,222 @@
+//! Password files in mosquitto's format, `user:hash` a line: hashes written by mosquitto_passwd
+//! (`$7$` PBKDF2-HMAC-SHA512 of mosquitto 2, `$6$` salted SHA-512 of mosquitto 1.x) and by
+//! `vibemq passwd` (argon2id, as a PHC string), all verified in constant time. Reading and
+//! writing the file lives here; deciding who may connect is `auth`'s job.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha512};
+
+/// One user's stored hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hash {
+    /// mosquitto 2: PBKDF2-HMAC-SHA512 with this many iterations.
+    Pbkdf2Sha512 {
+        iterations: u32,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
+    /// mosquitto 1.x: SHA-512 of password then salt.
+    Sha512 { salt: Vec<u8>, hash: Vec<u8> },
+    /// argon2id (or any argon2 variant) as a PHC string.
+    Argon2(String),
+}
+
+impl Hash {
+    /// Parses the part after `user:`; the error says what is wrong, never the hash itself.
+    pub fn parse(text: &str) -> Result<Hash, String> {
+        if text.starts_with("$argon2") {
+            argon2::password_hash::phc::PasswordHash::new(text)
+                .map_err(|e| format!("argon2 hash not readable: {e}"))?;
+            return Ok(Hash::Argon2(text.to_string()));
+        }
+        let b64 = |s: &str| STANDARD.decode(s).map_err(|_| "not base64".to_string());
+        let parts: Vec<&str> = text.split('$').collect();
+        match parts.as_slice() {
+            ["", "7", iterations, salt, hash] => Ok(Hash::Pbkdf2Sha512 {
+                iterations: iterations
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000_000).contains(n))
+                    .ok_or("iteration count not a number from 1 to 10000000")?,
+                salt: b64(salt)?,
+                hash: b64(hash)?,
+            }),
+            ["", "6", salt, hash] => Ok(Hash::Sha512 {
+                salt: b64(salt)?,
+                hash: b64(hash)?,
+            }),
+            _ => Err("not a hash this broker knows ($7$, $6$ or $argon2id$)".into()),
+        }
+    }
+
+    /// Whether `password` matches (in constant time for the comparison).
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            Hash::Pbkdf2Sha512 {
+                iterations,
+                salt,
+                hash,
+            } => {
+                let mut out = vec![0u8; hash.len()];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut out);
+                constant_time_eq(&out, hash)
+            }
+            Hash::Sha512 { salt, hash } => {
+                let mut digest = Sha512::new();
+                digest.update(password);
+                digest.update(salt);
+                constant_time_eq(&digest.finalize(), hash)
+            }
+            Hash::Argon2(phc) => {
+                use argon2::password_hash::PasswordVerifier;
+                let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(phc) else {
+                    return false;
+                };
+                argon2::Argon2::default()
+                    .verify_password(password, &parsed)
+                    .is_ok()
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An argon2id hash of `password` with a fresh salt, as a PHC string.
+pub fn hash_argon2id(password: &[u8]) -> Result<String, String> {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("argon2: {e}"))
+}
+
+/// The users of a password file. Blank lines and `#` comments are skipped; a line that does
+/// not parse is an error naming its line number (the file is not half-loaded).
+pub fn parse_file(text: &str) -> Result<HashMap<String, Hash>, String> {
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {}: expected user:hash", i + 1))?;
+        let hash = Hash::parse(hash).map_err(|e| format!("line {}: {e}", i + 1))?;
+        users.insert(user.to_string(), hash);
+    }
+    Ok(users)
+}
+
+/// Reads and parses a password file.
+pub fn load(path: &Path) -> Result<HashMap<String, Hash>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Sets `user`'s password in the file at `path` (created if missing), keeping the other lines
+/// as they are: what `vibemq passwd FILE USER` does.
+pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), String> {
+    if user.is_empty() || user.contains(':') || user.contains('\n') {
+        return Err("a user name must not be empty or contain ':' or a line break".into());
+    }
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let hash = hash_argon2id(password)?;
+    let mut lines: Vec<String> = Vec::new();
+    let mut replaced = false;
+    for line in existing.lines() {
+        if line.split_once(':').is_some_and(|(u, _)| u == user) {
+            lines.push(format!("{user}:{hash}"));
+            replaced = true;
+        } else {
+            lines.push(line.to_string());
+        }
+    }
+    if !replaced {
+        lines.push(format!("{user}:{hash}"));
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    // Written beside and renamed over, so a broker reloading never reads half a file.
+    let tmp = path.with_extension("tmp-vibemq-passwd");
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by mosquitto_passwd 2.0 (`mosquitto_passwd -c -b pw alice secret1`).
+    const MOSQUITTO_2: &str = "alice:$7$101$WsF3kjeR+oBiqOe0$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==";
+
+    #[test]
+    fn mosquitto_2_hashes_verify() {
+        let users = parse_file(MOSQUITTO_2).unwrap();
+        assert!(users["alice"].verify(b"secret1"));
+        assert!(!users["alice"].verify(b"secret2"));
+        assert!(!users["alice"].verify(b""));
+    }
+
+    #[test]
+    fn mosquitto_1_and_argon2_hashes_verify() {
+        // $6$: SHA-512 over password then salt, both base64 in the file.
+        let salt = b"0123456789ab";
+        let mut d = Sha512::new();
+        d.update(b"pw");
+        d.update(salt);
+        let line = format!(
+            "old:$6${}${}",
+            STANDARD.encode(salt),
+            STANDARD.encode(d.finalize())
+        );
+        let argon = format!("new:{}", hash_argon2id(b"pw2").unwrap());
+        let users = parse_file(&format!("# users\n{line}\n\n{argon}\n")).unwrap();
+        assert!(users["old"].verify(b"pw") && !users["old"].verify(b"px"));
+        assert!(users["new"].verify(b"pw2") && !users["new"].verify(b"pw"));
+    }
+
+    #[test]
+    fn a_bad_line_names_its_number_and_not_the_hash() {
+        let err = parse_file("a:$7$101$AAAA$BBBB\nb:plaintext\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
+        assert!(!err.contains("plaintext"), "{err}");
+        assert!(parse_file("nocolon").is_err());
+        assert!(parse_file("a:$7$0$AAAA$BBBB").is_err(), "zero iterations");
+    }
+
+    #[test]
+    fn set_password_adds_and_replaces_users_keeping_the_rest() {
+        let dir = std::env::temp_dir().join(format!("vibemq-passwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("passwords");
+        std::fs::write(&path, format!("# kept\n{MOSQUITTO_2}\n")).unwrap();
+        set_password(&path, "bob", b"one").unwrap();
+        set_password(&path, "bob", b"two").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# kept\n"));
+        let users = parse_file(&text).unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users["bob"].verify(b"two") && !users["bob"].verify(b"one"));
+        assert!(users["alice"].verify(b"secret1"));
+        assert!(set_password(&path, "a:b", b"x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
