@@ -31,6 +31,8 @@ pub struct AuthConfig {
     pub allow_anonymous: String,
     /// mosquitto_passwd's format; `vibemq passwd FILE USER` writes argon2id entries.
     pub password_file: String,
+    /// mosquitto's acl_file syntax.
+    pub acl_file: String,
 }
 
 impl AuthConfig {
@@ -272,6 +274,9 @@ impl Config {
         if !self.auth.password_file.is_empty() {
             crate::auth::passwords::load(std::path::Path::new(&self.auth.password_file))
                 .map_err(|e| err(format!("auth.password_file: {e}")))?;
+        }
+        if !self.auth.acl_file.is_empty() {
+            crate::auth::load_acl(std::path::Path::new(&self.auth.acl_file)).map_err(err)?;
         }
         let m = &self.mqtt;
         if m.max_packet_size < 64 || m.max_packet_size > 268_435_460 {

@@ -234,3 +234,128 @@ async fn a_password_file_that_cannot_be_read_stops_start_up_naming_the_key() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A client logged in as `user` (password "pw-USER").
+async fn login(b: &BrokerProcess, protocol: Protocol, user: &str, id: &str) -> RawClient {
+    let mut c = connect_packet(protocol, id, true);
+    c.username = Some(user.into());
+    c.password = Some(Bytes::from(format!("pw-{user}")));
+    let (client, ack) = RawClient::connect_with(b.addr, c).await;
+    assert_eq!(ack.code, 0, "{user} logs in");
+    client
+}
+
+#[tokio::test]
+async fn an_acl_file_in_mosquittos_syntax_decides_publish_subscribe_and_delivery() {
+    use vibemq::codec::{Packet, QoS};
+    let dir = scratch("acl");
+    let passwords = dir.join("passwords");
+    let pw_arg = passwords.to_string_lossy().to_string();
+    for (i, user) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        let create: &[&str] = if i == 0 { &["-c"] } else { &[] };
+        let mut args: Vec<&str> = create.to_vec();
+        let pw = format!("pw-{user}");
+        args.extend(["-b", &pw_arg, user, &pw]);
+        run("mosquitto_passwd", &args, LIMIT).await;
+    }
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "user alice\ntopic readwrite sensors/#\ntopic deny sensors/secret/#\n\n\
+         user bob\ntopic #\ntopic deny test/nosubscribe\n\n\
+         user carol\ntopic write test/#\n\n\
+         pattern readwrite clients/%c/#\n",
+    )
+    .unwrap();
+    let (b, http) = broker(
+        &dir,
+        &format!(
+            "password_file = \"{pw_arg}\"\nacl_file = \"{}\"",
+            acl.to_string_lossy()
+        ),
+    )
+    .await;
+
+    let mut bob = login(&b, Protocol::V5, "bob", "bob").await;
+    assert_eq!(bob.subscribe("#", QoS::AtLeastOnce).await, [1]);
+    // The paho suites' case: subscribing to test/nosubscribe is refused (v5 0x87, v3 0x80).
+    assert_eq!(
+        bob.subscribe("test/nosubscribe", QoS::AtLeastOnce).await,
+        [reason::NOT_AUTHORIZED]
+    );
+    let mut bob3 = login(&b, Protocol::V311, "bob", "bob3").await;
+    assert_eq!(
+        bob3.subscribe("test/nosubscribe", QoS::AtLeastOnce).await,
+        [0x80]
+    );
+
+    let mut alice = login(&b, Protocol::V5, "alice", "alice").await;
+    assert_eq!(
+        alice.subscribe("#", QoS::AtMostOnce).await,
+        [reason::NOT_AUTHORIZED]
+    );
+    assert_eq!(alice.subscribe("sensors/+", QoS::AtMostOnce).await, [0]);
+    // Her own tree, through the pattern.
+    assert_eq!(
+        alice.subscribe("clients/alice/#", QoS::AtMostOnce).await,
+        [0]
+    );
+    // A denied publish: 0x87 and not delivered; an allowed one reaches bob.
+    alice
+        .publish("sensors/secret/key", b"k", QoS::AtLeastOnce, false, 7)
+        .await;
+    match alice.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.reason, reason::NOT_AUTHORIZED),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    alice
+        .publish("sensors/t", b"21", QoS::AtLeastOnce, false, 8)
+        .await;
+    // Carol may write under test/: bob's `#` does not let test/nosubscribe through to him.
+    let mut carol = login(&b, Protocol::V311, "carol", "carol").await;
+    carol
+        .publish("test/nosubscribe", b"hidden", QoS::AtMostOnce, false, 0)
+        .await;
+    carol
+        .publish("test/open", b"seen", QoS::AtMostOnce, false, 0)
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let p = bob.recv_publish().await;
+        if p.qos == QoS::AtLeastOnce {
+            bob.send(&Packet::PubAck(vibemq::codec::Ack::new(p.packet_id, 0)))
+                .await;
+        }
+        got.push(format!(
+            "{} {}",
+            p.topic,
+            String::from_utf8_lossy(&p.payload)
+        ));
+    }
+    got.sort();
+    assert_eq!(got, ["sensors/t 21", "test/open seen"]);
+    bob.expect_silence(Duration::from_millis(300)).await;
+    // A will on a topic the client may not write refuses the CONNECT.
+    let mut c = connect_packet(Protocol::V5, "alice-will", true);
+    c.username = Some("alice".into());
+    c.password = Some(Bytes::from_static(b"pw-alice"));
+    c.will = Some(vibemq::codec::Will {
+        topic: "elsewhere/x".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    assert_eq!(
+        RawClient::connect_with(b.addr, c).await.1.code,
+        reason::NOT_AUTHORIZED
+    );
+
+    let (_, metrics) =
+        common::http::get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").await;
+    for (action, n) in [("publish", 2), ("subscribe", 3), ("receive", 1)] {
+        let line = format!("vibemq_acl_denied_total{{action=\"{action}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,8 +1,10 @@
-//! Who may connect: the `[auth]` configuration (`allow_anonymous`, `password_file`), password
-//! checks against the file (see `passwords`), a cache of verified credentials so a reconnect
-//! storm does not burn the CPU on hashing, and reloading on SIGHUP (a bad file keeps the old
-//! users and says why). The MQTT front end asks; the broker never sees a password.
+//! Who may connect and what they may do: the `[auth]` configuration (`allow_anonymous`,
+//! `password_file`, `acl_file`), password checks against the file (see `passwords`), a cache of
+//! verified credentials so a reconnect storm does not burn the CPU on hashing, access control
+//! (see `acl`), and reloading both files on SIGHUP (a bad file keeps the old one in force and
+//! says why). The MQTT front end asks; the broker never sees a password.
 
+pub mod acl;
 pub mod passwords;
 
 use std::collections::HashMap;
@@ -28,6 +30,9 @@ pub enum Denied {
 
 pub struct Authenticator {
     password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    /// The ACL in force; None without an `acl_file` (everything allowed).
+    acl: RwLock<Option<Arc<acl::Acl>>>,
     allow_anonymous: bool,
     users: RwLock<Arc<HashMap<String, passwords::Hash>>>,
     verified: Mutex<HashMap<String, [u8; 32]>>,
@@ -43,8 +48,15 @@ impl Authenticator {
             Some(path) => passwords::load(path).map_err(|e| format!("auth.password_file: {e}"))?,
             None => HashMap::new(),
         };
+        let acl_file = (!config.acl_file.is_empty()).then(|| PathBuf::from(&config.acl_file));
+        let acl = match &acl_file {
+            Some(path) => Some(Arc::new(load_acl(path)?)),
+            None => None,
+        };
         Ok(Authenticator {
             allow_anonymous: config.anonymous_allowed(),
+            acl_file,
+            acl: RwLock::new(acl),
             password_file,
             users: RwLock::new(Arc::new(users)),
             verified: Mutex::new(HashMap::new()),
@@ -56,22 +68,51 @@ impl Authenticator {
     pub fn deny_all(config: &AuthConfig) -> Authenticator {
         Authenticator {
             password_file: Some(PathBuf::from(&config.password_file)),
+            acl_file: None,
+            acl: RwLock::new(None),
             allow_anonymous: false,
             users: RwLock::new(Arc::new(HashMap::new())),
             verified: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Reads the password file again (SIGHUP). On an error the users in force stay.
+    /// Reads the password and ACL files again (SIGHUP). A file that does not load leaves
+    /// what it would have replaced in force; the other still reloads. Returns the users.
     pub fn reload(&self) -> Result<usize, String> {
-        let Some(path) = &self.password_file else {
-            return Ok(0);
-        };
-        let users = passwords::load(path).map_err(|e| format!("auth.password_file: {e}"))?;
-        let n = users.len();
-        *self.users.write() = Arc::new(users);
-        self.verified.lock().clear();
-        Ok(n)
+        let mut errors = Vec::new();
+        if let Some(path) = &self.acl_file {
+            match load_acl(path) {
+                Ok(acl) => *self.acl.write() = Some(Arc::new(acl)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut n = self.users.read().len();
+        if let Some(path) = &self.password_file {
+            match passwords::load(path) {
+                Ok(users) => {
+                    n = users.len();
+                    *self.users.write() = Arc::new(users);
+                    self.verified.lock().clear();
+                }
+                Err(e) => errors.push(format!("auth.password_file: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(n)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Whether an ACL is in force (without one, everything is allowed and no check is made).
+    pub fn has_acl(&self) -> bool {
+        self.acl.read().is_some()
+    }
+
+    /// Whether the client (`user`, None when anonymous) may do `action`.
+    pub fn allows(&self, user: Option<&str>, client_id: &str, action: acl::Action<'_>) -> bool {
+        let acl = self.acl.read().clone();
+        acl.is_none_or(|acl| acl.allows(user, client_id, action))
     }
 
     /// Decides a CONNECT's credentials. Password hashing (deliberately slow) runs off the
@@ -123,6 +164,13 @@ impl Authenticator {
     }
 }
 
+/// Reads and parses an ACL file; the error names the key.
+pub fn load_acl(path: &std::path::Path) -> Result<acl::Acl, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("auth.acl_file: cannot read {}: {e}", path.display()))?;
+    acl::Acl::parse(&text).map_err(|e| format!("auth.acl_file: {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +190,7 @@ mod tests {
             password_file: path
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string()),
+            acl_file: String::new(),
         };
         Arc::new(Authenticator::from_config(&config).unwrap())
     }

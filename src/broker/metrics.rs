@@ -36,6 +36,10 @@ pub struct Metrics {
     pub auth_bad_credentials: AtomicU64,
     /// CONNECTs refused for coming without credentials where they are required.
     pub auth_required: AtomicU64,
+    /// What the ACL refused: PUBLISHes (and wills), subscriptions, deliveries.
+    pub acl_denied_publish: AtomicU64,
+    pub acl_denied_subscribe: AtomicU64,
+    pub acl_denied_receive: AtomicU64,
 }
 
 impl Metrics {

@@ -230,14 +230,31 @@ fn check_connect(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The CONNECT's credentials against `[auth]`, each refusal counted.
+/// The CONNECT's credentials against `[auth]`, and its will against the ACL, each refusal
+/// counted.
 async fn authenticate(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
     let verdict = broker
         .auth
         .authenticate(c.username.as_deref(), c.password.as_deref())
         .await;
     match verdict {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let Some(will) = &c.will {
+                let action = crate::auth::acl::Action::Publish(&will.topic);
+                if !broker
+                    .auth
+                    .allows(c.username.as_deref(), &c.client_id, action)
+                {
+                    crate::broker::Metrics::add(&broker.metrics.acl_denied_publish, 1);
+                    return Err(Refusal::new(
+                        reason::NOT_AUTHORIZED,
+                        v3_return::NOT_AUTHORIZED,
+                        "the will topic is not writable for this client (auth.acl_file)",
+                    ));
+                }
+            }
+            Ok(())
+        }
         Err(crate::auth::Denied::BadCredentials) => {
             crate::broker::Metrics::add(&broker.metrics.auth_bad_credentials, 1);
             Err(Refusal::new(
@@ -365,6 +382,7 @@ async fn establish(
         peer,
         protocol: c.protocol,
         client_id,
+        username: c.username.as_deref().map(Arc::from),
         session: attached.session,
         control,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),

@@ -69,6 +69,8 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub protocol: Protocol,
     pub client_id: Arc<str>,
+    /// The CONNECT's user name, for the ACL (None: anonymous).
+    pub username: Option<Arc<str>>,
     pub session: Arc<Session>,
     pub control: Arc<ConnectionControl>,
     /// Keep alive in force (zero: none).

@@ -181,6 +181,12 @@ impl Connection {
             self.ack_publish(&p, reason::NOT_AUTHORIZED);
             return Ok(());
         }
+        if !self.acl_allows(crate::auth::acl::Action::Publish(&p.topic)) {
+            // As mosquitto: v5 hears 0x87 on QoS 1/2; v3 is acknowledged and not delivered.
+            Metrics::add(&self.broker.metrics.acl_denied_publish, 1);
+            self.ack_publish(&p, reason::NOT_AUTHORIZED);
+            return Ok(());
+        }
         if p.qos == QoS::ExactlyOnce {
             let mut st = self.session.state.lock();
             if st.inbound_qos2.contains(&p.packet_id) {
@@ -239,6 +245,13 @@ impl Connection {
         }
     }
 
+    /// The ACL's verdict for this client (always yes without an `auth.acl_file`).
+    pub(super) fn acl_allows(&self, action: crate::auth::acl::Action<'_>) -> bool {
+        self.broker
+            .auth
+            .allows(self.username.as_deref(), &self.client_id, action)
+    }
+
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
         let (invalid, quota) = if v5 {
@@ -270,6 +283,12 @@ impl Connection {
                     .limits
                     .hit(limit, &self.client_id, "SUBSCRIBE filter refused");
                 codes.push(invalid);
+                continue;
+            }
+            let inner = shared.as_ref().map_or(filter.as_str(), |s| s.filter);
+            if !self.acl_allows(crate::auth::acl::Action::Subscribe(inner)) {
+                Metrics::add(&self.broker.metrics.acl_denied_subscribe, 1);
+                codes.push(if v5 { reason::NOT_AUTHORIZED } else { 0x80 });
                 continue;
             }
             if shared.is_some() && options.no_local && v5 {

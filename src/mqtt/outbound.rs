@@ -20,6 +20,7 @@ impl Connection {
             self.resend_within_window(&mut st, now);
         }
         let queued_before = st.queue.len();
+        let acl = self.broker.auth.has_acl();
         while self.wbuf.len() < OUT_HIGH_WATER {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
@@ -30,6 +31,11 @@ impl Connection {
                 Metrics::add(&self.broker.metrics.dropped_expired, 1);
                 continue;
             };
+            // Read access to the topic itself: a deny inside a wider grant (`#`) holds.
+            if acl && !self.acl_allows(crate::auth::acl::Action::Receive(&delivery.message.topic)) {
+                Metrics::add(&self.broker.metrics.acl_denied_receive, 1);
+                continue;
+            }
             if delivery.qos == QoS::AtMostOnce {
                 sent[0] += u64::from(self.write_publish(&delivery, 0, false, expiry));
                 continue;

@@ -160,6 +160,20 @@ impl Collector for StateCollector {
             ("required", Metrics::get(&m.auth_required)),
         ]
         .map(|(r, v)| (r.to_string(), v));
+        let acl = [
+            ("publish", Metrics::get(&m.acl_denied_publish)),
+            ("subscribe", Metrics::get(&m.acl_denied_subscribe)),
+            ("receive", Metrics::get(&m.acl_denied_receive)),
+        ]
+        .map(|(r, v)| (r.to_string(), v));
+        labelled(
+            &mut e,
+            qos,
+            "vibemq_acl_denied",
+            "What auth.acl_file refused: publishes (and wills), subscriptions, deliveries",
+            "action",
+            &acl,
+        )?;
         labelled(
             &mut e,
             qos,
