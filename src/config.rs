@@ -73,6 +73,41 @@ pub struct ServerConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub bind: SocketAddr,
+    /// Bearer token the admin API (`/api/...`) requires; empty: none.
+    pub api_token: String,
+    /// The same, read from a file (Kubernetes and Docker secrets).
+    pub api_token_file: String,
+    /// `/metrics` requires the token too.
+    pub protect_metrics: bool,
+}
+
+impl HttpConfig {
+    /// The admin token in force, from `api_token` or `api_token_file` (trimmed), if any.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        match (self.api_token.is_empty(), self.api_token_file.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Err(err(
+                "http.api_token: set either api_token or api_token_file, not both",
+            )),
+            (false, true) => Ok(Some(self.api_token.clone())),
+            (true, false) => {
+                let text = std::fs::read_to_string(&self.api_token_file).map_err(|e| {
+                    err(format!(
+                        "http.api_token_file: cannot read {}: {e}",
+                        self.api_token_file
+                    ))
+                })?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(err(format!(
+                        "http.api_token_file: {} is empty",
+                        self.api_token_file
+                    )));
+                }
+                Ok(Some(token))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +358,12 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections: must be at least 1 (got 0)"));
+        }
+        self.http.token()?;
+        if self.http.protect_metrics && self.http.token()?.is_none() {
+            return Err(err(
+                "http.protect_metrics: needs http.api_token or http.api_token_file",
+            ));
         }
         self.validate_cluster()?;
         if !["text", "json"].contains(&self.log.format.as_str()) {

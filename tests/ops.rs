@@ -213,3 +213,25 @@ async fn json_logs_are_one_object_per_line() {
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_admin_api_and_protected_metrics_require_the_token() {
+    let node = common::start(|c| {
+        c.http.api_token = "s3cret-token".into();
+        c.http.protect_metrics = true;
+    })
+    .await;
+    let http = node.http_addr().unwrap();
+    for path in ["/api/v1/cluster", "/api/v1/clients", "/metrics"] {
+        assert_eq!(get(http, path).await.0, 401, "{path} without the token");
+        let wrong =
+            common::http::get_with(http, path, &["Authorization: Bearer s3cret-toke"]).await;
+        assert_eq!(wrong.0, 401, "{path} with a wrong token");
+        let right =
+            common::http::get_with(http, path, &["Authorization: Bearer s3cret-token"]).await;
+        assert_eq!(right.0, 200, "{path} with the token");
+    }
+    // Probes never need it.
+    assert_eq!(get(http, "/health").await.0, 200);
+    assert_eq!(get(http, "/ready").await.0, 200);
+}

@@ -1,11 +1,13 @@
 //! The HTTP endpoint (axum): `/health` (alive), `/ready` (serving, and joined when seeds are
-//! configured), `/metrics` (Prometheus), `/api/v1/cluster` and `/api/v1/clients` (paged).
+//! configured), `/metrics` (Prometheus), `/api/v1/cluster` and `/api/v1/clients` (paged). With
+//! `http.api_token` set, the API (and with `http.protect_metrics` the metrics) answer only
+//! requests bearing the token; health and readiness stay open for probes.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -19,18 +21,75 @@ use super::{OpsState, metrics};
 struct AppState {
     ops: Arc<OpsState>,
     registry: Registry,
+    token: ApiToken,
+    protect_metrics: bool,
+}
+
+/// What the admin endpoints require.
+enum ApiToken {
+    /// No token configured.
+    Open,
+    /// `http.api_token` (or the file's).
+    Required(String),
+    /// The token file became unreadable after start-up: closed, never open.
+    Closed,
+}
+
+/// Whether the request bears the admin token (always, when none is set). Compared in constant
+/// time.
+fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
+    let token = match &app.token {
+        ApiToken::Open => return true,
+        ApiToken::Closed => return false,
+        ApiToken::Required(token) => token,
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({ "error": "this endpoint requires the admin token (http.api_token)" })),
+    )
+        .into_response()
 }
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, ops: Arc<OpsState>, mut shutdown: watch::Receiver<bool>) {
     let registry = metrics::registry(ops.clone());
+    // Validated at start-up; a file that vanished since leaves the API closed, never open.
+    let token = match ops.broker.config.http.token() {
+        Ok(Some(token)) => ApiToken::Required(token),
+        Ok(None) => ApiToken::Open,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token unreadable: the API refuses every request");
+            ApiToken::Closed
+        }
+    };
+    let protect_metrics = ops.broker.config.http.protect_metrics;
     let app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(prometheus))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/clients", get(clients))
-        .with_state(Arc::new(AppState { ops, registry }));
+        .with_state(Arc::new(AppState {
+            ops,
+            registry,
+            token,
+            protect_metrics,
+        }));
     let stop = async move { crate::stopped(&mut shutdown).await };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
@@ -76,7 +135,10 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn prometheus(State(app): State<Arc<AppState>>) -> Response {
+async fn prometheus(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if app.protect_metrics && !authorized(&app, &headers) {
+        return unauthorized();
+    }
     let text = metrics::render(&app.registry);
     (
         [(
@@ -88,7 +150,14 @@ async fn prometheus(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn cluster(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+async fn cluster(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    cluster_view(&app).into_response()
+}
+
+fn cluster_view(app: &AppState) -> Json<serde_json::Value> {
     let ops = &app.ops;
     let now = crate::broker::now_ms();
     let Some(c) = &ops.cluster else {
@@ -129,8 +198,16 @@ struct Page {
 
 async fn clients(
     State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
     Query(q): Query<Page>,
-) -> Json<serde_json::Value> {
+) -> Response {
+    if !authorized(&app, &headers) {
+        return unauthorized();
+    }
+    clients_page(&app, &q).into_response()
+}
+
+fn clients_page(app: &AppState, q: &Page) -> Json<serde_json::Value> {
     let per_page = q.per_page.unwrap_or(100).clamp(1, 1000);
     let page = q.page.unwrap_or(1).max(1);
     let broker = &app.ops.broker;

@@ -7,11 +7,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// (status code, body) of `GET path`.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_with(addr, path, &[]).await
+}
+
+/// `GET path` with extra request headers ("Name: value").
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String) {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to the HTTP endpoint");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
         s.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();
