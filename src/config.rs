@@ -19,8 +19,34 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
+    pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+}
+
+/// `[tls]`: the certificate TLS listeners present, and the CA client certificates must come
+/// from (mTLS) when set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    pub client_ca_file: String,
+}
+
+impl ServerConfig {
+    /// The TLS listener's address, if one is set.
+    pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.tls_bind.is_empty() {
+            return Ok(None);
+        }
+        self.tls_bind.parse().map(Some).map_err(|_| {
+            err(format!(
+                "server.tls_bind: expected host:port such as 0.0.0.0:8883, got `{}`",
+                self.tls_bind
+            ))
+        })
+    }
 }
 
 /// `[auth]`: who may connect.
@@ -59,6 +85,8 @@ impl AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub bind: SocketAddr,
+    /// MQTT over TLS, e.g. "0.0.0.0:8883"; empty: off.
+    pub tls_bind: String,
     pub connect_timeout: u64,
     pub max_connections: usize,
     /// Open connections from one source IP (0: no limit).
@@ -358,6 +386,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections: must be at least 1 (got 0)"));
+        }
+        if self.server.tls_addr()?.is_some() {
+            crate::mqtt::tls_acceptor(&self.tls).map_err(err)?;
         }
         self.http.token()?;
         if self.http.protect_metrics && self.http.token()?.is_none() {

@@ -38,6 +38,10 @@ pub struct Node {
     http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     listener: JoinHandle<()>,
+    tls_addr: Option<SocketAddr>,
+    /// The TLS listener's certificates, reloadable.
+    tls: Option<Arc<mqtt::tls::Tls>>,
+    tls_listener: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -48,6 +52,28 @@ impl Node {
             .await
             .map_err(|e| anyhow::anyhow!("server.bind {}: {e}", config.server.bind))?;
         let mqtt_addr = listener.local_addr()?;
+        let tls_addr = config
+            .server
+            .tls_addr()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tls_listener = match tls_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("server.tls_bind {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let tls = match &tls_listener {
+            Some(_) => Some(Arc::new(
+                mqtt::tls::Tls::load(&config.tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+            None => None,
+        };
+        let tls_addr = tls_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let http = match config.http.enabled {
             true => Some(
                 TcpListener::bind(config.http.bind)
@@ -84,16 +110,21 @@ impl Node {
                 rx.clone(),
             ));
         }
-        let listener = tokio::spawn(mqtt::serve(listener, broker.clone(), rx));
-        tracing::info!(%mqtt_addr, ?http_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");
+        let tls_listener = tls_listener
+            .map(|l| tokio::spawn(mqtt::serve(l, broker.clone(), rx.clone(), tls.clone())));
+        let listener = tokio::spawn(mqtt::serve(listener, broker.clone(), rx, None));
+        tracing::info!(%mqtt_addr, ?tls_addr, ?http_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");
         Ok(Node {
             broker,
             cluster,
             ops,
             mqtt_addr,
+            tls_addr,
+            tls,
             http_addr,
             shutdown,
             listener,
+            tls_listener,
         })
     }
 
@@ -104,6 +135,16 @@ impl Node {
 
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// The MQTT-over-TLS listener's address, when one is set (`server.tls_bind`).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The TLS certificates in force, to reload (SIGHUP).
+    pub fn tls(&self) -> Option<&Arc<mqtt::tls::Tls>> {
+        self.tls.as_ref()
     }
 
     /// The HTTP endpoint's address, when it is enabled.
@@ -126,6 +167,9 @@ impl Node {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.shutdown.send_replace(true);
         let _ = self.listener.await;
+        if let Some(l) = self.tls_listener {
+            let _ = l.await;
+        }
         let current = &self.broker.metrics.connections_current;
         let closed = async {
             while current.load(std::sync::atomic::Ordering::Relaxed) > 0 {

@@ -178,7 +178,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        reload_on_sighup(node.broker().clone());
+        reload_on_sighup(node.broker().clone(), node.tls().cloned());
         wait_for_signal().await;
         tracing::info!(deadline_secs = shutdown_timeout, "shutting down");
         node.shutdown(Duration::from_secs(shutdown_timeout)).await;
@@ -243,8 +243,12 @@ fn init_logging(log: &vibemq::config::LogConfig) {
     }
 }
 
-/// SIGHUP reloads the password file; a file that does not load keeps the users in force.
-fn reload_on_sighup(broker: std::sync::Arc<vibemq::broker::Broker>) {
+/// SIGHUP reloads the password and ACL files and the TLS certificates; a file that does not
+/// load keeps what was in force.
+fn reload_on_sighup(
+    broker: std::sync::Arc<vibemq::broker::Broker>,
+    tls: Option<std::sync::Arc<vibemq::mqtt::tls::Tls>>,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -254,15 +258,23 @@ fn reload_on_sighup(broker: std::sync::Arc<vibemq::broker::Broker>) {
         };
         while hup.recv().await.is_some() {
             match broker.auth.reload() {
-                Ok(users) => tracing::info!(users, "SIGHUP: password file reloaded"),
+                Ok(users) => tracing::info!(users, "SIGHUP: password and ACL files reloaded"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "SIGHUP: password file not reloaded; the previous users stay")
+                    tracing::warn!(error = %e, "SIGHUP: not reloaded; what was in force stays")
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: TLS certificates not reloaded; the previous ones stay")
+                    }
                 }
             }
         }
     });
     #[cfg(not(unix))]
-    let _ = broker;
+    let _ = (broker, tls);
 }
 
 /// `vibemq passwd FILE USER`.

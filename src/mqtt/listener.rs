@@ -92,8 +92,14 @@ impl IpTable {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+/// Accepts connections on `listener` until `shutdown` turns true; with `tls`, each one is a
+/// TLS connection (the handshake within `server.connect_timeout`, in the connection's task).
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<super::tls::Tls>>,
+) {
     let mut stop = shutdown.clone();
     let table = Arc::new(IpTable::default());
     let server = &broker.config.server;
@@ -109,7 +115,29 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::
                     accepted += 1;
                     let _ = stream.set_nodelay(true);
                     let admission = table.admit(peer.ip(), max_open, max_rate, accepted);
-                    tokio::spawn(super::connection::run(stream, peer, broker.clone(), shutdown.clone(), admission));
+                    let (broker, shutdown) = (broker.clone(), shutdown.clone());
+                    match &tls {
+                        None => {
+                            tokio::spawn(super::connection::run(stream, peer, broker, shutdown, admission));
+                        }
+                        Some(tls) => {
+                            let acceptor = tls.acceptor();
+                            tokio::spawn(async move {
+                                let limit = std::time::Duration::from_secs(broker.config.server.connect_timeout);
+                                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => super::connection::run(stream, peer, broker, shutdown, admission).await,
+                                    Ok(Err(e)) => {
+                                        crate::broker::Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                                    }
+                                    Err(_) => {
+                                        crate::broker::Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                                        tracing::debug!(%peer, "no TLS handshake within server.connect_timeout");
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly rather than spin.

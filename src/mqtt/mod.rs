@@ -8,9 +8,11 @@ mod inbound;
 mod listener;
 mod outbound;
 mod stream;
+pub mod tls;
 
 pub use listener::serve;
 pub use stream::ClientStream;
+pub use tls::acceptor as tls_acceptor;
 
 /// Serves one client connection over any byte stream to its end, as the listener does for
 /// each accepted socket (admitted, with no per-IP accounting). For other transports and for

@@ -160,6 +160,12 @@ impl Collector for StateCollector {
             ("required", Metrics::get(&m.auth_required)),
         ]
         .map(|(r, v)| (r.to_string(), v));
+        counter(
+            &mut e,
+            "vibemq_tls_handshake_failures",
+            "TLS handshakes that failed or did not finish within server.connect_timeout",
+            Metrics::get(&m.tls_handshake_failures),
+        )?;
         let acl = [
             ("publish", Metrics::get(&m.acl_denied_publish)),
             ("subscribe", Metrics::get(&m.acl_denied_subscribe)),
