@@ -424,7 +424,11 @@ impl Link {
             }
             n += 1;
         }
-        if q.bytes <= self.bounds.window_bytes {
+        // A batch of the set gets the next sequence number, so it may go only once every frame
+        // numbered before it has gone: frames resent after a reconnect are still in `unsent`
+        // until then, and the peer, which skips numbers at or below the last it processed,
+        // would otherwise take them for ones it already has.
+        if q.unsent.is_empty() && q.bytes <= self.bounds.window_bytes {
             match std::mem::replace(&mut q.retained, RetainedSync::Done) {
                 RetainedSync::Due => {
                     q.retained = RetainedSync::Sending(retained_set(None).into());
@@ -625,6 +629,57 @@ mod tests {
             vec![batch(9)]
         });
         assert_eq!(scopes, vec![Some(vec![gone])]);
+    }
+
+    #[test]
+    fn frames_go_out_in_sequence_order_after_a_reconnect() {
+        // The bug a cut in the middle of a large retained set showed: a new batch of the set
+        // (numbered 4) went out right behind the first resent frame (2), ahead of the other
+        // resent one (3), and the peer, having processed 4, skipped 3 as already seen.
+        let l = link(bounds(1 << 20, 1 << 30));
+        l.queue.lock().retained = RetainedSync::Due;
+        let big = |i: usize| {
+            vec![WireMessage {
+                topic: format!("r/{i}"),
+                payload: Bytes::from(vec![1u8; BATCH_BYTES]),
+                qos: 0,
+                retain: true,
+                payload_format_indicator: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+                expiry_secs: None,
+                publisher: None,
+                origin: "me".into(),
+                stamp: 1,
+            }]
+        };
+        let set = |_: RetainedScope<'_>| (0..5).map(big).collect::<Vec<_>>();
+        let mut sent = Vec::new();
+        let mut take = |l: &Link| {
+            let mut out = BytesMut::new();
+            l.take_batch(&mut out, set);
+            while let Ok(Some(frame)) = wire::decode_frame(&mut out) {
+                if let Frame::Retained { seq, .. } = frame {
+                    sent.push(seq);
+                }
+            }
+        };
+        take(&l);
+        take(&l);
+        take(&l);
+        assert_eq!(seqs(&l).1, vec![1, 2, 3]);
+        // The peer processed 1; the connection drops with 2 and 3 unacknowledged.
+        l.resume(1);
+        for _ in 0..4 {
+            take(&l);
+        }
+        assert_eq!(
+            sent,
+            [1, 2, 3, 2, 3, 4, 5],
+            "in order, the resent ones first"
+        );
     }
 
     #[test]
