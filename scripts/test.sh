@@ -28,12 +28,14 @@ missing=()
 { have mosquitto_pub && have mosquitto_sub; } || missing+=(mosquitto-clients)
 # mosquitto: its mosquitto_passwd writes the password files the auth tests read.
 have mosquitto_passwd || missing+=(mosquitto)
+# openssl makes the TLS tests' certificates.
+have openssl || missing+=(openssl)
 have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-for tool in mosquitto_pub mosquitto_sub mosquitto_passwd dnsmasq stdbuf cargo python3 docker docker-compose; do
+for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq stdbuf cargo python3 docker docker-compose; do
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
 # The offline validators of the deployment files (PyPI).

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::Cluster;
 use super::link::{BATCH_BYTES, Link};
+use super::seal::{self, Purpose, Records};
 use super::wire::{self, Frame, HandshakeIds};
 use crate::broker::Metrics;
 
@@ -77,7 +78,7 @@ pub(super) async fn serve(
 ) -> Result<(), String> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let resume_after = tokio::time::timeout(
+    let (resume_after, mut records) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(link, cluster, &mut reader, &mut writer, &mut rbuf),
     )
@@ -99,30 +100,41 @@ pub(super) async fn serve(
     let mut heard = Instant::now();
     let mut wrote = Instant::now();
     let mut ticked = Instant::now();
+    // Frames to write (plain), and the bytes on their way to the wire (sealed, with a secret).
     let mut wbuf = BytesMut::with_capacity(BATCH_BYTES);
+    let mut out = BytesMut::new();
+    records.open_buffered(&mut rbuf)?;
     loop {
-        if wbuf.is_empty() {
-            let n = link.take_batch(&mut wbuf, |scope| cluster.retained_batches(scope));
-            Metrics::add(&cluster.metrics.frames_forwarded, n as u64);
+        while let Some(frame) = wire::decode_frame(&mut rbuf)? {
+            match frame {
+                Frame::Ack { upto } => link.ack(upto),
+                Frame::Refused { reason } => return Err(format!("refused: {reason}")),
+                other => return Err(format!("unexpected frame from acceptor: {other:?}")),
+            }
+        }
+        if out.is_empty() {
+            if wbuf.is_empty() {
+                let n = link.take_batch(&mut wbuf, |scope| cluster.retained_batches(scope));
+                Metrics::add(&cluster.metrics.frames_forwarded, n as u64);
+            }
+            records.seal(&mut wbuf, &mut out)?;
         }
         // Biased (in this order) so a simulation replays exactly; reading first is also what
         // keeps acknowledgements flowing while there is always more to write.
         tokio::select! {
             biased;
-            frame = wire::read_frame(&mut reader, &mut rbuf) => {
-                heard = Instant::now();
-                match frame? {
-                    Frame::Ack { upto } => link.ack(upto),
-                    Frame::Refused { reason } => return Err(format!("refused: {reason}")),
-                    other => return Err(format!("unexpected frame from acceptor: {other:?}")),
+            read = records.read(&mut reader, &mut rbuf) => {
+                if read.inspect_err(|_| Metrics::add(&cluster.metrics.frames_rejected, 1))? == 0 {
+                    return Err("connection closed".into());
                 }
+                heard = Instant::now();
             }
-            written = writer.write(&wbuf), if !wbuf.is_empty() => {
+            written = writer.write(&out), if !out.is_empty() => {
                 let n = written.map_err(|e| format!("write: {e}"))?;
-                bytes::Buf::advance(&mut wbuf, n);
+                bytes::Buf::advance(&mut out, n);
                 wrote = Instant::now();
             }
-            _ = link.wake.notified(), if wbuf.is_empty() && !link.has_more() => {}
+            _ = link.wake.notified(), if out.is_empty() && !link.has_more() => {}
             _ = heartbeat.tick() => {
                 if ticked.elapsed() >= timeout {
                     // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
@@ -134,7 +146,7 @@ pub(super) async fn serve(
                     tracing::warn!(peer = %link.node_id, addr = %link.addr, silent_ms = heard.elapsed().as_millis() as u64, "peer link silent past cluster.link_timeout_ms; reconnecting");
                     return Err("peer silent".into());
                 }
-                if wbuf.is_empty() && wrote.elapsed() >= timeout / 4 {
+                if out.is_empty() && wbuf.is_empty() && wrote.elapsed() >= timeout / 4 {
                     wire::encode_frame(&Frame::Heartbeat, &mut wbuf)?;
                 }
             }
@@ -148,7 +160,7 @@ async fn handshake(
     reader: &mut (impl AsyncRead + Unpin),
     writer: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
-) -> Result<u64, String> {
+) -> Result<(u64, Records), String> {
     let my_nonce = wire::nonce();
     let hello = Frame::Hello {
         version: wire::PROTOCOL_VERSION,
@@ -197,7 +209,8 @@ async fn handshake(
         dialer_nonce: &my_nonce,
         acceptor_nonce: &their_nonce,
     };
-    let key = cluster.key.as_ref();
+    let handshake_key = cluster.key.map(|k| seal::derive(&k, Purpose::Handshake));
+    let key = handshake_key.as_ref();
     if !wire::verify(key, "acceptor", &ids, &their_proof) {
         Metrics::add(&cluster.metrics.auth_failures, 1);
         tracing::warn!(peer = %their_id, addr = %link.addr, "peer failed authentication (wrong cluster secret?)");
@@ -218,7 +231,17 @@ async fn handshake(
     )
     .await?;
     match wire::read_frame(reader, rbuf).await? {
-        Frame::Ready { resume_after } => Ok(resume_after),
+        Frame::Ready { resume_after } => {
+            // From here on, with a secret, every byte is sealed (keys of this connection).
+            let records = match &cluster.key {
+                Some(secret) => {
+                    let (to_acceptor, to_dialer) = seal::link_keys(secret, &ids);
+                    Records::sealed(to_acceptor, to_dialer, rbuf)
+                }
+                None => Records::plain(),
+            };
+            Ok((resume_after, records))
+        }
         Frame::Refused { reason } => {
             Metrics::add(&cluster.metrics.auth_failures, 1);
             tracing::warn!(peer = %their_id, addr = %link.addr, %reason, "peer refused our link");

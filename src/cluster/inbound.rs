@@ -11,12 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Cluster;
+use super::seal::{self, Purpose, Records};
+
+/// (dialer to acceptor, acceptor to dialer).
+type LinkKeys = ([u8; 32], [u8; 32]);
 use super::wire::{self, Frame, HandshakeIds};
 use crate::broker::{Held, Metrics};
 
@@ -136,7 +140,7 @@ pub(crate) async fn receive(
 ) -> Result<(), String> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let (peer, generation, epoch) = tokio::time::timeout(
+    let (peer, generation, epoch, keys) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(cluster, &mut reader, &mut writer, &mut rbuf),
     )
@@ -165,6 +169,14 @@ pub(crate) async fn receive(
     }
     let last = cluster.begin_link(&peer, generation, epoch);
     wire::write_frame(&mut writer, &Frame::Ready { resume_after: last }).await?;
+    // From here on, with a secret, every byte is sealed (keys of this connection).
+    let mut records = match keys {
+        Some((to_acceptor, to_dialer)) => Records::sealed(to_dialer, to_acceptor, &mut rbuf),
+        None => Records::plain(),
+    };
+    let mut plain = BytesMut::new();
+    records.open_buffered(&mut plain)?;
+    let mut rbuf = plain;
     let mut state = Receiving {
         peer,
         last,
@@ -176,13 +188,18 @@ pub(crate) async fn receive(
     let mut heard = Instant::now();
     let mut ticked = Instant::now();
     let mut acked = last;
+    // Frames to write (plain), and the bytes on their way to the wire (sealed, with a secret).
+    let mut pending = BytesMut::new();
     let mut out = BytesMut::new();
     state.process(cluster, &mut rbuf)?;
     loop {
         if state.last != acked {
             cluster.set_processed(&state.peer, generation, epoch, state.last);
-            wire::encode_frame(&Frame::Ack { upto: state.last }, &mut out)?;
+            wire::encode_frame(&Frame::Ack { upto: state.last }, &mut pending)?;
             acked = state.last;
+        }
+        if out.is_empty() && !pending.is_empty() {
+            records.seal(&mut pending, &mut out)?;
         }
         let held = !state.held.is_empty();
         // Biased (in this order) so a simulation replays exactly.
@@ -192,11 +209,9 @@ pub(crate) async fn receive(
                 let n = written.map_err(|e| format!("write: {e}"))?;
                 bytes::Buf::advance(&mut out, n);
             }
-            read = reader.read_buf(&mut rbuf), if !held && rbuf.len() < READ_AHEAD => {
-                match read {
-                    Ok(0) => return Err("connection closed".into()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("read: {e}")),
+            read = records.read(&mut reader, &mut rbuf), if !held && rbuf.len() < READ_AHEAD => {
+                if read.inspect_err(|_| Metrics::add(&cluster.metrics.frames_rejected, 1))? == 0 {
+                    return Err("connection closed".into());
                 }
                 heard = Instant::now();
                 state.process(cluster, &mut rbuf)?;
@@ -219,8 +234,8 @@ pub(crate) async fn receive(
                     Metrics::add(&cluster.metrics.link_timeouts, 1);
                     return Err(format!("dialer silent for {} ms", heard.elapsed().as_millis()));
                 }
-                if out.is_empty() {
-                    wire::encode_frame(&Frame::Ack { upto: acked }, &mut out)?;
+                if out.is_empty() && pending.is_empty() {
+                    wire::encode_frame(&Frame::Ack { upto: acked }, &mut pending)?;
                 }
             }
             _ = turn.superseded.changed() => {
@@ -235,7 +250,7 @@ async fn handshake(
     reader: &mut (impl AsyncRead + Unpin),
     writer: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
-) -> Result<(String, u64, u64), String> {
+) -> Result<(String, u64, u64, Option<LinkKeys>), String> {
     let refuse = |reason: String| Frame::Refused { reason };
     let (version, their_cluster, their_id, their_gen, epoch, their_nonce) =
         match wire::read_frame(reader, rbuf).await? {
@@ -273,7 +288,8 @@ async fn handshake(
         dialer_nonce: &their_nonce,
         acceptor_nonce: &my_nonce,
     };
-    let key = cluster.key.as_ref();
+    let handshake_key = cluster.key.map(|k| seal::derive(&k, Purpose::Handshake));
+    let key = handshake_key.as_ref();
     let welcome = Frame::Welcome {
         node_id: cluster.node_id.to_string(),
         generation: cluster.generation,
@@ -292,5 +308,9 @@ async fn handshake(
         let _ = wire::write_frame(writer, &refuse("authentication failed".into())).await;
         return Err("dialer failed authentication".into());
     }
-    Ok((their_id, their_gen, epoch))
+    let keys = cluster
+        .key
+        .as_ref()
+        .map(|secret| seal::link_keys(secret, &ids));
+    Ok((their_id, their_gen, epoch, keys))
 }

@@ -12,6 +12,7 @@ mod link;
 mod membership;
 mod progress;
 pub mod routes;
+mod seal;
 #[cfg(test)]
 mod sim;
 mod transport;
@@ -80,6 +81,9 @@ pub struct ClusterMetrics {
     pub link_reconnects: AtomicU64,
     /// Connections closed for silence past `cluster.link_timeout_ms`.
     pub link_timeouts: AtomicU64,
+    /// Peer connections closed because a sealed record failed to open (forged, altered,
+    /// replayed, reordered).
+    pub frames_rejected: AtomicU64,
     pub auth_failures: AtomicU64,
     /// Gossip datagrams refused for not being sealed with this cluster's secret.
     pub gossip_rejected: Arc<AtomicU64>,
@@ -281,8 +285,12 @@ impl Cluster {
             (membership::KEY_STATUS.to_string(), "up".to_string()),
         ];
         let metrics = ClusterMetrics::default();
-        let transport =
-            transport::GossipTransport::new(gossip_socket, key, metrics.gossip_rejected.clone());
+        let gossip_key = key.map(|k| seal::derive(&k, seal::Purpose::Gossip));
+        let transport = transport::GossipTransport::new(
+            gossip_socket,
+            gossip_key,
+            metrics.gossip_rejected.clone(),
+        );
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
 

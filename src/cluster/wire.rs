@@ -17,7 +17,9 @@ use crate::codec::{Properties, QoS};
 /// 2: Hello carries the link's epoch (progress is kept per link incarnation).
 /// 3: retained sync is part of the reliable stream (`Retained` has a sequence number, no
 /// `RetainedRequest`); `Heartbeat`; `Publish` says how long it waited in the queue.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: with a secret, everything after the handshake is sealed (see `seal`), and the handshake
+/// MAC uses a key derived for it.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
 /// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.

@@ -303,6 +303,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_cluster_frames_rejected",
+            "Peer connections closed for a sealed record that failed to open (forged, altered, replayed)",
+            Metrics::get(&cm.frames_rejected),
+        )?;
+        counter(
+            &mut e,
             "vibemq_cluster_link_timeouts",
             "Peer connections closed for silence past cluster.link_timeout_ms",
             Metrics::get(&cm.link_timeouts),
