@@ -523,6 +523,25 @@ mod tests {
         )
     }
 
+    /// A batch of the retained set holding one message of `size` bytes on `r/{i}`.
+    fn retained_batch(i: usize, size: usize) -> Vec<WireMessage> {
+        vec![WireMessage {
+            topic: format!("r/{i}"),
+            payload: Bytes::from(vec![1u8; size]),
+            qos: 0,
+            retain: true,
+            payload_format_indicator: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+            expiry_secs: None,
+            publisher: None,
+            origin: "me".into(),
+            stamp: 1,
+        }]
+    }
+
     fn none(_: RetainedScope<'_>) -> Vec<Vec<WireMessage>> {
         Vec::new()
     }
@@ -583,23 +602,7 @@ mod tests {
     fn the_retained_set_goes_in_reliable_batches_within_the_window() {
         let l = link(bounds(100, 1 << 20));
         l.queue.lock().retained = RetainedSync::Due;
-        let batch = |i: usize| {
-            vec![WireMessage {
-                topic: format!("r/{i}"),
-                payload: Bytes::from(vec![1u8; 300]),
-                qos: 0,
-                retain: true,
-                payload_format_indicator: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: Vec::new(),
-                expiry_secs: None,
-                publisher: None,
-                origin: "me".into(),
-                stamp: 1,
-            }]
-        };
+        let batch = |i: usize| retained_batch(i, 300);
         let set = |_: RetainedScope<'_>| (0..3).map(batch).collect::<Vec<_>>();
         l.send_publish(true, true, vec![], Bytes::from_static(b"live"));
         let mut out = BytesMut::new();
@@ -638,23 +641,7 @@ mod tests {
         // resent one (3), and the peer, having processed 4, skipped 3 as already seen.
         let l = link(bounds(1 << 20, 1 << 30));
         l.queue.lock().retained = RetainedSync::Due;
-        let big = |i: usize| {
-            vec![WireMessage {
-                topic: format!("r/{i}"),
-                payload: Bytes::from(vec![1u8; BATCH_BYTES]),
-                qos: 0,
-                retain: true,
-                payload_format_indicator: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: Vec::new(),
-                expiry_secs: None,
-                publisher: None,
-                origin: "me".into(),
-                stamp: 1,
-            }]
-        };
+        let big = |i: usize| retained_batch(i, BATCH_BYTES);
         let set = |_: RetainedScope<'_>| (0..5).map(big).collect::<Vec<_>>();
         let mut sent = Vec::new();
         let mut take = |l: &Link| {
