@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (mosquitto-clients, dnsmasq-base, the deployment validators, cargo-fuzz), then formatting,
+# (mosquitto-clients, dnsmasq-base, haproxy, paho-mqtt, the deployment validators, cargo-fuzz), then formatting,
 # lints, the deployment checks, the Docker Compose test, a chaos run of the Compose cluster, a
 # bounded fuzzing slice and every test (the cluster simulation's 200 seeds among them). Fails
 # loudly; skips nothing.
@@ -31,18 +31,21 @@ have mosquitto_passwd || missing+=(mosquitto)
 # openssl makes the TLS tests' certificates.
 have openssl || missing+=(openssl)
 have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+# haproxy: the load balancer sending PROXY protocol headers in the listener tests.
+have haproxy || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq stdbuf cargo python3 docker docker-compose; do
+for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq haproxy stdbuf cargo python3 docker docker-compose; do
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
-# The offline validators of the deployment files (PyPI).
-if ! python3 -c 'import kubernetes_validate, check_jsonschema' 2>/dev/null; then
-    log "installing kubernetes-validate and check-jsonschema"
-    python3 -m pip install --quiet kubernetes-validate check-jsonschema \
-        || { echo "FATAL: cannot install kubernetes-validate / check-jsonschema from PyPI" >&2; exit 1; }
+# The offline validators of the deployment files, and paho-mqtt (the Eclipse Python client
+# of the WebSocket and PROXY protocol tests), from PyPI.
+if ! python3 -c 'import kubernetes_validate, check_jsonschema, paho.mqtt' 2>/dev/null; then
+    log "installing kubernetes-validate, check-jsonschema and paho-mqtt"
+    python3 -m pip install --quiet kubernetes-validate check-jsonschema 'paho-mqtt>=2,<3' \
+        || { echo "FATAL: cannot install kubernetes-validate / check-jsonschema / paho-mqtt from PyPI" >&2; exit 1; }
 fi
 docker info >/dev/null 2>&1 || { echo "FATAL: the Docker Engine is not reachable (docker info fails)" >&2; exit 1; }
 

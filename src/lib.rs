@@ -34,46 +34,34 @@ pub struct Node {
     broker: Arc<Broker>,
     cluster: Option<Arc<cluster::Cluster>>,
     ops: Arc<ops::OpsState>,
-    mqtt_addr: SocketAddr,
+    /// The MQTT listeners that are on, with their bound addresses.
+    listeners: Vec<(config::ListenerKind, SocketAddr, JoinHandle<()>)>,
     http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    listener: JoinHandle<()>,
-    tls_addr: Option<SocketAddr>,
-    /// The TLS listener's certificates, reloadable.
+    /// The TLS listeners' certificates, reloadable.
     tls: Option<Arc<mqtt::tls::Tls>>,
-    tls_listener: Option<JoinHandle<()>>,
 }
 
 impl Node {
-    /// Binds the listeners and starts serving. Port 0 in `server.bind` (or `http.bind`) picks
-    /// a free port; `mqtt_addr` (and `http_addr`) tell which.
+    /// Binds the listeners and starts serving. Port 0 in a listener's address (or `http.bind`)
+    /// picks a free port; `listener_addr` (and `http_addr`) tell which.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
-        let listener = TcpListener::bind(config.server.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("server.bind {}: {e}", config.server.bind))?;
-        let mqtt_addr = listener.local_addr()?;
-        let tls_addr = config
-            .server
-            .tls_addr()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let tls_listener = match tls_addr {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("server.tls_bind {addr}: {e}"))?,
-            ),
-            None => None,
-        };
-        let tls = match &tls_listener {
-            Some(_) => Some(Arc::new(
+        let mut bound = Vec::new();
+        for (kind, addr) in config.server.listeners().map_err(|e| anyhow::anyhow!("{e}"))? {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("{} {addr}: {e}", kind.key()))?;
+            bound.push((kind, listener.local_addr()?, listener));
+        }
+        if bound.is_empty() {
+            anyhow::bail!("server.bind: every MQTT listener is off");
+        }
+        let tls = match bound.iter().any(|(kind, _, _)| kind.uses_tls()) {
+            true => Some(Arc::new(
                 mqtt::tls::Tls::load(&config.tls).map_err(|e| anyhow::anyhow!("{e}"))?,
             )),
-            None => None,
+            false => None,
         };
-        let tls_addr = tls_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
         let http = match config.http.enabled {
             true => Some(
                 TcpListener::bind(config.http.bind)
@@ -110,21 +98,26 @@ impl Node {
                 rx.clone(),
             ));
         }
-        let tls_listener = tls_listener
-            .map(|l| tokio::spawn(mqtt::serve(l, broker.clone(), rx.clone(), tls.clone())));
-        let listener = tokio::spawn(mqtt::serve(listener, broker.clone(), rx, None));
-        tracing::info!(%mqtt_addr, ?tls_addr, ?http_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ listening for MQTT");
+        let listeners: Vec<_> = bound
+            .into_iter()
+            .map(|(kind, addr, listener)| {
+                let tls = kind.uses_tls().then(|| tls.clone()).flatten();
+                let task = mqtt::serve(listener, broker.clone(), rx.clone(), kind, tls);
+                (kind, addr, tokio::spawn(task))
+            })
+            .collect();
+        for (kind, addr, _) in &listeners {
+            tracing::info!(listener = kind.name(), %addr, "listening for MQTT");
+        }
+        tracing::info!(?http_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ started");
         Ok(Node {
             broker,
             cluster,
             ops,
-            mqtt_addr,
-            tls_addr,
+            listeners,
             tls,
             http_addr,
             shutdown,
-            listener,
-            tls_listener,
         })
     }
 
@@ -133,13 +126,26 @@ impl Node {
         self.cluster.as_ref()
     }
 
+    /// The MQTT-over-TCP listener's address (`server.bind`).
+    ///
+    /// # Panics
+    /// When `server.bind` is off; `listener_addr` answers for any listener without panicking.
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+        self.listener_addr(config::ListenerKind::Tcp)
+            .expect("server.bind is off on this node")
+    }
+
+    /// A listener's bound address, when it is on.
+    pub fn listener_addr(&self, kind: config::ListenerKind) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, addr, _)| *addr)
     }
 
     /// The MQTT-over-TLS listener's address, when one is set (`server.tls_bind`).
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls_addr
+        self.listener_addr(config::ListenerKind::Tls)
     }
 
     /// The TLS certificates in force, to reload (SIGHUP).
@@ -166,9 +172,8 @@ impl Node {
             .mqtt_up
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.shutdown.send_replace(true);
-        let _ = self.listener.await;
-        if let Some(l) = self.tls_listener {
-            let _ = l.await;
+        for (_, _, task) in self.listeners {
+            let _ = task.await;
         }
         let current = &self.broker.metrics.connections_current;
         let closed = async {

@@ -3,112 +3,36 @@
 //! the real binary; a client that does not trust the CA, one without a client certificate and
 //! one with a certificate from another CA all refused (and counted); certificates replaced and
 //! reloaded on SIGHUP while a subscriber connected before stays connected; a bad certificate
-//! stopping start-up with one line naming the key.
+//! stopping start-up with one line naming the key; an expired client certificate refused;
+//! `tls.use_identity_as_username` making the certificate's Common Name the user the ACL
+//! knows.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::certs::{make_ca, make_cert, make_cert_for_days, scratch};
 use common::process::{BrokerProcess, free_port, run, spawn};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vibemq-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn openssl(dir: &Path, args: &[&str]) {
-    let out = tokio::time::timeout(
-        LIMIT,
-        tokio::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("openssl in time")
-    .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `NAME.key` and `NAME.pem`: a self-signed CA.
-async fn make_ca(dir: &Path, name: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN={name}"),
-    );
-    openssl(
-        dir,
-        &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
-            "-days", "2", "-subj", &subj,
-        ],
-    )
-    .await;
-}
-
-/// `NAME.key` and `NAME.pem` signed by `ca`, for localhost and 127.0.0.1.
-async fn make_cert(dir: &Path, name: &str, ca: &str) {
-    let (key, csr, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-        format!("/CN={name}"),
-    );
-    openssl(
-        dir,
-        &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj,
-        ],
-    )
-    .await;
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    let (ca_pem, ca_key, ext) = (
-        format!("{ca}.pem"),
-        format!("{ca}.key"),
-        format!("{name}.ext"),
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ],
-    )
-    .await;
-}
-
 /// A broker with a TLS listener on `tls_port` and `[tls]` from the files in `dir`.
 async fn broker(dir: &Path, tls_port: u16, client_ca: bool, http: u16) -> BrokerProcess {
+    broker_with(dir, tls_port, client_ca, http, "", "").await
+}
+
+/// The same with more keys in `[tls]` and more sections after it.
+async fn broker_with(
+    dir: &Path,
+    tls_port: u16,
+    client_ca: bool,
+    http: u16,
+    tls_extra: &str,
+    sections: &str,
+) -> BrokerProcess {
     let p = |f: &str| dir.join(f).to_string_lossy().to_string();
     let config = dir.join("vibemq.toml");
     let client_ca_file = if client_ca {
@@ -120,7 +44,7 @@ async fn broker(dir: &Path, tls_port: u16, client_ca: bool, http: u16) -> Broker
         &config,
         format!(
             "[server]\ntls_bind = \"127.0.0.1:{tls_port}\"\n\n[tls]\ncert_file = \"{}\"\n\
-             key_file = \"{}\"\nclient_ca_file = \"{client_ca_file}\"\n",
+             key_file = \"{}\"\nclient_ca_file = \"{client_ca_file}\"\n{tls_extra}\n{sections}\n",
             p("server.pem"),
             p("server.key")
         ),
@@ -349,5 +273,98 @@ async fn a_bad_certificate_stops_start_up_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls.cert_file"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_certificate_names_the_user_and_expired_ones_are_refused() {
+    let dir = scratch("identity");
+    make_ca(&dir, "ca").await;
+    make_cert(&dir, "server", "ca").await;
+    // Common Names "sensor" and "intruder"; "stale" expired yesterday.
+    make_cert(&dir, "sensor", "ca").await;
+    make_cert(&dir, "intruder", "ca").await;
+    make_cert_for_days(&dir, "stale", "ca", -1).await;
+    // No password file entry for either: the certificate is the credential. The ACL lets
+    // "sensor" write sensors/# and nothing else; nobody else anything.
+    std::fs::write(dir.join("acl"), "user sensor\ntopic readwrite sensors/#\n").unwrap();
+    let sections = format!(
+        "[auth]\nallow_anonymous = false\nacl_file = \"{}\"\n",
+        dir.join("acl").display()
+    );
+    let (port, http) = (free_port(), free_port());
+    let _b = broker_with(
+        &dir,
+        port,
+        true,
+        http,
+        "use_identity_as_username = true",
+        &sections,
+    )
+    .await;
+    let as_user = |name: &str| {
+        [
+            "--cafile".to_string(),
+            "ca.pem".to_string(),
+            "--cert".to_string(),
+            format!("{name}.pem"),
+            "--key".to_string(),
+            format!("{name}.key"),
+        ]
+    };
+    let port_s = port.to_string();
+    let sensor = as_user("sensor");
+    let mut sub_args: Vec<&str> = vec![
+        "-h", "localhost", "-p", &port_s, "-t", "sensors/#", "-C", "1", "-W", "10", "-V", "5",
+    ];
+    sub_args.extend(sensor.iter().map(String::as_str));
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(&sub_args)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // "intruder" has a valid certificate, so it connects, but the ACL gives its name nothing:
+    // its publish is refused (v5 PUBACK 0x87) and counted.
+    let intruder = as_user("intruder");
+    let mut args: Vec<&str> = vec!["-t", "sensors/t", "-V", "5"];
+    args.extend(intruder.iter().map(String::as_str));
+    let _ = tls_pub(&dir, port, &args).await;
+    let http_addr = format!("127.0.0.1:{http}").parse().unwrap();
+    let (_, metrics) = common::http::get(http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("vibemq_acl_denied_total{action=\"publish\"} 1"),
+        "{metrics}"
+    );
+    // "sensor" writes what its subscription (also under its certificate's name) receives.
+    let mut args: Vec<&str> = vec!["-t", "sensors/t", "-V", "5"];
+    args.extend(sensor.iter().map(String::as_str));
+    tls_pub(&dir, port, &args).await.unwrap();
+    let out = tokio::time::timeout(LIMIT, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hi",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An expired certificate from the right CA fails the handshake, counted.
+    let failures = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("vibemq_tls_handshake_failures_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .expect("the counter")
+    };
+    let before = failures(&common::http::get(http_addr, "/metrics").await.1);
+    let stale = as_user("stale");
+    let args: Vec<&str> = stale.iter().map(String::as_str).collect();
+    assert!(tls_pub(&dir, port, &args).await.is_err());
+    let after = failures(&common::http::get(http_addr, "/metrics").await.1);
+    assert_eq!(after, before + 1.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -39,6 +39,11 @@ pub struct Metrics {
     /// TLS handshakes that failed or did not finish in time (a wrong CA, no client
     /// certificate where one is required, an expired one, plain MQTT on the TLS port).
     pub tls_handshake_failures: AtomicU64,
+    /// WebSocket upgrades refused or not finished in time (wrong path or subprotocol, not
+    /// HTTP at all).
+    pub websocket_upgrade_failures: AtomicU64,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    pub proxy_header_failures: AtomicU64,
     /// What the ACL refused: PUBLISHes (and wills), subscriptions, deliveries.
     pub acl_denied_publish: AtomicU64,
     pub acl_denied_subscribe: AtomicU64,

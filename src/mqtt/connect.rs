@@ -65,13 +65,17 @@ pub(super) async fn handshake<S: ClientStream>(
         }
         Ok(Ok(c)) => c,
     };
+    let mut connect = connect;
     let protocol = connect.protocol;
     let mut checked = match &admission {
         Admission::Refused(limit) => Err(Refusal::limit(*limit)),
         Admission::Admitted(_) => check_connect(&connect, broker),
     };
     if checked.is_ok() {
-        checked = authenticate(&connect, broker).await;
+        checked = match certificate_user(&mut connect, stream.certificate_identity(), broker) {
+            Ok(certified) => authenticate(&connect, broker, certified).await,
+            Err(refusal) => Err(refusal),
+        };
     }
     if let Err(refusal) = checked {
         if let Some(limit) = refusal.limit {
@@ -230,13 +234,48 @@ fn check_connect(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The CONNECT's credentials against `[auth]`, and its will against the ACL, each refusal
-/// counted.
-async fn authenticate(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
-    let verdict = broker
-        .auth
-        .authenticate(c.username.as_deref(), c.password.as_deref())
-        .await;
+/// With `tls.use_identity_as_username`, a TLS client's certificate names it: its Common Name
+/// replaces the CONNECT's user name and no password is asked (the certificate, verified
+/// against `tls.client_ca_file`, is the credential). Ok(true) when that happened.
+fn certificate_user(
+    c: &mut Connect,
+    identity: super::stream::CertificateIdentity,
+    broker: &Broker,
+) -> Result<bool, Refusal> {
+    use super::stream::CertificateIdentity;
+    if !broker.config.tls.use_identity_as_username {
+        return Ok(false);
+    }
+    match identity {
+        CertificateIdentity::NotTls => Ok(false),
+        CertificateIdentity::Named(name) => {
+            c.username = Some(name);
+            c.password = None;
+            Ok(true)
+        }
+        CertificateIdentity::Unnamed => {
+            crate::broker::Metrics::add(&broker.metrics.auth_required, 1);
+            Err(Refusal::new(
+                reason::NOT_AUTHORIZED,
+                v3_return::NOT_AUTHORIZED,
+                "the client certificate has no Common Name to use as the user name (tls.use_identity_as_username)",
+            ))
+        }
+    }
+}
+
+/// The CONNECT's credentials against `[auth]` (unless a certificate vouched for the user
+/// name), and its will against the ACL, each refusal counted.
+async fn authenticate(c: &Connect, broker: &Broker, certified: bool) -> Result<(), Refusal> {
+    let verdict = match certified {
+        true => Ok(()),
+        false => {
+            broker
+                .auth
+                .authenticate(c.username.as_deref(), c.password.as_deref())
+                .await
+        }
+    };
     match verdict {
         Ok(()) => {
             if let Some(will) = &c.will {

@@ -1,17 +1,22 @@
-//! Accepts TCP connections and hands each to its own connection task until shutdown, after
-//! admission by source address: connections open per IP (`server.max_connections_per_ip`)
-//! and new connections per second per IP (`server.max_connection_rate_per_ip`). A refused
-//! connection is still read up to its CONNECT, so the client gets the spec's reason code.
+//! Accepts connections on one MQTT listener (TCP, TLS, WebSocket or WebSocket over TLS) and
+//! hands each to its own connection task until shutdown, after admission by source address
+//! (the PROXY header's when there is one): connections open per IP
+//! (`server.max_connections_per_ip`) and new connections per second per IP
+//! (`server.max_connection_rate_per_ip`). A refused connection is still read up to its
+//! CONNECT, so the client gets the spec's reason code.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::broker::Broker;
+use super::stream::ClientStream;
+use super::tls::Tls;
+use crate::broker::{Broker, Metrics};
+use crate::config::ListenerKind;
 use crate::limits::{Limit, TokenBucket};
 
 /// What one source address has open, and its connection-rate bucket.
@@ -92,52 +97,34 @@ impl IpTable {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true; with `tls`, each one is a
-/// TLS connection (the handshake within `server.connect_timeout`, in the connection's task).
+/// Accepts connections on `listener` until `shutdown` turns true, each served in its own task
+/// as `kind` says: after the PROXY header (`server.proxy_protocol`), the TLS handshake (with
+/// `tls`) and the WebSocket upgrade, all within `server.connect_timeout`.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    tls: Option<Arc<super::tls::Tls>>,
+    kind: ListenerKind,
+    tls: Option<Arc<Tls>>,
 ) {
     let mut stop = shutdown.clone();
     let table = Arc::new(IpTable::default());
-    let server = &broker.config.server;
-    let (max_open, max_rate) = (
-        server.max_connections_per_ip,
-        server.max_connection_rate_per_ip,
-    );
     let mut accepted: u64 = 0;
     loop {
         tokio::select! {
             accepted_conn = listener.accept() => match accepted_conn {
-                Ok((stream, peer)) => {
+                Ok((stream, socket)) => {
                     accepted += 1;
                     let _ = stream.set_nodelay(true);
-                    let admission = table.admit(peer.ip(), max_open, max_rate, accepted);
-                    let (broker, shutdown) = (broker.clone(), shutdown.clone());
-                    match &tls {
-                        None => {
-                            tokio::spawn(super::connection::run(stream, peer, broker, shutdown, admission));
-                        }
-                        Some(tls) => {
-                            let acceptor = tls.acceptor();
-                            tokio::spawn(async move {
-                                let limit = std::time::Duration::from_secs(broker.config.server.connect_timeout);
-                                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => super::connection::run(stream, peer, broker, shutdown, admission).await,
-                                    Ok(Err(e)) => {
-                                        crate::broker::Metrics::add(&broker.metrics.tls_handshake_failures, 1);
-                                        tracing::info!(%peer, error = %e, "TLS handshake failed");
-                                    }
-                                    Err(_) => {
-                                        crate::broker::Metrics::add(&broker.metrics.tls_handshake_failures, 1);
-                                        tracing::debug!(%peer, "no TLS handshake within server.connect_timeout");
-                                    }
-                                }
-                            });
-                        }
-                    }
+                    let opening = Opening {
+                        broker: broker.clone(),
+                        shutdown: shutdown.clone(),
+                        table: table.clone(),
+                        kind,
+                        tls: tls.clone(),
+                        accepted,
+                    };
+                    tokio::spawn(opening.open(stream, socket));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly rather than spin.
@@ -146,6 +133,94 @@ pub async fn serve(
                 }
             },
             _ = crate::stopped(&mut stop) => break,
+        }
+    }
+}
+
+/// One accepted socket on its way to being an MQTT connection.
+struct Opening {
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    table: Arc<IpTable>,
+    kind: ListenerKind,
+    tls: Option<Arc<Tls>>,
+    /// This listener's count of accepted sockets so far.
+    accepted: u64,
+}
+
+impl Opening {
+    async fn open(self, mut stream: TcpStream, socket: SocketAddr) {
+        let broker = &self.broker;
+        let server = &broker.config.server;
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_secs(server.connect_timeout);
+        let peer = if server.proxy_protocol {
+            match tokio::time::timeout_at(deadline, super::proxy::read_header(&mut stream, socket))
+                .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(why)) => {
+                    Metrics::add(&broker.metrics.proxy_header_failures, 1);
+                    tracing::info!(%socket, "closing connection: {why} (server.proxy_protocol is on)");
+                    return;
+                }
+                Err(_) => {
+                    Metrics::add(&broker.metrics.proxy_header_failures, 1);
+                    tracing::debug!(%socket, "no PROXY header within server.connect_timeout");
+                    return;
+                }
+            }
+        } else {
+            socket
+        };
+        let admission = self.table.admit(
+            peer.ip(),
+            server.max_connections_per_ip,
+            server.max_connection_rate_per_ip,
+            self.accepted,
+        );
+        match &self.tls {
+            None => self.upgrade(stream, peer, deadline, admission).await,
+            Some(tls) => {
+                match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => self.upgrade(stream, peer, deadline, admission).await,
+                    Ok(Err(e)) => {
+                        Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        Metrics::add(&broker.metrics.tls_handshake_failures, 1);
+                        tracing::debug!(%peer, "no TLS handshake within server.connect_timeout");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The WebSocket upgrade where the listener speaks it, then the MQTT connection.
+    async fn upgrade<S: ClientStream>(
+        self,
+        stream: S,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+        admission: Admission,
+    ) {
+        let broker = self.broker;
+        if !self.kind.uses_websocket() {
+            return super::connection::run(stream, peer, broker, self.shutdown, admission).await;
+        }
+        let max_packet = broker.config.mqtt.max_packet_size as usize;
+        match tokio::time::timeout_at(deadline, super::websocket::accept(stream, max_packet)).await
+        {
+            Ok(Ok(ws)) => super::connection::run(ws, peer, broker, self.shutdown, admission).await,
+            Ok(Err(why)) => {
+                Metrics::add(&broker.metrics.websocket_upgrade_failures, 1);
+                tracing::info!(%peer, listener = self.kind.name(), "WebSocket upgrade refused: {}", why.0);
+            }
+            Err(_) => {
+                Metrics::add(&broker.metrics.websocket_upgrade_failures, 1);
+                tracing::debug!(%peer, "no WebSocket upgrade within server.connect_timeout");
+            }
         }
     }
 }

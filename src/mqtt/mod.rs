@@ -1,4 +1,5 @@
-//! The MQTT front end: the TCP listener and one task per client connection, which decodes
+//! The MQTT front end: the listeners (TCP, TLS, WebSocket, each optionally behind the PROXY
+//! protocol) and one task per client connection, which decodes
 //! packets, runs the CONNECT handshake and the QoS handshakes, and writes what the session has
 //! queued. It turns bytes into broker calls; routing and session state live in `broker`.
 
@@ -7,11 +8,13 @@ mod connection;
 mod inbound;
 mod listener;
 mod outbound;
+mod proxy;
 mod stream;
 pub mod tls;
+mod websocket;
 
 pub use listener::serve;
-pub use stream::ClientStream;
+pub use stream::{CertificateIdentity, ClientStream};
 pub use tls::acceptor as tls_acceptor;
 
 /// Serves one client connection over any byte stream to its end, as the listener does for

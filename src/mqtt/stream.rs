@@ -1,6 +1,6 @@
 //! The byte stream a client connection runs over. The connection task is written against this
-//! trait, not against TCP, so every transport (TCP now; TLS and WebSocket to come) and the
-//! in-memory pipes of the fuzz target drive the same code.
+//! trait, not against TCP, so every transport (TCP, TLS, WebSocket, WebSocket over TLS) and
+//! the in-memory pipes of the fuzz target drive the same code.
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -12,6 +12,21 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Reader: AsyncRead + Unpin + Send + 'static;
     type Writer: AsyncWrite + Unpin + Send + 'static;
     fn into_halves(self) -> (Self::Reader, Self::Writer);
+    /// The name in the client's TLS certificate, for `tls.use_identity_as_username`.
+    fn certificate_identity(&self) -> CertificateIdentity {
+        CertificateIdentity::NotTls
+    }
+}
+
+/// What a client's certificate says about who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateIdentity {
+    /// Not a TLS connection: credentials come from CONNECT.
+    NotTls,
+    /// The certificate's subject Common Name.
+    Named(String),
+    /// TLS without a client certificate, or one without a Common Name.
+    Unnamed,
 }
 
 impl ClientStream for TcpStream {

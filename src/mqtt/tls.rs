@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::stream::ClientStream;
+use super::stream::{CertificateIdentity, ClientStream};
 use crate::config::TlsConfig;
 
 impl ClientStream for TlsStream<TcpStream> {
@@ -22,6 +22,29 @@ impl ClientStream for TlsStream<TcpStream> {
     type Writer = WriteHalf<TlsStream<TcpStream>>;
     fn into_halves(self) -> (Self::Reader, Self::Writer) {
         tokio::io::split(self)
+    }
+    fn certificate_identity(&self) -> CertificateIdentity {
+        let (_, connection) = self.get_ref();
+        match connection.peer_certificates().and_then(|chain| chain.first()) {
+            Some(leaf) => common_name(leaf),
+            None => CertificateIdentity::Unnamed,
+        }
+    }
+}
+
+/// The subject Common Name of a certificate (the first, should there be several).
+fn common_name(certificate: &CertificateDer<'_>) -> CertificateIdentity {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate.as_ref()) else {
+        return CertificateIdentity::Unnamed;
+    };
+    match parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        Some(name) if !name.is_empty() => CertificateIdentity::Named(name.to_string()),
+        _ => CertificateIdentity::Unnamed,
     }
 }
 

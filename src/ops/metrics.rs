@@ -166,6 +166,18 @@ impl Collector for StateCollector {
             "TLS handshakes that failed or did not finish within server.connect_timeout",
             Metrics::get(&m.tls_handshake_failures),
         )?;
+        counter(
+            &mut e,
+            "vibemq_websocket_upgrade_failures",
+            "WebSocket upgrades refused (path other than /mqtt, no MQTT subprotocol) or not finished within server.connect_timeout",
+            Metrics::get(&m.websocket_upgrade_failures),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_proxy_header_failures",
+            "Connections closed for a missing or malformed PROXY protocol header (server.proxy_protocol)",
+            Metrics::get(&m.proxy_header_failures),
+        )?;
         let acl = [
             ("publish", Metrics::get(&m.acl_denied_publish)),
             ("subscribe", Metrics::get(&m.acl_denied_subscribe)),

@@ -3,6 +3,7 @@
 //! clients whose incoming publishes arrive on a channel. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod dns;
 pub mod http;

@@ -1,0 +1,329 @@
+//! The configuration sections as typed structs, one per TOML table, with the helpers that
+//! read derived values (the TLS address, the admin token, the cluster secret) out of them.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::{ConfigError, err};
+
+/// `[tls]`: the certificate TLS listeners present, and the CA client certificates must come
+/// from (mTLS) when set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    pub client_ca_file: String,
+    /// mTLS: the client certificate's Common Name is the user name (as mosquitto's option).
+    pub use_identity_as_username: bool,
+}
+
+/// The MQTT listeners a node may open, each with its `[server]` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    WebSocket,
+    WebSocketTls,
+}
+
+impl ListenerKind {
+    pub const ALL: [ListenerKind; 4] = [
+        ListenerKind::Tcp,
+        ListenerKind::Tls,
+        ListenerKind::WebSocket,
+        ListenerKind::WebSocketTls,
+    ];
+
+    /// The key that sets its address.
+    pub fn key(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "server.bind",
+            ListenerKind::Tls => "server.tls_bind",
+            ListenerKind::WebSocket => "server.ws_bind",
+            ListenerKind::WebSocketTls => "server.wss_bind",
+        }
+    }
+
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::WebSocket => "ws",
+            ListenerKind::WebSocketTls => "wss",
+        }
+    }
+
+    /// Whether it needs the `[tls]` certificate.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::WebSocketTls)
+    }
+
+    /// Whether it speaks WebSocket.
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, ListenerKind::WebSocket | ListenerKind::WebSocketTls)
+    }
+
+    fn example(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "0.0.0.0:1883",
+            ListenerKind::Tls => "0.0.0.0:8883",
+            ListenerKind::WebSocket => "0.0.0.0:8083",
+            ListenerKind::WebSocketTls => "0.0.0.0:8084",
+        }
+    }
+}
+
+impl ServerConfig {
+    fn bind_text(&self, kind: ListenerKind) -> &str {
+        match kind {
+            ListenerKind::Tcp => &self.bind,
+            ListenerKind::Tls => &self.tls_bind,
+            ListenerKind::WebSocket => &self.ws_bind,
+            ListenerKind::WebSocketTls => &self.wss_bind,
+        }
+    }
+
+    /// One listener's address, if it is on (its key is not empty).
+    pub fn listener_addr(&self, kind: ListenerKind) -> Result<Option<SocketAddr>, ConfigError> {
+        let text = self.bind_text(kind).trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            err(format!(
+                "{}: expected host:port such as {}, or \"\" for off, got `{text}`",
+                kind.key(),
+                kind.example()
+            ))
+        })
+    }
+
+    /// Every listener that is on, with its address.
+    pub fn listeners(&self) -> Result<Vec<(ListenerKind, SocketAddr)>, ConfigError> {
+        let mut on = Vec::new();
+        for kind in ListenerKind::ALL {
+            if let Some(addr) = self.listener_addr(kind)? {
+                on.push((kind, addr));
+            }
+        }
+        Ok(on)
+    }
+}
+
+/// `[auth]`: who may connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `true`, `false`, or unset ("auto": true without a password file, false with one).
+    pub allow_anonymous: String,
+    /// mosquitto_passwd's format; `vibemq passwd FILE USER` writes argon2id entries.
+    pub password_file: String,
+    /// mosquitto's acl_file syntax.
+    pub acl_file: String,
+}
+
+impl AuthConfig {
+    /// `allow_anonymous` as set: Some(yes or no), None for "auto"; Err for anything else.
+    pub(super) fn anonymous_setting(&self) -> Result<Option<bool>, ()> {
+        match self.allow_anonymous.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(None),
+            "true" | "1" | "yes" | "on" => Ok(Some(true)),
+            "false" | "0" | "no" | "off" => Ok(Some(false)),
+            _ => Err(()),
+        }
+    }
+
+    /// Whether clients without credentials may connect.
+    pub fn anonymous_allowed(&self) -> bool {
+        match self.anonymous_setting() {
+            Ok(Some(allowed)) => allowed,
+            _ => self.password_file.is_empty(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// MQTT over TCP, e.g. "0.0.0.0:1883"; empty: off.
+    pub bind: String,
+    /// MQTT over TLS, e.g. "0.0.0.0:8883"; empty: off.
+    pub tls_bind: String,
+    /// MQTT over WebSocket at /mqtt, e.g. "0.0.0.0:8083"; empty: off.
+    pub ws_bind: String,
+    /// MQTT over WebSocket with TLS, e.g. "0.0.0.0:8084"; empty: off.
+    pub wss_bind: String,
+    /// Every MQTT listener expects a PROXY protocol (v1 or v2) header first.
+    pub proxy_protocol: bool,
+    pub connect_timeout: u64,
+    pub max_connections: usize,
+    /// Open connections from one source IP (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one source IP (0: no limit).
+    pub max_connection_rate_per_ip: u32,
+    pub shutdown_timeout: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// Bearer token the admin API (`/api/...`) requires; empty: none.
+    pub api_token: String,
+    /// The same, read from a file (Kubernetes and Docker secrets).
+    pub api_token_file: String,
+    /// `/metrics` requires the token too.
+    pub protect_metrics: bool,
+}
+
+impl HttpConfig {
+    /// The admin token in force, from `api_token` or `api_token_file` (trimmed), if any.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        match (self.api_token.is_empty(), self.api_token_file.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Err(err(
+                "http.api_token: set either api_token or api_token_file, not both",
+            )),
+            (false, true) => Ok(Some(self.api_token.clone())),
+            (true, false) => {
+                let text = std::fs::read_to_string(&self.api_token_file).map_err(|e| {
+                    err(format!(
+                        "http.api_token_file: cannot read {}: {e}",
+                        self.api_token_file
+                    ))
+                })?;
+                let token = text.trim().to_string();
+                if token.is_empty() {
+                    return Err(err(format!(
+                        "http.api_token_file: {} is empty",
+                        self.api_token_file
+                    )));
+                }
+                Ok(Some(token))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub max_keepalive: u16,
+    pub max_packet_size: u32,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub queue_qos0_offline: bool,
+    pub max_topic_alias: u16,
+    pub max_session_expiry: u32,
+    pub sys_interval: u64,
+    pub allow_zero_length_clientid: bool,
+    pub max_topic_levels: usize,
+    pub max_topic_length: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_sessions: usize,
+    pub max_queued_bytes: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    /// PUBLISH packets per second per client (0: no limit).
+    pub max_publish_rate: u32,
+    /// PUBLISH bytes per second per client (0: no limit).
+    pub max_publish_bytes_rate: u64,
+    pub slow_subscriber: SlowSubscriber,
+}
+
+/// What happens to a subscriber whose queue is full while others of the same messages keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowSubscriber {
+    /// Its overflow is dropped and counted; it stays connected.
+    Drop,
+    /// It is disconnected (v5 reason 0x97 Quota exceeded); a persistent session keeps queueing.
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    pub node_id: String,
+    pub name: String,
+    pub gossip_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub gossip_advertise_addr: String,
+    pub peer_advertise_addr: String,
+    pub seeds: Vec<String>,
+    pub secret: String,
+    pub secret_file: String,
+    pub gossip_interval_ms: u64,
+    pub failure_phi_threshold: f64,
+    pub failure_max_interval_ms: u64,
+    pub dead_node_grace_period: u64,
+    pub dns_refresh_interval: u64,
+    pub dns_server: String,
+    /// Bytes queued for one peer (unsent and unacknowledged) past which new messages for it
+    /// are dropped and counted.
+    pub hold_bytes: usize,
+    /// Seconds a failed node's messages are held for its return.
+    pub hold_secs: u64,
+    /// Bytes in flight to one peer past which publishers whose messages only it wants wait.
+    pub link_window_bytes: usize,
+    /// Milliseconds of silence after which a peer connection is dead.
+    pub link_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// The seeds as "host:port", with any "name@" prefix removed.
+    pub fn seed_addresses(&self) -> Vec<String> {
+        self.seeds
+            .iter()
+            .map(|s| s.split_once('@').map_or(s.as_str(), |(_, a)| a).to_string())
+            .collect()
+    }
+
+    /// The 32-byte secret from `secret` or `secret_file`, if one is set.
+    pub fn secret_key(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        use base64::Engine;
+        let (key, text) = match (self.secret.is_empty(), self.secret_file.is_empty()) {
+            (true, true) => return Ok(None),
+            (false, false) => {
+                return Err(err(
+                    "cluster.secret: set either secret or secret_file, not both",
+                ));
+            }
+            (false, true) => ("cluster.secret", self.secret.clone()),
+            (true, false) => (
+                "cluster.secret_file",
+                std::fs::read_to_string(&self.secret_file).map_err(|e| {
+                    err(format!(
+                        "cluster.secret_file: cannot read {}: {e}",
+                        self.secret_file
+                    ))
+                })?,
+            ),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| {
+                err(format!(
+                    "{key}: not valid base64 (make one with `head -c32 /dev/urandom | base64`)"
+                ))
+            })?;
+        let len = bytes.len();
+        bytes
+            .try_into()
+            .map(Some)
+            .map_err(|_| err(format!("{key}: must decode to 32 bytes, got {len} (make one with `head -c32 /dev/urandom | base64`)")))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+

@@ -1,0 +1,192 @@
+//! The configuration loader's tests: defaults, files, overrides and the errors that name keys.
+
+use super::*;
+
+#[test]
+fn allow_anonymous_is_a_boolean_or_unset() {
+    let auth = |text: &str| load_str(text).map(|c| c.auth);
+    assert!(auth("").unwrap().anonymous_allowed(), "no file: allowed");
+    assert!(
+        !auth("[auth]\nallow_anonymous = false\n")
+            .unwrap()
+            .anonymous_allowed()
+    );
+    assert!(
+        auth("[auth]\nallow_anonymous = true\n")
+            .unwrap()
+            .anonymous_allowed()
+    );
+    let e = auth("[auth]\nallow_anonymous = \"maybe\"\n").unwrap_err();
+    assert!(e.to_string().contains("auth.allow_anonymous"), "{e}");
+    let from_env = Config::load(
+        None,
+        &[(
+            "auth.allow_anonymous".into(),
+            "no".into(),
+            Source::Env("VIBEMQ_AUTH_ALLOW_ANONYMOUS"),
+        )],
+    )
+    .unwrap();
+    assert!(!from_env.auth.anonymous_allowed());
+}
+
+fn load_str(text: &str) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("vibemq-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "{:x}.toml",
+        text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let r = Config::load(Some(&path), &[]);
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+#[test]
+fn defaults_match_the_documented_values() {
+    let c = Config::default_config();
+    assert_eq!(c.server.bind.to_string(), "0.0.0.0:1883");
+    assert_eq!(c.mqtt.max_keepalive, 65535);
+    assert_eq!(c.mqtt.max_packet_size, 1_048_576);
+    assert_eq!(c.mqtt.max_inflight, 32);
+    assert_eq!(c.mqtt.max_queued_messages, 1000);
+    assert_eq!(c.log.level, "info");
+}
+
+#[test]
+fn file_values_override_defaults() {
+    let c =
+        load_str("[server]\nbind = \"127.0.0.1:2883\"\n[mqtt]\nmax_inflight = 5\n").unwrap();
+    assert_eq!(c.server.bind.to_string(), "127.0.0.1:2883");
+    assert_eq!(c.mqtt.max_inflight, 5);
+    assert_eq!(c.mqtt.max_queued_messages, 1000);
+}
+
+#[test]
+fn errors_name_the_key() {
+    let e = load_str("[mqtt]\nmax_inflight = 0\n").unwrap_err();
+    assert!(e.0.starts_with("mqtt.max_inflight:"), "{e}");
+    let e = load_str("[mqtt]\nmax_infligt = 3\n").unwrap_err();
+    assert_eq!(e.0, "mqtt.max_infligt: unknown key");
+    let e = load_str("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err();
+    assert_eq!(e.0, "mqtt.max_inflight: expected integer, got string");
+    let e = load_str("[server]\nbind = \"localhost\"\n").unwrap_err();
+    assert!(
+        e.0.starts_with("server.bind: expected host:port"),
+        "{e}"
+    );
+    let e = load_str("[mqtt]\nmax_inflight = 70000\n").unwrap_err();
+    assert!(e.0.starts_with("mqtt.max_inflight: invalid value"), "{e}");
+    let e = load_str("[log]\nlevel = \"loud\"\n").unwrap_err();
+    assert!(e.0.starts_with("log.level:"), "{e}");
+    let e = load_str("[mqtt\n").unwrap_err();
+    assert!(e.0.contains("line 1"), "{e}");
+}
+
+#[test]
+fn overrides_apply_in_order_and_are_typed() {
+    let o = vec![
+        (
+            "mqtt.max_inflight".to_string(),
+            "7".to_string(),
+            Source::Env("VIBEMQ_MQTT_MAX_INFLIGHT"),
+        ),
+        (
+            "mqtt.max_inflight".to_string(),
+            "9".to_string(),
+            Source::Flag("--max-inflight"),
+        ),
+        (
+            "mqtt.queue_qos0_offline".to_string(),
+            "true".to_string(),
+            Source::Env("X"),
+        ),
+    ];
+    let c = Config::load(None, &o).unwrap();
+    assert_eq!(c.mqtt.max_inflight, 9);
+    assert!(c.mqtt.queue_qos0_offline);
+    let bad = vec![(
+        "mqtt.max_inflight".to_string(),
+        "x".to_string(),
+        Source::Env("VIBEMQ_MQTT_MAX_INFLIGHT"),
+    )];
+    let e = Config::load(None, &bad).unwrap_err();
+    assert_eq!(
+        e.0,
+        "mqtt.max_inflight (from VIBEMQ_MQTT_MAX_INFLIGHT): expected an integer, got `x`"
+    );
+}
+
+#[test]
+fn cluster_section_in_both_forms_and_its_errors() {
+    let table = "[cluster]\nenabled = true\nnode_id = \"n1\"\nseeds = [\"n2@node2:7946\", \"10.0.0.3:7946\"]\n";
+    let c = load_str(table).unwrap();
+    assert!(c.cluster.enabled);
+    assert_eq!(c.cluster.seed_addresses(), ["node2:7946", "10.0.0.3:7946"]);
+    let array = table.replace("[cluster]", "[[cluster]]");
+    assert_eq!(load_str(&array).unwrap().cluster.node_id, "n1");
+    let two = format!("{array}{array}");
+    assert!(
+        load_str(&two)
+            .unwrap_err()
+            .0
+            .starts_with("cluster: the [[cluster]] form")
+    );
+    let e = load_str("[cluster]\nseeds = [\"node1\"]\n").unwrap_err();
+    assert_eq!(
+        e.0,
+        "cluster.seeds[0]: `node1` needs a host and a port, e.g. `node1:7946`"
+    );
+    let e = load_str("[cluster]\nsecret = \"c2hvcnQ=\"\n").unwrap_err();
+    assert!(
+        e.0.starts_with("cluster.secret: must decode to 32 bytes, got 5"),
+        "{e}"
+    );
+    let e = load_str("[cluster]\nsecret = \"***\"\n").unwrap_err();
+    assert!(e.0.starts_with("cluster.secret: not valid base64"), "{e}");
+    let e = load_str("[cluster]\ndns_server = \"dns.local\"\n").unwrap_err();
+    assert!(e.0.starts_with("cluster.dns_server:"), "{e}");
+    let key = "[cluster]\nsecret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+    assert_eq!(
+        load_str(key).unwrap().cluster.secret_key().unwrap(),
+        Some([0u8; 32])
+    );
+}
+
+#[test]
+fn list_and_float_overrides() {
+    let o = vec![
+        (
+            "cluster.seeds".to_string(),
+            "a:1, b:2".to_string(),
+            Source::Env("VIBEMQ_CLUSTER_SEEDS"),
+        ),
+        (
+            "cluster.failure_phi_threshold".to_string(),
+            "5.5".to_string(),
+            Source::Flag("--x"),
+        ),
+    ];
+    let c = Config::load(None, &o).unwrap();
+    assert_eq!(c.cluster.seeds, ["a:1", "b:2"]);
+    assert_eq!(c.cluster.failure_phi_threshold, 5.5);
+}
+
+#[test]
+fn env_names_map_to_keys() {
+    let vars = vec![
+        ("VIBEMQ_SERVER_BIND".to_string(), "127.0.0.1:1".to_string()),
+        ("VIBEMQ_NOPE".to_string(), "1".to_string()),
+        ("PATH".to_string(), "/bin".to_string()),
+    ];
+    let o = Config::env_overrides(vars);
+    assert_eq!(
+        o,
+        vec![(
+            "server.bind".into(),
+            "127.0.0.1:1".into(),
+            "VIBEMQ_SERVER_BIND".into()
+        )]
+    );
+}
