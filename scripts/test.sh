@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (mosquitto-clients, dnsmasq-base, haproxy, paho-mqtt, the deployment validators, cargo-fuzz), then formatting,
+# (mosquitto-clients, dnsmasq-base, haproxy, tcpdump, paho-mqtt, the deployment validators, cargo-fuzz), then formatting,
 # lints, the deployment checks, the Docker Compose test, a chaos run of the Compose cluster, a
 # bounded fuzzing slice and every test (the cluster simulation's 200 seeds among them). Fails
 # loudly; skips nothing.
@@ -33,11 +33,13 @@ have openssl || missing+=(openssl)
 have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 # haproxy: the load balancer sending PROXY protocol headers in the listener tests.
 have haproxy || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# tcpdump: the capture showing peer links carry nothing in clear.
+have tcpdump || [ -x /usr/bin/tcpdump ] || missing+=(tcpdump)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq haproxy stdbuf cargo python3 docker docker-compose; do
+for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq haproxy tcpdump stdbuf cargo python3 docker docker-compose; do
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
 # The offline validators of the deployment files, and paho-mqtt (the Eclipse Python client

@@ -47,7 +47,11 @@ impl Node {
     /// picks a free port; `listener_addr` (and `http_addr`) tell which.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         let mut bound = Vec::new();
-        for (kind, addr) in config.server.listeners().map_err(|e| anyhow::anyhow!("{e}"))? {
+        for (kind, addr) in config
+            .server
+            .listeners()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("{} {addr}: {e}", kind.key()))?;
@@ -109,7 +113,11 @@ impl Node {
         for (kind, addr, _) in &listeners {
             tracing::info!(listener = kind.name(), %addr, "listening for MQTT");
         }
-        tracing::info!(?http_addr, version = env!("CARGO_PKG_VERSION"), "VibeMQ started");
+        tracing::info!(
+            ?http_addr,
+            version = env!("CARGO_PKG_VERSION"),
+            "VibeMQ started"
+        );
         Ok(Node {
             broker,
             cluster,

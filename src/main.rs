@@ -178,7 +178,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        reload_on_sighup(node.broker().clone(), node.tls().cloned());
+        reload_on_sighup(
+            node.broker().clone(),
+            node.tls().cloned(),
+            node.cluster().cloned(),
+        );
         wait_for_signal().await;
         tracing::info!(deadline_secs = shutdown_timeout, "shutting down");
         node.shutdown(Duration::from_secs(shutdown_timeout)).await;
@@ -248,6 +252,7 @@ fn init_logging(log: &vibemq::config::LogConfig) {
 fn reload_on_sighup(
     broker: std::sync::Arc<vibemq::broker::Broker>,
     tls: Option<std::sync::Arc<vibemq::mqtt::tls::Tls>>,
+    cluster: Option<std::sync::Arc<vibemq::cluster::Cluster>>,
 ) {
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -271,10 +276,18 @@ fn reload_on_sighup(
                     }
                 }
             }
+            if let Some(cluster) = &cluster {
+                match cluster.reload_secrets() {
+                    Ok(secrets) => tracing::info!(secrets, "SIGHUP: cluster secrets in force"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: cluster secrets not reloaded; the previous ones stay")
+                    }
+                }
+            }
         }
     });
     #[cfg(not(unix))]
-    let _ = (broker, tls);
+    let _ = (broker, tls, cluster);
 }
 
 /// `vibemq passwd FILE USER`.

@@ -160,10 +160,17 @@ async fn routes_are_withdrawn_when_the_last_subscriber_leaves() {
 async fn a_node_with_another_secret_never_joins() {
     let secret_a = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string();
     let secret_b = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA=".to_string();
-    let n1 = node("node1", &[], |c| c.cluster.secret = secret_a.clone()).await;
+    let n1 = node("node1", &[], |c| c.cluster.secret = vec![secret_a.clone()]).await;
     let seed = [gossip_addr(&n1)];
-    let n2 = node("node2", &seed, |c| c.cluster.secret = secret_a.clone()).await;
-    let intruder = node("intruder", &seed, |c| c.cluster.secret = secret_b.clone()).await;
+    // node2 is half-way through a rotation to B: it seals with A and also accepts B.
+    let n2 = node("node2", &seed, |c| {
+        c.cluster.secret = vec![secret_a.clone(), secret_b.clone()]
+    })
+    .await;
+    let intruder = node("intruder", &seed, |c| {
+        c.cluster.secret = vec![secret_b.clone()]
+    })
+    .await;
     wait_linked(&n1, 1).await;
     wait_linked(&n2, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -50,7 +50,10 @@ async fn wait_open(port: u16) {
         .await
         .is_err()
     {
-        assert!(tokio::time::Instant::now() < deadline, "port {port} not open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} not open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -143,7 +146,10 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
     assert_eq!(published.trim(), "published");
     let big = next_line(&mut lines).await;
     assert!(big.starts_with("300000 xxxx"), "{big}");
-    let status = tokio::time::timeout(LIMIT, sub.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(LIMIT, sub.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 
     // A TCP subscriber gets what an MQTT 3.1.1 client publishes over wss.
@@ -178,7 +184,10 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "xxxxx");
 
     // Another path, and plain WebSocket on the wss port, are refused and counted.
-    let before = metric(&metrics(http).await, "vibemq_websocket_upgrade_failures_total");
+    let before = metric(
+        &metrics(http).await,
+        "vibemq_websocket_upgrade_failures_total",
+    );
     let wrong = paho(&[
         "hold",
         "--port",
@@ -194,8 +203,14 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
         .await
         .unwrap()
         .unwrap();
-    assert!(!out.status.success(), "a WebSocket at /other must be refused");
-    let after = metric(&metrics(http).await, "vibemq_websocket_upgrade_failures_total");
+    assert!(
+        !out.status.success(),
+        "a WebSocket at /other must be refused"
+    );
+    let after = metric(
+        &metrics(http).await,
+        "vibemq_websocket_upgrade_failures_total",
+    );
     assert_eq!(after, before + 1.0);
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -243,7 +258,10 @@ async fn read_packets(
         if packets.len() >= count {
             break;
         }
-        match tokio::time::timeout(LIMIT, ws.next()).await.expect("in time") {
+        match tokio::time::timeout(LIMIT, ws.next())
+            .await
+            .expect("in time")
+        {
             Some(Ok(Message::Binary(b))) => buf.extend_from_slice(&b),
             other => panic!("expected a binary message, got {other:?}"),
         }
@@ -323,7 +341,10 @@ async fn mqtt_packets_span_websocket_messages_and_listeners_turn_off() {
         }
     })
     .await;
-    assert!(end.is_ok(), "the connection must close after a text message");
+    assert!(
+        end.is_ok(),
+        "the connection must close after a text message"
+    );
     node.shutdown(Duration::from_secs(2)).await;
 
     // Every listener off is a configuration error naming the key.

@@ -315,7 +315,18 @@ async fn the_certificate_names_the_user_and_expired_ones_are_refused() {
     let port_s = port.to_string();
     let sensor = as_user("sensor");
     let mut sub_args: Vec<&str> = vec![
-        "-h", "localhost", "-p", &port_s, "-t", "sensors/#", "-C", "1", "-W", "10", "-V", "5",
+        "-h",
+        "localhost",
+        "-p",
+        &port_s,
+        "-t",
+        "sensors/#",
+        "-C",
+        "1",
+        "-W",
+        "10",
+        "-V",
+        "5",
     ];
     sub_args.extend(sensor.iter().map(String::as_str));
     let sub = tokio::process::Command::new("mosquitto_sub")

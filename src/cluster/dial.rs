@@ -209,9 +209,10 @@ async fn handshake(
         dialer_nonce: &my_nonce,
         acceptor_nonce: &their_nonce,
     };
-    let handshake_key = cluster.key.map(|k| seal::derive(&k, Purpose::Handshake));
-    let key = handshake_key.as_ref();
-    if !wire::verify(key, "acceptor", &ids, &their_proof) {
+    // The acceptor proves the secret it seals with; ours must include it, and the link's keys
+    // come from it (so nodes with overlapping secret lists link while a secret rotates).
+    let secrets = cluster.secrets.current();
+    let Ok(secret) = seal::proving_secret(&secrets, "acceptor", &ids, &their_proof) else {
         Metrics::add(&cluster.metrics.auth_failures, 1);
         tracing::warn!(peer = %their_id, addr = %link.addr, "peer failed authentication (wrong cluster secret?)");
         let _ = wire::write_frame(
@@ -222,18 +223,19 @@ async fn handshake(
         )
         .await;
         return Err("peer failed authentication".into());
-    }
+    };
+    let handshake_key = secret.map(|k| seal::derive(&k, Purpose::Handshake));
     wire::write_frame(
         writer,
         &Frame::Proof {
-            proof: wire::proof(key, "dialer", &ids),
+            proof: wire::proof(handshake_key.as_ref(), "dialer", &ids),
         },
     )
     .await?;
     match wire::read_frame(reader, rbuf).await? {
         Frame::Ready { resume_after } => {
             // From here on, with a secret, every byte is sealed (keys of this connection).
-            let records = match &cluster.key {
+            let records = match &secret {
                 Some(secret) => {
                     let (to_acceptor, to_dialer) = seal::link_keys(secret, &ids);
                     Records::sealed(to_acceptor, to_dialer, rbuf)

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Cluster;
-use super::seal::{self, Purpose, Records};
+use super::seal::{self, Records};
 
 /// (dialer to acceptor, acceptor to dialer).
 type LinkKeys = ([u8; 32], [u8; 32]);
@@ -288,13 +288,18 @@ async fn handshake(
         dialer_nonce: &their_nonce,
         acceptor_nonce: &my_nonce,
     };
-    let handshake_key = cluster.key.map(|k| seal::derive(&k, Purpose::Handshake));
-    let key = handshake_key.as_ref();
+    // Our proof under the sealing secret; theirs may be under any secret we accept (a
+    // rotation in progress), and the link's keys come from the one it was.
+    let secrets = cluster.secrets.current();
     let welcome = Frame::Welcome {
         node_id: cluster.node_id.to_string(),
         generation: cluster.generation,
         nonce: my_nonce,
-        proof: wire::proof(key, "acceptor", &ids),
+        proof: wire::proof(
+            seal::sealing_handshake_key(&secrets).as_ref(),
+            "acceptor",
+            &ids,
+        ),
     };
     wire::write_frame(writer, &welcome).await?;
     let their_proof = match wire::read_frame(reader, rbuf).await? {
@@ -302,15 +307,12 @@ async fn handshake(
         Frame::Refused { reason } => return Err(format!("dialer refused us: {reason}")),
         other => return Err(format!("expected Proof, got {other:?}")),
     };
-    if !wire::verify(key, "dialer", &ids, &their_proof) {
+    let Ok(secret) = seal::proving_secret(&secrets, "dialer", &ids, &their_proof) else {
         Metrics::add(&cluster.metrics.auth_failures, 1);
         tracing::warn!(peer = %their_id, "refused peer link: authentication failed (wrong cluster secret?)");
         let _ = wire::write_frame(writer, &refuse("authentication failed".into())).await;
         return Err("dialer failed authentication".into());
-    }
-    let keys = cluster
-        .key
-        .as_ref()
-        .map(|secret| seal::link_keys(secret, &ids));
+    };
+    let keys = secret.as_ref().map(|secret| seal::link_keys(secret, &ids));
     Ok((their_id, their_gen, epoch, keys))
 }

@@ -87,6 +87,8 @@ pub struct ClusterMetrics {
     pub auth_failures: AtomicU64,
     /// Gossip datagrams refused for not being sealed with this cluster's secret.
     pub gossip_rejected: Arc<AtomicU64>,
+    /// Sealed gossip datagrams replayed or stamped outside the replay window.
+    pub gossip_replayed: Arc<AtomicU64>,
 }
 
 /// One peer as seen from this node.
@@ -146,7 +148,8 @@ pub struct Cluster {
     pub gossip_addr: SocketAddr,
     pub peer_addr: SocketAddr,
     config: ClusterConfig,
-    key: Option<[u8; 32]>,
+    /// The cluster secrets (none: links and gossip in the clear).
+    secrets: Arc<seal::Secrets>,
     broker: Weak<Broker>,
     pub local: LocalRoutes,
     pub remote: RemoteRoutes,
@@ -172,7 +175,7 @@ pub struct Cluster {
 
 /// Who a node is on the network.
 struct Identity {
-    key: Option<[u8; 32]>,
+    secrets: Arc<seal::Secrets>,
     generation: u64,
     gossip_addr: SocketAddr,
     peer_addr: SocketAddr,
@@ -225,7 +228,9 @@ impl Cluster {
         config: ClusterConfig,
         broker: &Arc<Broker>,
     ) -> anyhow::Result<Arc<Cluster>> {
-        let key = config.secret_key().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let secrets = Arc::new(seal::Secrets::new(
+            config.secret_keys().map_err(|e| anyhow::anyhow!("{e}"))?,
+        ));
         let gossip_socket = UdpSocket::bind(config.gossip_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cluster.gossip_addr {}: {e}", config.gossip_addr))?;
@@ -285,11 +290,13 @@ impl Cluster {
             (membership::KEY_STATUS.to_string(), "up".to_string()),
         ];
         let metrics = ClusterMetrics::default();
-        let gossip_key = key.map(|k| seal::derive(&k, seal::Purpose::Gossip));
         let transport = transport::GossipTransport::new(
             gossip_socket,
-            gossip_key,
-            metrics.gossip_rejected.clone(),
+            secrets.clone(),
+            transport::GossipCounters {
+                rejected: metrics.gossip_rejected.clone(),
+                replayed: metrics.gossip_replayed.clone(),
+            },
         );
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
@@ -298,7 +305,7 @@ impl Cluster {
             config,
             broker,
             Identity {
-                key,
+                secrets,
                 generation,
                 gossip_addr,
                 peer_addr,
@@ -339,9 +346,22 @@ impl Cluster {
         broker.set_cluster(cluster.clone());
         tracing::info!(
             node = %cluster.node_id, generation, %gossip_addr, %peer_addr,
-            secret = cluster.key.is_some(), "cluster node started"
+            secret = cluster.secrets.is_set(), "cluster node started"
         );
         Ok(cluster)
+    }
+
+    /// Reads `cluster.secret_file` again and puts its secrets in force for new links and
+    /// gossip (SIGHUP). Links up now keep the keys they were made with. Returns how many
+    /// secrets are in force; on an error the ones in force stay.
+    pub fn reload_secrets(&self) -> Result<usize, String> {
+        if self.config.secret_file.is_empty() {
+            return Ok(self.secrets.current().len());
+        }
+        let keys = self.config.secret_keys().map_err(|e| e.to_string())?;
+        let count = keys.len();
+        self.secrets.replace(keys)?;
+        Ok(count)
     }
 
     /// The cluster's state, before anything runs: `start` adds chitchat and the tasks, the
@@ -359,7 +379,7 @@ impl Cluster {
             name: config.name.clone(),
             gossip_addr: id.gossip_addr,
             peer_addr: id.peer_addr,
-            key: id.key,
+            secrets: id.secrets,
             broker: Arc::downgrade(broker),
             local: LocalRoutes::default(),
             remote: RemoteRoutes::default(),

@@ -35,6 +35,66 @@ pub fn derive(secret: &[u8; 32], purpose: Purpose) -> [u8; 32] {
     key
 }
 
+/// The cluster secrets in force, the sealing one first; every one is accepted. Replaced whole
+/// when `cluster.secret_file` is read again (SIGHUP), which is how a secret rotates without a
+/// restart: add the new one second, then first, then drop the old, node by node.
+pub struct Secrets {
+    ring: parking_lot::RwLock<std::sync::Arc<Vec<[u8; 32]>>>,
+}
+
+impl Secrets {
+    pub fn new(keys: Vec<[u8; 32]>) -> Secrets {
+        Secrets {
+            ring: parking_lot::RwLock::new(std::sync::Arc::new(keys)),
+        }
+    }
+
+    /// Whether the cluster runs with a secret at all.
+    pub fn is_set(&self) -> bool {
+        !self.ring.read().is_empty()
+    }
+
+    /// The secrets now, the sealing one first (empty: none).
+    pub fn current(&self) -> std::sync::Arc<Vec<[u8; 32]>> {
+        self.ring.read().clone()
+    }
+
+    /// Puts `keys` in force for new links and datagrams. A node started without a secret
+    /// cannot take one on (nor drop it) while running: its links and gossip would change
+    /// format under its peers.
+    pub fn replace(&self, keys: Vec<[u8; 32]>) -> Result<(), String> {
+        if keys.is_empty() == self.is_set() {
+            return Err("a cluster secret can be rotated on reload, not turned on or off (restart for that)".into());
+        }
+        *self.ring.write() = std::sync::Arc::new(keys);
+        Ok(())
+    }
+}
+
+/// The handshake key of the sealing secret, for the proof a node sends first (None: no
+/// secret).
+pub fn sealing_handshake_key(secrets: &[[u8; 32]]) -> Option<[u8; 32]> {
+    secrets.first().map(|s| derive(s, Purpose::Handshake))
+}
+
+/// Of `secrets`, the one whose handshake key made `proof` for `role`: the secret the link's
+/// keys then come from. Without secrets any proof goes (`Ok(None)`); Err when none fits.
+pub fn proving_secret(
+    secrets: &[[u8; 32]],
+    role: &str,
+    ids: &HandshakeIds<'_>,
+    proof: &[u8],
+) -> Result<Option<[u8; 32]>, ()> {
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    secrets
+        .iter()
+        .find(|s| super::wire::verify(Some(&derive(s, Purpose::Handshake)), role, ids, proof))
+        .map(|s| Some(*s))
+        .ok_or(())
+}
+
 /// The two keys of one link connection: (dialer to acceptor, acceptor to dialer).
 pub fn link_keys(secret: &[u8; 32], ids: &HandshakeIds<'_>) -> ([u8; 32], [u8; 32]) {
     let mut salt = Vec::with_capacity(64);

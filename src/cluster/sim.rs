@@ -239,7 +239,7 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
     let ip: IpAddr = turmoil::lookup(name(i));
     let peer_addr = SocketAddr::new(ip, PORT);
     let identity = Identity {
-        key: None,
+        secrets: Arc::new(super::seal::Secrets::new(Vec::new())),
         generation,
         gossip_addr: SocketAddr::new(ip, PORT + 1),
         peer_addr,
@@ -574,7 +574,7 @@ fn bare_node(i: usize, generation: u64) -> (Arc<Broker>, Arc<Cluster>) {
     let broker = Broker::new(config.clone(), name(i).into());
     let ip: IpAddr = turmoil::lookup(name(i));
     let identity = Identity {
-        key: None,
+        secrets: Arc::new(super::seal::Secrets::new(Vec::new())),
         generation,
         gossip_addr: SocketAddr::new(ip, PORT + 1),
         peer_addr: SocketAddr::new(ip, PORT),

@@ -1,9 +1,13 @@
 //! Gossip datagrams for chitchat over a UDP socket we bind ourselves (so port 0 works and the
-//! real port is advertised). With a cluster secret every datagram is compressed (zstd) and then
-//! sealed with ChaCha20-Poly1305 under the secret: a node without the secret can neither read
-//! gossip nor inject any, so it never joins. Compressing first keeps sealed datagrams within
-//! UDP's limit, which chitchat fills.
+//! real port is advertised). With a cluster secret every datagram is compressed (zstd), stamped
+//! with the sender's clock and sealed with ChaCha20-Poly1305 under a key derived from the
+//! secret: a node without the secret can neither read gossip nor inject any, so it never
+//! joins; and a captured datagram replayed later is dropped, since its stamp is out of the
+//! window or its nonce was seen within it (so a replayed Syn draws no reply either). Opening
+//! tries every secret in force, so a secret rotates without a gap. Compressing first keeps
+//! sealed datagrams within UDP's limit, which chitchat fills.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,27 +20,43 @@ use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
 use parking_lot::Mutex;
 
+use super::seal::{self, Secrets};
+
 const MAX_DATAGRAM: usize = 65_507;
 const NONCE_LEN: usize = 12;
+const STAMP_LEN: usize = 8;
+/// A sealed datagram stamped further than this from our clock is dropped; nonces are
+/// remembered this long. Clocks of cluster nodes must agree within it (NTP does).
+pub const REPLAY_WINDOW_MS: u64 = 60_000;
+/// Most nonces remembered. Past it the oldest is forgotten and datagrams stamped no later than
+/// it are refused, so the protection stays exact (gossip runs far below this rate).
+const REPLAY_MEMORY: usize = 200_000;
+
+/// Where the gossip socket counts what it refuses.
+pub struct GossipCounters {
+    /// Datagrams not sealed with a secret of this cluster.
+    pub rejected: Arc<AtomicU64>,
+    /// Sealed datagrams replayed, or stamped outside the window.
+    pub replayed: Arc<AtomicU64>,
+}
 
 /// Hands chitchat the socket bound before it started.
 pub struct GossipTransport {
     socket: Mutex<Option<tokio::net::UdpSocket>>,
-    key: Option<[u8; 32]>,
-    /// Datagrams refused for not being sealed with this cluster's secret.
-    rejected: Arc<AtomicU64>,
+    secrets: Arc<Secrets>,
+    counters: Mutex<Option<GossipCounters>>,
 }
 
 impl GossipTransport {
     pub fn new(
         socket: tokio::net::UdpSocket,
-        key: Option<[u8; 32]>,
-        rejected: Arc<AtomicU64>,
+        secrets: Arc<Secrets>,
+        counters: GossipCounters,
     ) -> GossipTransport {
         GossipTransport {
             socket: Mutex::new(Some(socket)),
-            key,
-            rejected,
+            secrets,
+            counters: Mutex::new(Some(counters)),
         }
     }
 }
@@ -49,30 +69,72 @@ impl Transport for GossipTransport {
             .lock()
             .take()
             .context("the gossip socket was already opened")?;
-        let cipher = self.key.map(|k| ChaCha20Poly1305::new(&Key::from(k)));
+        let counters = self
+            .counters
+            .lock()
+            .take()
+            .context("the gossip socket was already opened")?;
         Ok(Box::new(GossipSocket {
             socket,
-            cipher,
+            ciphers: Ciphers::default(),
+            secrets: self.secrets.clone(),
             buf: vec![0u8; MAX_DATAGRAM],
-            rejected: self.rejected.clone(),
+            counters,
+            guard: ReplayGuard::new(REPLAY_WINDOW_MS, REPLAY_MEMORY),
         }))
+    }
+}
+
+/// The gossip ciphers of the secrets in force, derived again when they change.
+#[derive(Default)]
+struct Ciphers {
+    from: Option<Arc<Vec<[u8; 32]>>>,
+    /// The sealing one first.
+    ciphers: Vec<ChaCha20Poly1305>,
+}
+
+impl Ciphers {
+    fn refresh(&mut self, secrets: &Secrets) -> &[ChaCha20Poly1305] {
+        let now = secrets.current();
+        if self.from.as_ref().is_none_or(|f| !Arc::ptr_eq(f, &now)) {
+            self.ciphers = now
+                .iter()
+                .map(|s| {
+                    let key = seal::derive(s, seal::Purpose::Gossip);
+                    ChaCha20Poly1305::new(&Key::from(key))
+                })
+                .collect();
+            self.from = Some(now);
+        }
+        &self.ciphers
     }
 }
 
 struct GossipSocket {
     socket: tokio::net::UdpSocket,
-    cipher: Option<ChaCha20Poly1305>,
+    secrets: Arc<Secrets>,
+    ciphers: Ciphers,
     buf: Vec<u8>,
-    rejected: Arc<AtomicU64>,
+    counters: GossipCounters,
+    guard: ReplayGuard,
 }
 
-/// Compresses and seals a datagram.
-fn seal(cipher: &ChaCha20Poly1305, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Compresses, stamps with `stamp_ms` and seals a datagram.
+fn seal(cipher: &ChaCha20Poly1305, plain: &[u8], stamp_ms: u64) -> anyhow::Result<Vec<u8>> {
     let compressed = zstd::bulk::compress(plain, 1).context("compress gossip")?;
+    let mut stamped = Vec::with_capacity(STAMP_LEN + compressed.len());
+    stamped.extend_from_slice(&stamp_ms.to_be_bytes());
+    stamped.extend_from_slice(&compressed);
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("random nonce: {e}"))?;
     let sealed = cipher
-        .encrypt(&Nonce::from(nonce), compressed.as_slice())
+        .encrypt(&Nonce::from(nonce), stamped.as_slice())
         .map_err(|_| anyhow::anyhow!("seal gossip"))?;
     let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
     out.extend_from_slice(&nonce);
@@ -80,15 +142,89 @@ fn seal(cipher: &ChaCha20Poly1305, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Opens a sealed datagram; None when it was not sealed with our secret.
-fn open_sealed(cipher: &ChaCha20Poly1305, data: &[u8]) -> Option<Vec<u8>> {
+/// A datagram opened: its nonce, its stamp and the gossip message it carries.
+struct Opened {
+    nonce: [u8; NONCE_LEN],
+    stamp_ms: u64,
+    plain: Vec<u8>,
+}
+
+/// Opens a sealed datagram with the first of `ciphers` that can; None when none can.
+fn open_sealed(ciphers: &[ChaCha20Poly1305], data: &[u8]) -> Option<Opened> {
     if data.len() < NONCE_LEN {
         return None;
     }
     let (nonce, sealed) = data.split_at(NONCE_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-    let compressed = cipher.decrypt(&Nonce::from(nonce), sealed).ok()?;
-    zstd::bulk::decompress(&compressed, MAX_DATAGRAM * 4).ok()
+    let stamped = ciphers
+        .iter()
+        .find_map(|c| c.decrypt(&Nonce::from(nonce), sealed).ok())?;
+    if stamped.len() < STAMP_LEN {
+        return None;
+    }
+    let (stamp, compressed) = stamped.split_at(STAMP_LEN);
+    let stamp_ms = u64::from_be_bytes(stamp.try_into().ok()?);
+    let plain = zstd::bulk::decompress(compressed, MAX_DATAGRAM * 4).ok()?;
+    Some(Opened {
+        nonce,
+        stamp_ms,
+        plain,
+    })
+}
+
+/// Why the replay guard refused a datagram.
+#[derive(Debug, PartialEq, Eq)]
+enum Replay {
+    /// Stamped this many milliseconds from our clock (negative: behind it), beyond the window.
+    OutOfWindow(i64),
+    /// Its nonce was seen already.
+    Seen,
+}
+
+/// The nonces of the sealed datagrams received within the window.
+struct ReplayGuard {
+    window_ms: u64,
+    memory: usize,
+    seen: HashSet<[u8; NONCE_LEN]>,
+    /// (stamp, nonce) in arrival order, to forget them.
+    order: VecDeque<(u64, [u8; NONCE_LEN])>,
+    /// Datagrams stamped at or before this are refused: nonces that old were forgotten.
+    floor_ms: u64,
+}
+
+impl ReplayGuard {
+    fn new(window_ms: u64, memory: usize) -> ReplayGuard {
+        ReplayGuard {
+            window_ms,
+            memory,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            floor_ms: 0,
+        }
+    }
+
+    fn admit(&mut self, nonce: [u8; NONCE_LEN], stamp_ms: u64, now_ms: u64) -> Result<(), Replay> {
+        let skew = stamp_ms as i64 - now_ms as i64;
+        if skew.unsigned_abs() > self.window_ms || stamp_ms <= self.floor_ms {
+            return Err(Replay::OutOfWindow(skew));
+        }
+        while let Some(&(stamp, old)) = self.order.front() {
+            let expired = stamp + self.window_ms < now_ms;
+            if !expired && self.order.len() < self.memory {
+                break;
+            }
+            if !expired {
+                self.floor_ms = self.floor_ms.max(stamp);
+            }
+            self.seen.remove(&old);
+            self.order.pop_front();
+        }
+        if !self.seen.insert(nonce) {
+            return Err(Replay::Seen);
+        }
+        self.order.push_back((stamp_ms, nonce));
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -96,8 +232,8 @@ impl Socket for GossipSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
         let mut plain = Vec::with_capacity(1024);
         message.serialize(&mut plain);
-        let datagram = match &self.cipher {
-            Some(c) => seal(c, &plain)?,
+        let datagram = match self.ciphers.refresh(&self.secrets).first() {
+            Some(c) => seal(c, &plain, now_ms())?,
             None => plain,
         };
         if datagram.len() > MAX_DATAGRAM {
@@ -129,22 +265,34 @@ impl Socket for GossipSocket {
                 Err(e) => return Err(e).context("gossip socket receive"),
             };
             let opened;
-            let mut data: &[u8] = match &self.cipher {
-                Some(c) => match open_sealed(c, &self.buf[..len]) {
-                    Some(plain) => {
-                        opened = plain;
-                        &opened
+            let ciphers = self.ciphers.refresh(&self.secrets);
+            let mut data: &[u8] = if ciphers.is_empty() {
+                &self.buf[..len]
+            } else {
+                let Some(o) = open_sealed(ciphers, &self.buf[..len]) else {
+                    let rejected = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Once, then every 1000th: a misconfigured node would flood the log.
+                    if rejected % 1000 == 1 {
+                        tracing::warn!(%from_addr, "gossip from a node without this cluster's secret: ignored");
                     }
-                    None => {
-                        let rejected = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
-                        // Once, then every 1000th: a misconfigured node would flood the log.
-                        if rejected % 1000 == 1 {
-                            tracing::warn!(%from_addr, "gossip from a node without this cluster's secret: ignored");
+                    continue;
+                };
+                if let Err(why) = self.guard.admit(o.nonce, o.stamp_ms, now_ms()) {
+                    let replayed = self.counters.replayed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if replayed % 1000 == 1 {
+                        match why {
+                            Replay::Seen => {
+                                tracing::warn!(%from_addr, "a gossip datagram received again (replayed?): ignored")
+                            }
+                            Replay::OutOfWindow(skew) => {
+                                tracing::warn!(%from_addr, skew_ms = skew, "gossip stamped outside the replay window (60 s) of our clock: ignored (replayed, or the clocks disagree: is NTP running?)")
+                            }
                         }
-                        continue;
                     }
-                },
-                None => &self.buf[..len],
+                    continue;
+                }
+                opened = o.plain;
+                &opened
             };
             match ChitchatMessage::deserialize(&mut data) {
                 Ok(message) => return Ok((from_addr, message)),
@@ -161,17 +309,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sealed_datagrams_open_only_with_the_same_key() {
+    fn sealed_datagrams_open_only_with_a_secret_in_force() {
         let a = ChaCha20Poly1305::new(&Key::from([1u8; 32]));
         let b = ChaCha20Poly1305::new(&Key::from([2u8; 32]));
         let plain = b"gossip digest and deltas ".repeat(100);
-        let sealed = seal(&a, &plain).unwrap();
+        let sealed = seal(&a, &plain, 42).unwrap();
         assert!(sealed.len() < plain.len(), "compressed before sealing");
-        assert_eq!(open_sealed(&a, &sealed).unwrap(), plain);
-        assert!(open_sealed(&b, &sealed).is_none());
+        let opened = open_sealed(std::slice::from_ref(&a), &sealed).unwrap();
+        assert_eq!((opened.plain, opened.stamp_ms), (plain.clone(), 42));
+        assert!(open_sealed(std::slice::from_ref(&b), &sealed).is_none());
+        // During a rotation either secret opens.
+        assert!(open_sealed(&[b.clone(), a.clone()], &sealed).is_some());
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert!(open_sealed(&a, &tampered).is_none());
-        assert!(open_sealed(&a, &plain).is_none(), "plain gossip is refused");
+        assert!(open_sealed(std::slice::from_ref(&a), &tampered).is_none());
+        assert!(
+            open_sealed(&[a], &plain).is_none(),
+            "plain gossip is refused"
+        );
+    }
+
+    #[test]
+    fn replays_and_datagrams_outside_the_window_are_refused() {
+        let mut guard = ReplayGuard::new(1_000, 3);
+        let now = 1_000_000;
+        assert_eq!(guard.admit([1; 12], now, now), Ok(()));
+        assert_eq!(guard.admit([1; 12], now, now + 10), Err(Replay::Seen));
+        assert_eq!(
+            guard.admit([2; 12], now - 1_500, now),
+            Err(Replay::OutOfWindow(-1_500))
+        );
+        assert_eq!(
+            guard.admit([3; 12], now + 1_500, now),
+            Err(Replay::OutOfWindow(1_500))
+        );
+        // Past its memory the guard forgets the oldest nonce and refuses what is that old.
+        assert_eq!(guard.admit([4; 12], now + 1, now + 1), Ok(()));
+        assert_eq!(guard.admit([5; 12], now + 2, now + 2), Ok(()));
+        assert_eq!(guard.admit([6; 12], now + 3, now + 3), Ok(()));
+        assert!(guard.seen.len() <= 3);
+        assert_eq!(
+            guard.admit([1; 12], now, now + 3),
+            Err(Replay::OutOfWindow(-3)),
+            "forgotten, yet still refused"
+        );
+        assert_eq!(guard.admit([7; 12], now + 4, now + 4), Ok(()));
+        // Once the window has passed, a nonce is forgotten and its datagram too old anyway.
+        let later = now + 5_000;
+        assert_eq!(guard.admit([8; 12], later, later), Ok(()));
+        assert_eq!(guard.seen.len(), 1);
+        assert!(matches!(
+            guard.admit([4; 12], now + 1, later),
+            Err(Replay::OutOfWindow(_))
+        ));
     }
 }

@@ -268,7 +268,7 @@ impl Config {
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
         }
-        c.secret_key()?;
+        c.secret_keys()?;
         Ok(())
     }
 }
@@ -315,6 +315,10 @@ fn merge(base: &mut Table, user: Table, prefix: &str) -> Result<(), ConfigError>
                 if path == "auth.allow_anonymous" =>
             {
                 *slot = Value::String(b.to_string());
+            }
+            // `secret = "..."`: a list of one.
+            (Some(slot @ Value::Array(_)), Value::String(text)) if path == "cluster.secret" => {
+                *slot = Value::Array(vec![Value::String(text)]);
             }
             (Some(slot), value) => {
                 if std::mem::discriminant(slot) != std::mem::discriminant(&value) {

@@ -256,7 +256,8 @@ pub struct ClusterConfig {
     pub gossip_advertise_addr: String,
     pub peer_advertise_addr: String,
     pub seeds: Vec<String>,
-    pub secret: String,
+    /// Base64 secrets, the sealing one first.
+    pub secret: Vec<String>,
     pub secret_file: String,
     pub gossip_interval_ms: u64,
     pub failure_phi_threshold: f64,
@@ -284,40 +285,69 @@ impl ClusterConfig {
             .collect()
     }
 
-    /// The 32-byte secret from `secret` or `secret_file`, if one is set.
-    pub fn secret_key(&self) -> Result<Option<[u8; 32]>, ConfigError> {
-        use base64::Engine;
-        let (key, text) = match (self.secret.is_empty(), self.secret_file.is_empty()) {
-            (true, true) => return Ok(None),
-            (false, false) => {
-                return Err(err(
-                    "cluster.secret: set either secret or secret_file, not both",
-                ));
-            }
-            (false, true) => ("cluster.secret", self.secret.clone()),
-            (true, false) => (
-                "cluster.secret_file",
-                std::fs::read_to_string(&self.secret_file).map_err(|e| {
-                    err(format!(
-                        "cluster.secret_file: cannot read {}: {e}",
-                        self.secret_file
-                    ))
-                })?,
-            ),
-        };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| {
-                err(format!(
-                    "{key}: not valid base64 (make one with `head -c32 /dev/urandom | base64`)"
-                ))
-            })?;
-        let len = bytes.len();
-        bytes
-            .try_into()
-            .map(Some)
-            .map_err(|_| err(format!("{key}: must decode to 32 bytes, got {len} (make one with `head -c32 /dev/urandom | base64`)")))
+    /// The 32-byte secrets from `secret` or `secret_file` (read again at each call), the
+    /// sealing one first; empty when none is set.
+    pub fn secret_keys(&self) -> Result<Vec<[u8; 32]>, ConfigError> {
+        let configured: Vec<&String> = self
+            .secret
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        let (key, texts): (&str, Vec<String>) =
+            match (configured.is_empty(), self.secret_file.is_empty()) {
+                (true, true) => return Ok(Vec::new()),
+                (false, false) => {
+                    return Err(err(
+                        "cluster.secret: set either secret or secret_file, not both",
+                    ));
+                }
+                (false, true) => ("cluster.secret", configured.into_iter().cloned().collect()),
+                (true, false) => {
+                    let text = std::fs::read_to_string(&self.secret_file).map_err(|e| {
+                        err(format!(
+                            "cluster.secret_file: cannot read {}: {e}",
+                            self.secret_file
+                        ))
+                    })?;
+                    let lines: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect();
+                    if lines.is_empty() {
+                        return Err(err(format!(
+                            "cluster.secret_file: {} holds no secret",
+                            self.secret_file
+                        )));
+                    }
+                    ("cluster.secret_file", lines)
+                }
+            };
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| decode_secret(&format!("{key}[{i}]"), text))
+            .collect()
     }
+}
+
+/// One base64 secret of 32 bytes; errors name `key`.
+fn decode_secret(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| {
+            err(format!(
+                "{key}: not valid base64 (make one with `head -c32 /dev/urandom | base64`)"
+            ))
+        })?;
+    let len = bytes.len();
+    bytes.try_into().map_err(|_| {
+        err(format!(
+            "{key}: must decode to 32 bytes, got {len} (make one with `head -c32 /dev/urandom | base64`)"
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,4 +356,3 @@ pub struct LogConfig {
     pub level: String,
     pub format: String,
 }
-

@@ -56,8 +56,7 @@ fn defaults_match_the_documented_values() {
 
 #[test]
 fn file_values_override_defaults() {
-    let c =
-        load_str("[server]\nbind = \"127.0.0.1:2883\"\n[mqtt]\nmax_inflight = 5\n").unwrap();
+    let c = load_str("[server]\nbind = \"127.0.0.1:2883\"\n[mqtt]\nmax_inflight = 5\n").unwrap();
     assert_eq!(c.server.bind.to_string(), "127.0.0.1:2883");
     assert_eq!(c.mqtt.max_inflight, 5);
     assert_eq!(c.mqtt.max_queued_messages, 1000);
@@ -72,10 +71,7 @@ fn errors_name_the_key() {
     let e = load_str("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err();
     assert_eq!(e.0, "mqtt.max_inflight: expected integer, got string");
     let e = load_str("[server]\nbind = \"localhost\"\n").unwrap_err();
-    assert!(
-        e.0.starts_with("server.bind: expected host:port"),
-        "{e}"
-    );
+    assert!(e.0.starts_with("server.bind: expected host:port"), "{e}");
     let e = load_str("[mqtt]\nmax_inflight = 70000\n").unwrap_err();
     assert!(e.0.starts_with("mqtt.max_inflight: invalid value"), "{e}");
     let e = load_str("[log]\nlevel = \"loud\"\n").unwrap_err();
@@ -140,18 +136,62 @@ fn cluster_section_in_both_forms_and_its_errors() {
     );
     let e = load_str("[cluster]\nsecret = \"c2hvcnQ=\"\n").unwrap_err();
     assert!(
-        e.0.starts_with("cluster.secret: must decode to 32 bytes, got 5"),
+        e.0.starts_with("cluster.secret[0]: must decode to 32 bytes, got 5"),
         "{e}"
     );
     let e = load_str("[cluster]\nsecret = \"***\"\n").unwrap_err();
-    assert!(e.0.starts_with("cluster.secret: not valid base64"), "{e}");
+    assert!(
+        e.0.starts_with("cluster.secret[0]: not valid base64"),
+        "{e}"
+    );
     let e = load_str("[cluster]\ndns_server = \"dns.local\"\n").unwrap_err();
     assert!(e.0.starts_with("cluster.dns_server:"), "{e}");
     let key = "[cluster]\nsecret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
     assert_eq!(
-        load_str(key).unwrap().cluster.secret_key().unwrap(),
-        Some([0u8; 32])
+        load_str(key).unwrap().cluster.secret_keys().unwrap(),
+        vec![[0u8; 32]]
     );
+    // A list rotates: the first seals, all open; each is checked.
+    let two = "[cluster]\nsecret = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\", \
+               \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"]\n";
+    assert_eq!(
+        load_str(two).unwrap().cluster.secret_keys().unwrap(),
+        vec![[0u8; 32], [1u8; 32]]
+    );
+    let e =
+        load_str("[cluster]\nsecret = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\", \"x\"]\n")
+            .unwrap_err();
+    assert!(
+        e.0.starts_with("cluster.secret[1]: not valid base64"),
+        "{e}"
+    );
+    let o = [(
+        "cluster.secret".to_string(),
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .to_string(),
+        Source::Env("VIBEMQ_CLUSTER_SECRET"),
+    )];
+    assert_eq!(
+        Config::load(None, &o)
+            .unwrap()
+            .cluster
+            .secret_keys()
+            .unwrap(),
+        vec![[1u8; 32], [0u8; 32]]
+    );
+    // From a file: one per line.
+    let file = std::env::temp_dir().join(format!("vibemq-secrets-{}", std::process::id()));
+    std::fs::write(
+        &file,
+        "# new first\nAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+    )
+    .unwrap();
+    let from_file = format!("[cluster]\nsecret_file = \"{}\"\n", file.display());
+    assert_eq!(
+        load_str(&from_file).unwrap().cluster.secret_keys().unwrap(),
+        vec![[1u8; 32], [0u8; 32]]
+    );
+    std::fs::remove_file(&file).unwrap();
 }
 
 #[test]

@@ -105,7 +105,10 @@ mod tests {
     async fn both_versions_name_the_client_and_leave_what_follows() {
         let (got, rest) = parse(b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 1883\r\n\x10\x0c").await;
         assert_eq!(got.unwrap(), "192.0.2.7:40000".parse().unwrap());
-        assert_eq!(rest, b"\x10\x0c", "the MQTT bytes after the header stay unread");
+        assert_eq!(
+            rest, b"\x10\x0c",
+            "the MQTT bytes after the header stay unread"
+        );
 
         let (got, _) = parse(b"PROXY TCP6 2001:db8::5 2001:db8::1 40001 1883\r\n").await;
         assert_eq!(got.unwrap(), "[2001:db8::5]:40001".parse().unwrap());

@@ -25,7 +25,10 @@ impl ClientStream for TlsStream<TcpStream> {
     }
     fn certificate_identity(&self) -> CertificateIdentity {
         let (_, connection) = self.get_ref();
-        match connection.peer_certificates().and_then(|chain| chain.first()) {
+        match connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+        {
             Some(leaf) => common_name(leaf),
             None => CertificateIdentity::Unnamed,
         }

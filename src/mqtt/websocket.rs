@@ -57,6 +57,8 @@ where
 /// The upgrade's checks: the path, and a subprotocol MQTT clients offer. A client offering no
 /// subprotocol at all is served anyway (some embedded clients omit the header); one offering
 /// only others is refused.
+// The signature is tungstenite's callback's; the response is built once per upgrade.
+#[allow(clippy::result_large_err)]
 fn choose(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
     if request.uri().path() != PATH {
         return Err(refusal(

@@ -339,6 +339,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_cluster_gossip_replayed",
+            "Sealed gossip datagrams refused: seen before (replayed) or stamped outside the 60 s window",
+            Metrics::get(&cm.gossip_replayed),
+        )?;
+        counter(
+            &mut e,
             "vibemq_cluster_auth_failures",
             "Peer links refused for authentication",
             Metrics::get(&cm.auth_failures),

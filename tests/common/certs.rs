@@ -103,4 +103,3 @@ pub async fn make_cert_for_days(dir: &Path, name: &str, ca: &str, days: i32) {
     )
     .await;
 }
-
