@@ -5,7 +5,8 @@
 //! sealed peer connection rejected, counted, and recovered from without loss; a captured
 //! gossip datagram replayed to a node dropped and counted; and a tcpdump capture of the peer
 //! ports during a cross-node publish showing neither payload nor topic (where the same
-//! capture of a cluster without a secret shows both).
+//! capture of a cluster without a secret shows both); and peer links in TLS (`cluster.tls`)
+//! that a node with another CA's certificate cannot make.
 
 mod common;
 
@@ -381,4 +382,84 @@ async fn a_capture_of_the_peer_ports_shows_no_payload_in_clear() {
         contains(&clear, payload.as_bytes()),
         "control: payload visible without a secret"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_links_in_tls_accept_only_certificates_of_the_cluster_ca() {
+    use common::certs::{make_ca, make_cert, scratch};
+    let dir = scratch("peer-tls");
+    make_ca(&dir, "cluster-ca").await;
+    make_ca(&dir, "other-ca").await;
+    for (name, ca) in [
+        ("node1", "cluster-ca"),
+        ("node2", "cluster-ca"),
+        ("outsider", "other-ca"),
+    ] {
+        make_cert(&dir, name, ca).await;
+    }
+    let tls = |name: &str| {
+        let file = |f: String| dir.join(f).display().to_string();
+        vec![
+            ("VIBEMQ_CLUSTER_TLS".to_string(), "true".to_string()),
+            (
+                "VIBEMQ_TLS_CERT_FILE".to_string(),
+                file(format!("{name}.pem")),
+            ),
+            (
+                "VIBEMQ_TLS_KEY_FILE".to_string(),
+                file(format!("{name}.key")),
+            ),
+            (
+                "VIBEMQ_TLS_CLIENT_CA_FILE".to_string(),
+                file("cluster-ca.pem".into()),
+            ),
+        ]
+    };
+    let n1 = ProcessNode::start_with(1, 0, free_port(), tls("node1")).await;
+    let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), tls("node2")).await;
+    n1.wait_linked(1).await;
+    n2.wait_linked(1).await;
+    let payload = "over-tls";
+    let port = n1.port();
+    let sub = common::process::spawn(
+        "mosquitto_sub",
+        &["-p", &port, "-t", "tls/x", "-C", "1", "-W", "10", "-q", "1"],
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while n2.metric("vibemq_cluster_remote_routes").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the route never reached node2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run(
+        "mosquitto_pub",
+        &["-p", &n2.port(), "-t", "tls/x", "-m", payload, "-q", "1"],
+        LIMIT,
+    )
+    .await;
+    let out = tokio::time::timeout(LIMIT, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), payload);
+    // A node whose certificate another CA signed (same secret, so gossip reaches it) gets
+    // no link: its TLS handshakes fail and are counted.
+    let failures_before = n1.metric("vibemq_cluster_auth_failures").await;
+    let mut env = tls("outsider");
+    env.push(("VIBEMQ_CLUSTER_NODE_ID".to_string(), "outsider".to_string()));
+    let outsider = ProcessNode::start_with(3, n1.gossip, free_port(), env).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while n1.metric("vibemq_cluster_auth_failures").await <= failures_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outsider never tried to link"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, cluster) = common::http::get(outsider.http_addr(), "/api/v1/cluster").await;
+    assert!(!cluster.contains("\"link\":\"up\""), "{cluster}");
+    drop(outsider);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -35,6 +35,7 @@ pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
         tokio::select! {
@@ -42,8 +43,24 @@ pub async fn serve(
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let cluster = cluster.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = receive(stream, &cluster).await {
+                        let served = match tls {
+                            None => receive(stream, &cluster).await,
+                            Some(acceptor) => {
+                                let limit = Duration::from_millis(cluster.config.link_timeout_ms);
+                                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => receive(stream, &cluster).await,
+                                    Ok(Err(e)) => {
+                                        Metrics::add(&cluster.metrics.auth_failures, 1);
+                                        tracing::warn!(%addr, error = %e, "peer TLS handshake failed (cluster.tls)");
+                                        return;
+                                    }
+                                    Err(_) => Err("no TLS handshake in time".to_string()),
+                                }
+                            }
+                        };
+                        if let Err(e) = served {
                             tracing::debug!(%addr, error = %e, "inbound peer link closed");
                         }
                     });

@@ -10,6 +10,7 @@ mod groups;
 mod inbound;
 mod link;
 mod membership;
+pub mod peer_tls;
 mod progress;
 pub mod routes;
 mod seal;
@@ -54,13 +55,22 @@ pub(crate) type Dialer = Arc<
         + Sync,
 >;
 
-/// The production dialer: TCP, without Nagle's delay.
-fn tcp_dialer() -> Dialer {
-    Arc::new(|addr| {
+/// The production dialer: TCP, without Nagle's delay; in TLS with `cluster.tls`.
+fn tcp_dialer(tls: Option<tokio_rustls::TlsConnector>) -> Dialer {
+    Arc::new(move |addr| {
+        let tls = tls.clone();
         Box::pin(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
-            Ok(Box::new(stream) as PeerStream)
+            match tls {
+                None => Ok(Box::new(stream) as PeerStream),
+                Some(connector) => {
+                    let stream = connector
+                        .connect(peer_tls::PeerTls::peer_name(), stream)
+                        .await?;
+                    Ok(Box::new(stream) as PeerStream)
+                }
+            }
         })
     })
 }
@@ -231,6 +241,12 @@ impl Cluster {
         let secrets = Arc::new(seal::Secrets::new(
             config.secret_keys().map_err(|e| anyhow::anyhow!("{e}"))?,
         ));
+        let peer_tls = match config.tls {
+            true => Some(
+                peer_tls::PeerTls::load(&broker.config.tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            false => None,
+        };
         let gossip_socket = UdpSocket::bind(config.gossip_addr)
             .await
             .map_err(|e| anyhow::anyhow!("cluster.gossip_addr {}: {e}", config.gossip_addr))?;
@@ -311,7 +327,7 @@ impl Cluster {
                 peer_addr,
             },
             metrics,
-            tcp_dialer(),
+            tcp_dialer(peer_tls.as_ref().map(|t| t.connector.clone())),
         );
         let chitchat = handle.chitchat();
         *cluster.chitchat.lock() = Some(handle);
@@ -320,6 +336,7 @@ impl Cluster {
             peer_listener,
             cluster.clone(),
             cluster.shutdown.subscribe(),
+            peer_tls.map(|t| t.acceptor),
         ));
         tokio::spawn(membership::watch(
             cluster.clone(),
@@ -346,7 +363,7 @@ impl Cluster {
         broker.set_cluster(cluster.clone());
         tracing::info!(
             node = %cluster.node_id, generation, %gossip_addr, %peer_addr,
-            secret = cluster.secrets.is_set(), "cluster node started"
+            secret = cluster.secrets.is_set(), tls = cluster.config.tls, "cluster node started"
         );
         Ok(cluster)
     }

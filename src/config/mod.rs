@@ -269,6 +269,9 @@ impl Config {
             return Err(err("cluster.name: must not be empty"));
         }
         c.secret_keys()?;
+        if c.enabled && c.tls {
+            crate::cluster::peer_tls::PeerTls::load(&self.tls).map_err(err)?;
+        }
         Ok(())
     }
 }

@@ -259,6 +259,8 @@ pub struct ClusterConfig {
     /// Base64 secrets, the sealing one first.
     pub secret: Vec<String>,
     pub secret_file: String,
+    /// Peer links in TLS with the `[tls]` certificate, verified against `tls.client_ca_file`.
+    pub tls: bool,
     pub gossip_interval_ms: u64,
     pub failure_phi_threshold: f64,
     pub failure_max_interval_ms: u64,

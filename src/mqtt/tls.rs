@@ -85,7 +85,7 @@ fn read(key: &str, path: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key}: cannot read {path}: {e}"))
 }
 
-fn certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read(key, path)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -96,17 +96,22 @@ fn certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-/// A rustls server configuration from `[tls]`.
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certificates("tls.cert_file", &config.cert_file)?;
+/// The `[tls]` private key.
+pub(crate) fn private_key(config: &TlsConfig) -> Result<PrivateKeyDer<'static>, String> {
     let key_pem = read("tls.key_file", &config.key_file)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         format!(
             "tls.key_file: {}: not a PEM private key (PKCS#8, RSA or EC): {e}",
             config.key_file
         )
-    })?;
+    })
+}
+
+/// A rustls server configuration from `[tls]`.
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certificates("tls.cert_file", &config.cert_file)?;
+    let key = private_key(config)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
