@@ -357,5 +357,26 @@ async fn an_acl_file_in_mosquittos_syntax_decides_publish_subscribe_and_delivery
         let line = format!("vibemq_acl_denied_total{{action=\"{action}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
+
+    // A reload reaches connections already up (each resolves its rules once, and again after
+    // a reload): bob, still subscribed to `#`, loses sensors/ and stops receiving it.
+    std::fs::write(
+        &acl,
+        "user alice\ntopic readwrite sensors/#\n\nuser bob\ntopic #\ntopic deny sensors/#\n",
+    )
+    .unwrap();
+    let pid = b.child.id().unwrap().to_string();
+    run("kill", &["-HUP", &pid], LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice
+        .publish("sensors/after", b"x", QoS::AtMostOnce, false, 0)
+        .await;
+    bob.expect_silence(Duration::from_millis(300)).await;
+    let (_, metrics) =
+        common::http::get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("vibemq_acl_denied_total{action=\"receive\"} 2"),
+        "{metrics}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

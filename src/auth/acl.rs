@@ -113,6 +113,11 @@ impl Acl {
 
     /// Whether the client (`user`, None when anonymous) may do `action`.
     pub fn allows(&self, user: Option<&str>, client_id: &str, action: Action<'_>) -> bool {
+        self.rules_for(user, client_id).allows(action)
+    }
+
+    /// The rules that apply to one client, its patterns filled in.
+    pub fn rules_for(&self, user: Option<&str>, client_id: &str) -> ClientRules {
         let own = match user {
             Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous[..],
@@ -131,16 +136,36 @@ impl Acl {
                 filter,
             })
         });
-        let rules: Vec<Rule> = own.iter().cloned().chain(patterns).collect();
+        ClientRules {
+            rules: own.iter().cloned().chain(patterns).collect(),
+        }
+    }
+}
+
+/// The rules of one client, resolved once (a connection keeps them until the ACL is reloaded),
+/// so checking a delivery allocates nothing.
+#[derive(Debug)]
+pub struct ClientRules {
+    rules: Vec<Rule>,
+}
+
+impl ClientRules {
+    pub fn allows(&self, action: Action<'_>) -> bool {
         let write = matches!(action, Action::Publish(_));
         let applies = |rule: &Rule| match action {
             Action::Subscribe(f) => covers(&rule.filter, f),
             Action::Publish(t) | Action::Receive(t) => matches(&rule.filter, t),
         };
-        if rules.iter().any(|r| r.access == Access::Deny && applies(r)) {
+        if self
+            .rules
+            .iter()
+            .any(|r| r.access == Access::Deny && applies(r))
+        {
             return false;
         }
-        rules.iter().any(|r| r.access.grants(write) && applies(r))
+        self.rules
+            .iter()
+            .any(|r| r.access.grants(write) && applies(r))
     }
 }
 

@@ -110,6 +110,11 @@ impl Authenticator {
     }
 
     /// Whether the client (`user`, None when anonymous) may do `action`.
+    /// The ACL in force (None: no file, everything allowed). A reload replaces the `Arc`.
+    pub fn acl(&self) -> Option<Arc<acl::Acl>> {
+        self.acl.read().clone()
+    }
+
     pub fn allows(&self, user: Option<&str>, client_id: &str, action: acl::Action<'_>) -> bool {
         let acl = self.acl.read().clone();
         acl.is_none_or(|acl| acl.allows(user, client_id, action))

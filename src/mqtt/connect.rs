@@ -422,6 +422,7 @@ async fn establish(
         protocol: c.protocol,
         client_id,
         username: c.username.as_deref().map(Arc::from),
+        acl_rules: std::cell::RefCell::new(None),
         session: attached.session,
         control,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),

@@ -71,6 +71,9 @@ pub(super) struct Connection {
     pub client_id: Arc<str>,
     /// The CONNECT's user name, for the ACL (None: anonymous).
     pub username: Option<Arc<str>>,
+    /// This client's ACL rules and the ACL they came from, resolved at the first check.
+    pub acl_rules:
+        std::cell::RefCell<Option<(Arc<crate::auth::acl::Acl>, crate::auth::acl::ClientRules)>>,
     pub session: Arc<Session>,
     pub control: Arc<ConnectionControl>,
     /// Keep alive in force (zero: none).

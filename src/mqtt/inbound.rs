@@ -246,10 +246,22 @@ impl Connection {
     }
 
     /// The ACL's verdict for this client (always yes without an `auth.acl_file`).
+    /// The ACL's verdict for this client, from its rules resolved once per connection (again
+    /// after a reload).
     pub(super) fn acl_allows(&self, action: crate::auth::acl::Action<'_>) -> bool {
-        self.broker
-            .auth
-            .allows(self.username.as_deref(), &self.client_id, action)
+        let Some(acl) = self.broker.auth.acl() else {
+            return true;
+        };
+        let mut resolved = self.acl_rules.borrow_mut();
+        match &*resolved {
+            Some((source, rules)) if Arc::ptr_eq(source, &acl) => rules.allows(action),
+            _ => {
+                let rules = acl.rules_for(self.username.as_deref(), &self.client_id);
+                let verdict = rules.allows(action);
+                *resolved = Some((acl, rules));
+                verdict
+            }
+        }
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
