@@ -13,9 +13,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::nodes::{ProcessNode, bench};
+use common::nodes::{ProcessNode, assert_nothing_acknowledged_lost, bench};
 use common::process::{free_port, run};
-use common::proxy::CutProxy;
 
 fn freeze_secs() -> u64 {
     std::env::var("VIBEMQ_FREEZE_SECS")
@@ -31,24 +30,6 @@ async fn two(env: Vec<(String, String)>) -> (ProcessNode, ProcessNode) {
     n1.wait_linked(1).await;
     n2.wait_linked(1).await;
     (n1, n2)
-}
-
-fn assert_nothing_acknowledged_lost(summary: &serde_json::Value, what: &str) {
-    let n = |k: &str| {
-        summary[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{k} in {summary}"))
-    };
-    assert!(
-        n("acked") > 0,
-        "{what}: nothing was acknowledged: {summary}"
-    );
-    assert_eq!(
-        n("lost_acked"),
-        0,
-        "{what}: acknowledged messages lost: {summary}"
-    );
-    assert_eq!(n("duplicates"), 0, "{what}: duplicates: {summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,13 +87,7 @@ async fn a_node_frozen_past_failure_detection_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_connections_cut_every_half_second_lose_and_repeat_nothing() {
     // node1's relay port is reached only through a proxy that cuts every connection.
-    let peer_port = free_port();
-    let proxy = CutProxy::start(format!("127.0.0.1:{peer_port}").parse().unwrap()).await;
-    let env = vec![(
-        "VIBEMQ_CLUSTER_PEER_ADVERTISE_ADDR".to_string(),
-        proxy.addr.to_string(),
-    )];
-    let n1 = ProcessNode::start_with(1, 0, peer_port, env).await;
+    let (n1, proxy) = ProcessNode::start_behind_proxy(1, 0, Vec::new()).await;
     let n2 = ProcessNode::start(2, n1.gossip).await;
     n1.wait_linked(1).await;
     n2.wait_linked(1).await;
@@ -230,13 +205,7 @@ async fn a_late_joiner_gets_24_mb_of_retained_messages_through_a_cut_link() {
         }
     }
     let _ = std::fs::remove_file(&file);
-    let peer_port = free_port();
-    let proxy = CutProxy::start(format!("127.0.0.1:{peer_port}").parse().unwrap()).await;
-    let env = vec![(
-        "VIBEMQ_CLUSTER_PEER_ADVERTISE_ADDR".to_string(),
-        proxy.addr.to_string(),
-    )];
-    let n2 = ProcessNode::start_with(2, n1.gossip, peer_port, env).await;
+    let (n2, proxy) = ProcessNode::start_behind_proxy(2, n1.gossip, Vec::new()).await;
     n1.wait_linked(1).await;
     // Cut while the set streams in (a few MB have gone by then), and once more.
     tokio::time::sleep(Duration::from_millis(150)).await;

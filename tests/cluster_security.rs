@@ -13,9 +13,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::nodes::{LIMIT, ProcessNode, bench};
+use common::nodes::{LIMIT, ProcessNode, assert_nothing_acknowledged_lost, bench};
 use common::process::{free_port, run};
-use common::proxy::CutProxy;
 
 const OLD: &str = "b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQ=";
 const NEW: &str = "bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldy1zZWNyZXQ=";
@@ -40,21 +39,6 @@ fn from_file(n: usize, extra: &[(&str, String)]) -> Vec<(String, String)> {
 async fn sighup(node: &ProcessNode) {
     let pid = node.child.id().expect("running").to_string();
     run("kill", &["-HUP", &pid], LIMIT).await;
-}
-
-fn assert_nothing_acknowledged_lost(summary: &serde_json::Value, what: &str) {
-    let n = |k: &str| {
-        summary[k]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{k} in {summary}"))
-    };
-    assert!(n("acked") > 0, "{what}: nothing acknowledged: {summary}");
-    assert_eq!(
-        n("lost_acked"),
-        0,
-        "{what}: acknowledged messages lost: {summary}"
-    );
-    assert_eq!(n("duplicates"), 0, "{what}: duplicates: {summary}");
 }
 
 /// QoS 1 from node2 to a subscriber on node1 for `secs` seconds, in the background.
@@ -102,10 +86,7 @@ async fn the_secret_rotates_across_three_nodes_under_traffic_losing_nothing() {
         std::fs::write(secret_file(n), format!("{OLD}\n")).unwrap();
     }
     // node1's peer port behind a proxy, so every connection to it can be cut.
-    let peer_port = free_port();
-    let proxy = CutProxy::start(format!("127.0.0.1:{peer_port}").parse().unwrap()).await;
-    let advertise = [("VIBEMQ_CLUSTER_PEER_ADVERTISE_ADDR", proxy.addr.to_string())];
-    let n1 = ProcessNode::start_with(1, 0, peer_port, from_file(1, &advertise)).await;
+    let (n1, proxy) = ProcessNode::start_behind_proxy(1, 0, from_file(1, &[])).await;
     let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), from_file(2, &[])).await;
     let mut n3 = ProcessNode::start_with(3, n1.gossip, free_port(), from_file(3, &[])).await;
     for n in [&n1, &n2, &n3] {
@@ -148,14 +129,12 @@ async fn the_secret_rotates_across_three_nodes_under_traffic_losing_nothing() {
     // (node3's shipped config under another name: there are three.)
     let name = [("VIBEMQ_CLUSTER_NODE_ID", "node4".to_string())];
     let stale = ProcessNode::start_with(3, n1.gossip, free_port(), from_file(4, &name)).await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while n1.metric("vibemq_cluster_gossip_rejected").await <= refused_before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stale node's gossip never came"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    n1.wait_metric_above(
+        "vibemq_cluster_gossip_rejected",
+        refused_before,
+        "the stale node's gossip never came",
+    )
+    .await;
     let (_, cluster) = common::http::get(n1.http_addr(), "/api/v1/cluster").await;
     assert!(!cluster.contains("node4"), "{cluster}");
     drop(stale);
@@ -166,13 +145,7 @@ async fn the_secret_rotates_across_three_nodes_under_traffic_losing_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_peer_connection_is_rejected_and_recovered_from() {
-    let peer_port = free_port();
-    let proxy = CutProxy::start(format!("127.0.0.1:{peer_port}").parse().unwrap()).await;
-    let env = vec![(
-        "VIBEMQ_CLUSTER_PEER_ADVERTISE_ADDR".to_string(),
-        proxy.addr.to_string(),
-    )];
-    let n1 = ProcessNode::start_with(1, 0, peer_port, env).await;
+    let (n1, proxy) = ProcessNode::start_behind_proxy(1, 0, Vec::new()).await;
     let n2 = ProcessNode::start(2, n1.gossip).await;
     n1.wait_linked(1).await;
     n2.wait_linked(1).await;
@@ -319,15 +292,8 @@ async fn captured_cross_node_publish(
         &["-p", &port, "-t", topic, "-C", "1", "-W", "10", "-q", "1"],
     );
     // The route reaches the publishing node before the publish.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while from.metric("vibemq_cluster_remote_routes").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the route never reached {}",
-            from.n
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    from.wait_metric_above("vibemq_cluster_remote_routes", 0.0, "no route reached it")
+        .await;
     run(
         "mosquitto_pub",
         &["-p", &from.port(), "-t", topic, "-m", payload, "-q", "1"],
@@ -425,14 +391,8 @@ async fn peer_links_in_tls_accept_only_certificates_of_the_cluster_ca() {
         "mosquitto_sub",
         &["-p", &port, "-t", "tls/x", "-C", "1", "-W", "10", "-q", "1"],
     );
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while n2.metric("vibemq_cluster_remote_routes").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the route never reached node2"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    n2.wait_metric_above("vibemq_cluster_remote_routes", 0.0, "no route reached it")
+        .await;
     run(
         "mosquitto_pub",
         &["-p", &n2.port(), "-t", "tls/x", "-m", payload, "-q", "1"],
@@ -450,14 +410,12 @@ async fn peer_links_in_tls_accept_only_certificates_of_the_cluster_ca() {
     let mut env = tls("outsider");
     env.push(("VIBEMQ_CLUSTER_NODE_ID".to_string(), "outsider".to_string()));
     let outsider = ProcessNode::start_with(3, n1.gossip, free_port(), env).await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while n1.metric("vibemq_cluster_auth_failures").await <= failures_before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outsider never tried to link"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    n1.wait_metric_above(
+        "vibemq_cluster_auth_failures",
+        failures_before,
+        "the outsider never tried to link",
+    )
+    .await;
     let (_, cluster) = common::http::get(outsider.http_addr(), "/api/v1/cluster").await;
     assert!(!cluster.contains("\"link\":\"up\""), "{cluster}");
     drop(outsider);

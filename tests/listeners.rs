@@ -27,12 +27,20 @@ use vibemq::config::ListenerKind;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The paho-mqtt helper (tests/clients/paho_client.py) with these arguments.
+const PAHO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py");
+
+/// The paho-mqtt helper (tests/clients/paho_client.py) with these arguments, running.
 fn paho(args: &[&str]) -> Child {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py");
-    let mut all = vec![script];
+    let mut all = vec![PAHO];
     all.extend_from_slice(args);
     spawn("python3", &all)
+}
+
+/// The same run to its end within `LIMIT`; its output.
+async fn paho_run(args: &[&str]) -> String {
+    let mut all = vec![PAHO];
+    all.extend_from_slice(args);
+    run("python3", &all, LIMIT).await
 }
 
 /// Waits for the next line of a child's output, failing with its stderr if it ends first.
@@ -122,26 +130,21 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
     )
     .await;
     assert_eq!(next_line(&mut lines).await, "8 from-tcp");
-    let published = run(
-        "python3",
-        &[
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py"),
-            "pub",
-            "--host",
-            "localhost",
-            "--port",
-            &wss_s,
-            "--transport",
-            "websockets",
-            "--ca",
-            &ca,
-            "--topic",
-            "web/big",
-            "--size",
-            "300000",
-        ],
-        LIMIT,
-    )
+    let published = paho_run(&[
+        "pub",
+        "--host",
+        "localhost",
+        "--port",
+        &wss_s,
+        "--transport",
+        "websockets",
+        "--ca",
+        &ca,
+        "--topic",
+        "web/big",
+        "--size",
+        "300000",
+    ])
     .await;
     assert_eq!(published.trim(), "published");
     let big = next_line(&mut lines).await;
@@ -158,24 +161,19 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
         &["-p", &b.port(), "-t", "web/+", "-C", "1", "-W", "10"],
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    run(
-        "python3",
-        &[
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py"),
-            "pub",
-            "--host",
-            "localhost",
-            "--port",
-            &wss_s,
-            "--transport",
-            "websockets",
-            "--ca",
-            &ca,
-            "--topic",
-            "web/small",
-        ],
-        LIMIT,
-    )
+    paho_run(&[
+        "pub",
+        "--host",
+        "localhost",
+        "--port",
+        &wss_s,
+        "--transport",
+        "websockets",
+        "--ca",
+        &ca,
+        "--topic",
+        "web/small",
+    ])
     .await;
     let out = tokio::time::timeout(LIMIT, tcp_sub.wait_with_output())
         .await

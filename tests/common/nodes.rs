@@ -161,6 +161,36 @@ impl ProcessNode {
             .sum()
     }
 
+    /// Node `n` (joining through `seed`, 0: first) whose relay port is reached only through a
+    /// `CutProxy` the test can cut or tamper with; `env` as for `start_with`.
+    pub async fn start_behind_proxy(
+        n: usize,
+        seed: u16,
+        mut env: Vec<(String, String)>,
+    ) -> (ProcessNode, super::proxy::CutProxy) {
+        let peer = free_port();
+        let proxy =
+            super::proxy::CutProxy::start(format!("127.0.0.1:{peer}").parse().unwrap()).await;
+        env.push((
+            "VIBEMQ_CLUSTER_PEER_ADVERTISE_ADDR".to_string(),
+            proxy.addr.to_string(),
+        ));
+        (ProcessNode::start_with(n, seed, peer, env).await, proxy)
+    }
+
+    /// Waits until `metric` exceeds `floor`; `what` says what that means when it does not.
+    pub async fn wait_metric_above(&self, metric: &str, floor: f64, what: &str) {
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while self.metric(metric).await <= floor {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node{}: {what} ({metric} stayed at {floor})",
+                self.n
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until this node has `count` delivering links.
     pub async fn wait_linked(&self, count: usize) {
         let deadline = tokio::time::Instant::now() + LIMIT;
@@ -183,6 +213,26 @@ impl ProcessNode {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Fails unless a vibemq-bench summary shows messages acknowledged, none of them lost and no
+/// duplicate.
+pub fn assert_nothing_acknowledged_lost(summary: &serde_json::Value, what: &str) {
+    let n = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {summary}"))
+    };
+    assert!(
+        n("acked") > 0,
+        "{what}: nothing was acknowledged: {summary}"
+    );
+    assert_eq!(
+        n("lost_acked"),
+        0,
+        "{what}: acknowledged messages lost: {summary}"
+    );
+    assert_eq!(n("duplicates"), 0, "{what}: duplicates: {summary}");
 }
 
 /// Runs vibemq-bench with `args` (plus `--json`) within `limit`; returns its summary.
