@@ -58,15 +58,42 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
-log "deployment files (kubernetes.yaml, docker-compose.yml) against the binary"
-cargo build --quiet --bin vibemq
-python3 scripts/check-deploy.py target/debug/vibemq
+# Compiling is most of this script's time and the Docker steps below mostly wait, so the test
+# binaries (and cargo-fuzz, when missing) build in the background meanwhile. Debug and release
+# builds lock separately, so this does not hold up the image's release build.
+log "building the test binaries in the background"
+background_log=$(mktemp)
+(
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --no-run --cargo-quiet
+    else
+        cargo test --no-run --quiet
+    fi
+    cargo build --quiet --bin vibemq --bin vibemq-bench
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked --quiet
+    fi
+) >"$background_log" 2>&1 &
+background=$!
+# Should a step below fail, the background build stops with the script.
+trap 'pkill -P "$background" 2>/dev/null; kill "$background" 2>/dev/null; true' EXIT
 
 log "docker compose: the README's steps against the real engine"
 bash scripts/compose-test.sh
 
 log "chaos: the Compose cluster under load and faults for ${CHAOS_SECONDS:-60}s (scripts/chaos.sh SECONDS for longer)"
 bash scripts/chaos.sh "${CHAOS_SECONDS:-60}"
+
+log "waiting for the background build"
+if ! wait "$background"; then
+    cat "$background_log" >&2
+    echo "FATAL: building the tests (or installing cargo-fuzz) failed; its output is above" >&2
+    exit 1
+fi
+trap - EXIT
+
+log "deployment files (kubernetes.yaml, docker-compose.yml) against the binary"
+python3 scripts/check-deploy.py target/debug/vibemq
 
 log "fuzzing: each target for ${FUZZ_SECONDS:-60}s (scripts/fuzz.sh SECONDS for longer)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
