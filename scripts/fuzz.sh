@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the decoders with cargo-fuzz (libFuzzer): `decode` (the packet decoder, 3.1.1 and 5.0)
 # and `connection` (a whole client connection against an in-process node, then a probe client).
-#   scripts/fuzz.sh                 each target for 60 s (what CI runs)
+#   scripts/fuzz.sh                 each target for 60 s, side by side (what CI runs)
 #   scripts/fuzz.sh 3600            each target for an hour
 #   scripts/fuzz.sh 600 connection  one target
 # Runs on the stable toolchain: cargo-fuzz passes nightly-only flags, which RUSTC_BOOTSTRAP=1
@@ -24,19 +24,32 @@ fi
 export RUSTC_BOOTSTRAP=1
 cd fuzz
 cargo fuzz build -s none -O
-for t in "${targets[@]}"; do
-    work="target/corpus/$t"
+# The targets run side by side (libFuzzer uses one core each), each into its own log.
+fuzz_one() {
+    local t=$1 log=$2
+    local work="target/corpus/$t"
     mkdir -p "$work" "regressions/$t"
+    cargo fuzz run -s none -O "$t" "$work" "corpus/$t" "regressions/$t" -- \
+        -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1
+}
+declare -A pids logs
+for t in "${targets[@]}"; do
     echo "== fuzzing $t for ${seconds}s"
-    log=$(mktemp)
-    if ! cargo fuzz run -s none -O "$t" "$work" "corpus/$t" "regressions/$t" -- \
-        -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+    logs[$t]=$(mktemp)
+    fuzz_one "$t" "${logs[$t]}" &
+    pids[$t]=$!
+done
+failed=0
+for t in "${targets[@]}"; do
+    log=${logs[$t]}
+    if ! wait "${pids[$t]}"; then
         grep -v '^\s*[0-9]*: \|^\s*at ' "$log" | tail -40
         echo "FAIL: fuzz target $t found a failing input (see fuzz/artifacts/$t)" >&2
-        rm -f "$log"
-        exit 1
+        failed=1
+    else
+        runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
+        echo "   $t: $runs executions in ${seconds}s, no failure"
     fi
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
-    echo "   $t: $runs executions in ${seconds}s, no failure"
     rm -f "$log"
 done
+exit "$failed"

@@ -59,7 +59,7 @@ log "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
 # Compiling is most of this script's time and the Docker steps below mostly wait, so the test
-# binaries (and cargo-fuzz, when missing) build in the background meanwhile. Debug and release
+# binaries, cargo-fuzz (when missing) and the fuzz targets build in the background meanwhile. Debug and release
 # builds lock separately, so this does not hold up the image's release build.
 log "building the test binaries in the background"
 background_log=$(mktemp)
@@ -73,6 +73,8 @@ background_log=$(mktemp)
     if ! cargo fuzz --version >/dev/null 2>&1; then
         cargo install cargo-fuzz --locked --quiet
     fi
+    # The fuzz targets too (their own target directory); scripts/fuzz.sh then only runs them.
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -s none -O)
 ) >"$background_log" 2>&1 &
 background=$!
 # Should a step below fail, the background build stops with the script.
@@ -87,7 +89,7 @@ bash scripts/chaos.sh "${CHAOS_SECONDS:-60}"
 log "waiting for the background build"
 if ! wait "$background"; then
     cat "$background_log" >&2
-    echo "FATAL: building the tests (or installing cargo-fuzz) failed; its output is above" >&2
+    echo "FATAL: building the tests or the fuzz targets (or installing cargo-fuzz) failed; its output is above" >&2
     exit 1
 fi
 trap - EXIT
