@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 results, mosquitto_version, revision, duration = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-# The fault runs are by hand (minutes each): their section is carried over from the previous
-# BENCHMARKS.md, between these markers.
-FAULTS_BEGIN, FAULTS_END = "<!-- faults: by hand, kept by scripts/bench_report.py -->", "<!-- /faults -->"
+# The fault runs and the store choice are by hand (minutes each): their sections are carried
+# over from the previous BENCHMARKS.md, between these markers.
+FAULTS_BEGIN, FAULTS_END = "<!-- by hand: kept by scripts/bench_report.py -->", "<!-- /by hand -->"
 faults_section = ""
 if len(sys.argv) > 5 and os.path.exists(sys.argv[5]):
     previous = open(sys.argv[5]).read()
