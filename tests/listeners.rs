@@ -43,6 +43,26 @@ async fn paho_run(args: &[&str]) -> String {
     run("python3", &all, LIMIT).await
 }
 
+/// One QoS 1 publish of `size` bytes ("x"...) by paho over wss (trusting `ca`); its output.
+async fn paho_wss_pub(port: &str, ca: &str, topic: &str, size: &str) -> String {
+    paho_run(&[
+        "pub",
+        "--host",
+        "localhost",
+        "--port",
+        port,
+        "--transport",
+        "websockets",
+        "--ca",
+        ca,
+        "--topic",
+        topic,
+        "--size",
+        size,
+    ])
+    .await
+}
+
 /// Waits for the next line of a child's output, failing with its stderr if it ends first.
 async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
     tokio::time::timeout(LIMIT, lines.next_line())
@@ -130,22 +150,7 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
     )
     .await;
     assert_eq!(next_line(&mut lines).await, "8 from-tcp");
-    let published = paho_run(&[
-        "pub",
-        "--host",
-        "localhost",
-        "--port",
-        &wss_s,
-        "--transport",
-        "websockets",
-        "--ca",
-        &ca,
-        "--topic",
-        "web/big",
-        "--size",
-        "300000",
-    ])
-    .await;
+    let published = paho_wss_pub(&wss_s, &ca, "web/big", "300000").await;
     assert_eq!(published.trim(), "published");
     let big = next_line(&mut lines).await;
     assert!(big.starts_with("300000 xxxx"), "{big}");
@@ -161,20 +166,7 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
         &["-p", &b.port(), "-t", "web/+", "-C", "1", "-W", "10"],
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    paho_run(&[
-        "pub",
-        "--host",
-        "localhost",
-        "--port",
-        &wss_s,
-        "--transport",
-        "websockets",
-        "--ca",
-        &ca,
-        "--topic",
-        "web/small",
-    ])
-    .await;
+    paho_wss_pub(&wss_s, &ca, "web/small", "5").await;
     let out = tokio::time::timeout(LIMIT, tcp_sub.wait_with_output())
         .await
         .unwrap()
