@@ -10,6 +10,7 @@ pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod ops;
+pub mod store;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -80,7 +81,18 @@ impl Node {
         let node_id = cluster_config
             .as_ref()
             .map_or_else(|| Arc::from(""), cluster::node_id);
+        let persistence = config
+            .persistence
+            .enabled
+            .then(|| config.persistence.clone());
         let broker = Broker::new(config, node_id);
+        if let Some(p) = persistence {
+            // Reading a large store back takes a while: off the runtime's workers.
+            let (store, restored) = tokio::task::spawn_blocking(move || store::Store::open(&p))
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the store: {e}"))??;
+            broker.restore(store, restored);
+        }
         let cluster = match cluster_config {
             Some(c) => Some(cluster::Cluster::start(c, &broker).await?),
             None => None,
@@ -194,6 +206,10 @@ impl Node {
         }
         if let Some(cluster) = &self.cluster {
             cluster.leave(until).await;
+        }
+        if let Some(store) = self.broker.store().cloned() {
+            // The last writes go to disk before the process ends.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 }

@@ -233,7 +233,13 @@ fn probe(addr: &str, path: &str) -> ExitCode {
 }
 
 fn init_logging(log: &vibemq::config::LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::new(&log.level);
+    // The store's library narrates every keyspace it opens at info; its warnings and errors
+    // still show. A filter naming its own targets (`fjall=debug`) wins.
+    let filter = match log.level.contains(['=', ',']) {
+        true => log.level.clone(),
+        false => format!("{},fjall=warn,lsm_tree=warn", log.level),
+    };
+    let filter = tracing_subscriber::EnvFilter::new(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

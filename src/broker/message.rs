@@ -101,4 +101,6 @@ pub struct Delivery {
     pub subscription_ids: SmallVec<[u32; 1]>,
     /// Set when the delivery came through a shared subscription: `$share/{group}/{filter}`.
     pub shared_group: Option<Arc<str>>,
+    /// The number it is stored under in its session's journal (0: not stored).
+    pub store_seq: u64,
 }

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub acl_denied_publish: AtomicU64,
     pub acl_denied_subscribe: AtomicU64,
     pub acl_denied_receive: AtomicU64,
+    /// QoS 1/2 publishes refused because the store could not keep them (v5 0x97; a 3.1.1
+    /// client is disconnected without its acknowledgement).
+    pub publishes_refused_store: AtomicU64,
 }
 
 impl Metrics {

@@ -3,8 +3,10 @@
 //! messages and sessions, never in sockets or bytes: `mqtt` drives it, `cluster` will feed it.
 
 pub mod clock;
+pub mod journal;
 mod message;
 mod metrics;
+mod persist;
 pub mod pressure;
 pub mod queue;
 mod retained;
@@ -46,6 +48,17 @@ pub trait ClusterHook: Send + Sync {
     fn route_changed(&self, key: &str);
 }
 
+/// What became of a publish that entered here.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// Sessions here, and nodes elsewhere, it was queued for.
+    pub matched: usize,
+    /// The last store op that keeps it (retained, or queued for a persistent session); an
+    /// acknowledgement to its publisher waits for it with `persistence.sync = "always"`.
+    /// 0: nothing was stored.
+    pub ticket: u64,
+}
+
 /// What the cluster did with a message that entered here.
 #[derive(Default)]
 pub struct Forwarded {
@@ -76,6 +89,8 @@ pub struct Broker {
     pub limits: LimitCounters,
     /// Who may connect (the front end asks; the broker itself never looks at credentials).
     pub auth: Arc<crate::auth::Authenticator>,
+    /// The embedded store, when `persistence.enabled` (set once at start, before serving).
+    store: std::sync::OnceLock<Arc<crate::store::Store>>,
     next_connection_id: AtomicU64,
     me: Weak<Broker>,
 }
@@ -118,6 +133,7 @@ impl Broker {
             metrics: Metrics::default(),
             limits: LimitCounters::default(),
             auth: Arc::new(auth),
+            store: std::sync::OnceLock::new(),
             next_connection_id: AtomicU64::new(1),
             me: me.clone(),
         })
@@ -137,7 +153,7 @@ impl Broker {
     /// sessions it was queued for, or the limit that refused it (a retained message the
     /// store has no room for is neither stored nor delivered).
     pub fn publish(&self, message: Arc<Message>) -> Result<usize, Limit> {
-        self.publish_noting(message, &mut None)
+        self.publish_noting(message, &mut None).map(|p| p.matched)
     }
 
     /// As `publish`, and pushes onto `pressure` what holds the publishing connection back
@@ -147,18 +163,22 @@ impl Broker {
         &self,
         message: Arc<Message>,
         pressure: &mut Option<&mut Held>,
-    ) -> Result<usize, Limit> {
+    ) -> Result<Published, Limit> {
         Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
         let mut message = message;
+        let mut ticket = 0;
         if message.retain {
             Arc::make_mut(&mut message).stamp = self.clock.now();
-            self.retain(&message)?;
+            ticket = self.retain(&message)?;
         }
         let Some(cluster) = self.cluster.get() else {
             let fanned =
                 self.router
                     .publish_noting(&message, Audience::ALL, &self.metrics, pressure, false);
-            return Ok(fanned.queued);
+            return Ok(Published {
+                matched: fanned.queued,
+                ticket: ticket.max(fanned.ticket),
+            });
         };
         let local_groups = if self.router.has_shared() {
             self.router.matching_groups(&message.topic)
@@ -188,19 +208,24 @@ impl Broker {
         }
         // Subscribers on other nodes are subscribers too: a v5 publisher hears "no matching
         // subscribers" only when there are none anywhere.
-        Ok(local.queued + forwarded.remote_nodes)
+        Ok(Published {
+            matched: local.queued + forwarded.remote_nodes,
+            ticket: ticket.max(local.ticket),
+        })
     }
 
     /// Stores or clears a retained message; a write past the store's bounds is counted,
-    /// logged once per episode and refused.
-    fn retain(&self, message: &Arc<Message>) -> Result<(), Limit> {
+    /// logged once per episode and refused. The ticket of the store op that keeps it (0:
+    /// persistence is off, or nothing changed).
+    fn retain(&self, message: &Arc<Message>) -> Result<u64, Limit> {
         match self.retained.set(message.clone()) {
             RetainOutcome::Refused(limit) => {
                 let who = message.publisher.as_deref().unwrap_or("(a peer)");
                 self.limits.hit(limit, who, "retained message refused");
                 Err(limit)
             }
-            RetainOutcome::Applied | RetainOutcome::Stale => Ok(()),
+            RetainOutcome::Applied => Ok(self.store().map_or(0, |s| s.last_ticket())),
+            RetainOutcome::Stale => Ok(0),
         }
     }
 
@@ -261,11 +286,15 @@ impl Broker {
 
     /// Attaches connection `control` to the session for `client_id`, taking it over from any
     /// connection that has it, and starting a new session when asked or when none exists.
+    /// `expiry_interval` and `will` are the connection's: with persistence on, a session that
+    /// outlives its connection is stored from now on, with them.
     pub async fn attach(
         &self,
         client_id: &Arc<str>,
         clean_start: bool,
         control: &Arc<ConnectionControl>,
+        expiry_interval: u32,
+        will: Option<&PendingWill>,
     ) -> Attached {
         loop {
             let existing = self.sessions.get(client_id).map(|s| s.clone());
@@ -314,6 +343,16 @@ impl Broker {
             if let Some(timer) = st.timer.take() {
                 timer.abort();
             }
+            st.expiry_interval = expiry_interval;
+            if let Some(store) = self.store()
+                && st.journal.is_none()
+                && expiry_interval > 0
+            {
+                st.journal = Some(journal::Journal::new(store.clone(), client_id.clone(), 1));
+            }
+            if let Some(j) = &st.journal {
+                j.meta(expiry_interval, true, will);
+            }
             drop(st);
             session.set_online(true);
             return Attached {
@@ -355,6 +394,9 @@ impl Broker {
             None => {}
         }
         let will_delay = st.will.as_ref().map(|w| w.delay);
+        if let Some(j) = st.journal.as_ref().filter(|_| !ends) {
+            j.meta(detach.expiry_interval, false, st.will.as_ref());
+        }
         drop(st);
         session.set_online(false);
 
@@ -372,18 +414,29 @@ impl Broker {
         }
     }
 
+    /// Hands shared-subscription deliveries `session` did not receive to other members of
+    /// their groups; gives back those no other member could take.
     fn reassign_shared(
         &self,
         session: &Session,
         deliveries: Vec<message::Delivery>,
     ) -> Vec<message::Delivery> {
         let mut kept = Vec::new();
+        let mut handed = Vec::new();
         for d in deliveries {
-            if let Some(back) = self
+            let stored = d.clone();
+            match self
                 .router
                 .reassign_shared(&session.client_id, d, &self.metrics)
             {
-                kept.push(back);
+                Some(back) => kept.push(back),
+                None => handed.push(stored),
+            }
+        }
+        if !handed.is_empty() {
+            let st = session.state.lock();
+            for d in &handed {
+                st.finished(d);
             }
         }
         kept
@@ -461,6 +514,9 @@ impl Broker {
             st.queue.clear();
             st.inflight.clear();
             st.unsent_inflight = 0;
+            if let Some(j) = st.journal.take() {
+                j.gone();
+            }
             (
                 std::mem::take(&mut st.subscriptions),
                 st.will.take(),
@@ -494,7 +550,8 @@ impl Broker {
         let _ = self.publish(Arc::new(message));
     }
 
-    /// Adds a subscription for a session; true if it replaced one with the same filter.
+    /// Adds a subscription for a session. The ticket of the store op that keeps it (0: the
+    /// session is not stored); a SUBACK waits for it with `persistence.sync = "always"`.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -502,25 +559,35 @@ impl Broker {
         shared: Option<&SharedFilter<'_>>,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> bool {
+    ) -> u64 {
         let record = session::SubscriptionRecord { options, id };
-        session
-            .state
-            .lock()
-            .subscriptions
-            .insert(filter.to_string(), record);
+        let ticket = {
+            let mut st = session.state.lock();
+            st.subscriptions.insert(filter.to_string(), record);
+            st.journal
+                .as_ref()
+                .map_or(0, |j| j.subscribed(filter, &record))
+        };
         let outcome = self.router.subscribe(session, filter, shared, options, id);
         if outcome.route_added {
             self.report_route(filter);
         }
-        outcome.replaced
+        ticket
     }
 
-    /// Removes a subscription; true if it existed.
-    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
-        let had = session.state.lock().subscriptions.remove(filter).is_some();
+    /// Removes a subscription: whether it existed, and the ticket of the store op (0: none).
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> (bool, u64) {
+        let (had, ticket) = {
+            let mut st = session.state.lock();
+            let had = st.subscriptions.remove(filter).is_some();
+            let ticket = match (&st.journal, had) {
+                (Some(j), true) => j.unsubscribed(filter),
+                _ => 0,
+            };
+            (had, ticket)
+        };
         self.remove_route_entry(&session.client_id, filter);
-        had
+        (had, ticket)
     }
 
     fn remove_route_entry(&self, client_id: &str, filter: &str) {

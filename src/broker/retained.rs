@@ -74,6 +74,9 @@ pub struct RetainedStore {
     /// This node's id, the origin of messages without one (empty on a single node).
     local_origin: Arc<str>,
     limits: RetainedLimits,
+    /// With persistence on: every change is written through, submitted under the write lock
+    /// so the store sees one topic's writes in the order they were applied.
+    store: std::sync::OnceLock<Arc<crate::store::Store>>,
 }
 
 impl RetainedStore {
@@ -94,6 +97,17 @@ impl RetainedStore {
             local_origin,
             limits,
             ..RetainedStore::default()
+        }
+    }
+
+    /// From now on, writes every change through to `store` (set once, after restoring).
+    pub fn persist_to(&self, store: Arc<crate::store::Store>) {
+        let _ = self.store.set(store);
+    }
+
+    fn persist(&self, op: impl FnOnce() -> crate::store::Op) {
+        if let Some(store) = self.store.get() {
+            store.submit(op());
         }
     }
 
@@ -141,6 +155,11 @@ impl RetainedStore {
             }
             (None, _) => {}
         }
+        if is_live || self.limits.tombstones {
+            self.persist(|| crate::store::Op::Retained(message.clone()));
+        } else if existing.is_some() {
+            self.persist(|| crate::store::Op::RetainedGone(message.topic.clone()));
+        }
         if is_live {
             inner.live += 1;
             inner.live_bytes += weight(&message);
@@ -186,6 +205,7 @@ impl RetainedStore {
                 .filter(|m| m.payload.is_empty() && m.stamp == order)
                 .map(|m| weight(m));
             if let Some(w) = current {
+                self.persist(|| crate::store::Op::RetainedGone(topic.clone()));
                 inner.trie.edit(&topic, |_| true);
                 inner.tombstones -= 1;
                 inner.tombstone_bytes -= w;

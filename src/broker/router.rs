@@ -108,6 +108,8 @@ pub struct Fanned {
     pub queued: usize,
     /// A connected session (or a consumer elsewhere, as the caller said) took it.
     pub online: bool,
+    /// The last store op that keeps it for a persistent session (0: none stored it).
+    pub ticket: u64,
 }
 
 /// What a subscribe changed.
@@ -312,6 +314,7 @@ impl Router {
             queued: 0,
             online_queued: taken_elsewhere,
             full: SmallVec::new(),
+            ticket: 0,
         };
 
         let with_clients = if audience.normal {
@@ -377,6 +380,7 @@ impl Router {
                         retain: member.options.retain_as_published && message.retain,
                         subscription_ids: member.id.into_iter().collect(),
                         shared_group: Some(group.key.clone()),
+                        store_seq: 0,
                     };
                     fanout.deliver(&member.session, delivery);
                 }
@@ -407,8 +411,10 @@ impl Router {
         drop(trie);
         match target {
             Some(member) => {
+                // A copy of its own for the new member (stored in its journal, if any).
                 let d = Delivery {
                     qos: delivery.message.qos.min(member.options.qos),
+                    store_seq: 0,
                     ..delivery
                 };
                 // Already admitted once: it may not hold anyone back now.
@@ -428,6 +434,8 @@ struct Fanout<'m> {
     /// A connected session queued it: holding the publisher back would starve that one.
     online_queued: bool,
     full: SmallVec<[(Arc<Session>, Delivery); 2]>,
+    /// The last store op among the sessions that stored it.
+    ticket: u64,
 }
 
 impl Fanout<'_> {
@@ -438,6 +446,7 @@ impl Fanout<'_> {
             retain: m.retain_as_published && self.message.retain,
             subscription_ids: m.ids,
             shared_group: None,
+            store_seq: 0,
         };
         self.deliver(&m.subscriber.session, delivery);
     }
@@ -447,9 +456,10 @@ impl Fanout<'_> {
         // acknowledgements that make room there.
         let may_hold = self.message.publisher.as_deref() != Some(&*session.client_id);
         match session.offer(delivery, may_hold, self.metrics) {
-            Offer::Queued { online } => {
+            Offer::Queued { online, ticket } => {
                 self.queued += 1;
                 self.online_queued |= online;
+                self.ticket = self.ticket.max(ticket);
             }
             Offer::Full(d) => self.full.push((session.clone(), d)),
             Offer::Dropped | Offer::SessionEnded => {}
@@ -463,16 +473,17 @@ impl Fanout<'_> {
     /// queues the same way.) When another connected session took it, the full ones are slow
     /// subscribers: their copy is dropped (or they are disconnected) so they cannot slow the
     /// others down.
-    fn finish(self, slow_disconnect: bool, pressure: &mut Option<&mut Held>) -> Fanned {
+    fn finish(mut self, slow_disconnect: bool, pressure: &mut Option<&mut Held>) -> Fanned {
         let mut queued = self.queued;
         let hold = !self.online_queued;
-        for (session, delivery) in self.full {
+        for (session, delivery) in std::mem::take(&mut self.full) {
             if !hold {
                 session.overflow(delivery, slow_disconnect, self.metrics);
                 continue;
             }
-            if session.admit_under_pressure(delivery, self.metrics) {
+            if let Some(ticket) = session.admit_under_pressure(delivery, self.metrics) {
                 queued += 1;
+                self.ticket = self.ticket.max(ticket);
                 if let Some(p) = pressure {
                     p.push(session);
                 }
@@ -481,6 +492,7 @@ impl Fanout<'_> {
         Fanned {
             queued,
             online: self.online_queued,
+            ticket: self.ticket,
         }
     }
 }
@@ -729,6 +741,7 @@ mod tests {
             retain: false,
             subscription_ids: SmallVec::new(),
             shared_group: Some("$share/g/s".into()),
+            store_seq: 0,
         };
         assert!(
             r.reassign_shared(&from.client_id, d, &m).is_some(),

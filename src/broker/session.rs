@@ -142,6 +142,8 @@ pub struct SessionState {
     pub last_dequeue: tokio::time::Instant,
     /// Deliveries dropped since the current overflow episode began (0: none running).
     episode_drops: u64,
+    /// The store's record of this session, when it is persistent and persistence is on.
+    pub journal: Option<super::journal::Journal>,
 }
 
 pub struct Session {
@@ -172,9 +174,11 @@ const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// What a session did with a delivery offered to it.
 #[derive(Debug)]
 pub enum Offer {
-    /// Queued, for a connected session (`online`) or an offline one.
+    /// Queued, for a connected session (`online`) or an offline one; `ticket` is the store
+    /// op that keeps it (0: not stored).
     Queued {
         online: bool,
+        ticket: u64,
     },
     /// Not queued: the session is connected and moving, but its queue is at its bound. The
     /// router decides between holding the publisher back (`admit_under_pressure`) and
@@ -214,6 +218,7 @@ impl Session {
                 ended: false,
                 last_dequeue: tokio::time::Instant::now(),
                 episode_drops: 0,
+                journal: None,
             }),
             online: AtomicBool::new(false),
             wake: Notify::new(),
@@ -253,12 +258,12 @@ impl Session {
                 // node frozen for a while must not find its subscribers "stalled" on return.)
                 st.last_dequeue = tokio::time::Instant::now();
             }
-            st.queue.push_back(delivery);
+            let ticket = st.enqueue(delivery, online);
             drop(st);
             if online {
                 self.wake.notify_one();
             }
-            return Offer::Queued { online };
+            return Offer::Queued { online, ticket };
         }
         let moving = st.last_dequeue.elapsed() < STALLED_AFTER;
         if online && may_hold && moving && st.queue.below_hard_cap(&self.bounds) {
@@ -269,20 +274,22 @@ impl Session {
     }
 
     /// Queues a delivery the session was `Full` for, past the soft bound (its publisher is
-    /// being held back). Dropped and counted at the hard cap; true when queued.
-    pub fn admit_under_pressure(&self, delivery: Delivery, metrics: &Metrics) -> bool {
+    /// being held back). Dropped and counted at the hard cap; when queued, the ticket of the
+    /// store op that keeps it (0: not stored).
+    pub fn admit_under_pressure(&self, delivery: Delivery, metrics: &Metrics) -> Option<u64> {
         let mut st = self.state.lock();
         if st.ended {
-            return false;
+            return None;
         }
         if !st.queue.below_hard_cap(&self.bounds) {
             self.drop_locked(&mut st, DropReason::QueueFull, metrics);
-            return false;
+            return None;
         }
-        st.queue.push_back(delivery);
+        let online = st.connection.is_some();
+        let ticket = st.enqueue(delivery, online);
         drop(st);
         self.wake.notify_one();
-        true
+        Some(ticket)
     }
 
     /// Drops a delivery the session was `Full` for because other subscribers of the same
@@ -369,9 +376,10 @@ impl Session {
         if st.ended {
             return;
         }
+        let online = st.connection.is_some();
         for d in deliveries {
             if st.queue.below_hard_cap(&self.bounds) {
-                st.queue.push_back(d);
+                st.enqueue(d, online);
             } else {
                 self.drop_locked(&mut st, DropReason::QueueFull, metrics);
             }
@@ -392,6 +400,31 @@ impl Session {
 }
 
 impl SessionState {
+    /// Queues a delivery at the back, storing it when the session is persistent; the store
+    /// op's ticket (0: not stored).
+    pub fn enqueue(&mut self, mut d: Delivery, online: bool) -> u64 {
+        let ticket = match &mut self.journal {
+            Some(j) => j.queued(&mut d, online).unwrap_or(0),
+            None => 0,
+        };
+        self.queue.push_back(d);
+        ticket
+    }
+
+    /// A stored delivery is finished with (sent at QoS 0, acknowledged, expired, refused).
+    pub fn finished(&self, d: &Delivery) {
+        if let Some(j) = &self.journal {
+            j.done(d);
+        }
+    }
+
+    /// A stored delivery was sent with `packet_id`, or moved on to `state`.
+    pub fn mark_sent(&self, d: &Delivery, packet_id: u16, state: InflightState) {
+        if let Some(j) = &self.journal {
+            j.sent(d, packet_id, state);
+        }
+    }
+
     /// A packet identifier not used by any outbound message in flight.
     pub fn allocate_packet_id(&mut self) -> u16 {
         loop {
@@ -403,10 +436,12 @@ impl SessionState {
         }
     }
 
-    /// Removes an in-flight message (keeping `unsent_inflight` in step).
+    /// Removes an in-flight message that is finished with (acknowledged, or refused by the
+    /// client), keeping `unsent_inflight` in step.
     pub fn remove_inflight(&mut self, index: usize) -> Option<Inflight> {
         let f = self.inflight.remove(index)?;
         self.unsent_inflight -= usize::from(!f.sent);
+        self.finished(&f.delivery);
         Some(f)
     }
 
@@ -470,6 +505,7 @@ mod tests {
             retain: false,
             subscription_ids: Default::default(),
             shared_group: shared.then(|| Arc::from("$share/g/t")),
+            store_seq: 0,
         }
     }
 
@@ -517,7 +553,7 @@ mod tests {
             panic!("expected Full, got {full:?}")
         };
         assert!(!s.has_room());
-        assert!(s.admit_under_pressure(d, &metrics));
+        assert!(s.admit_under_pressure(d, &metrics).is_some());
         assert_eq!(s.state.lock().queue.len(), 3);
         // Its own client's publish may not hold it: dropped.
         assert!(matches!(
@@ -542,7 +578,7 @@ mod tests {
         let offline = Session::new("o".into(), QueueBounds::messages(1), false);
         assert!(matches!(
             offline.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),
-            Offer::Queued { online: false }
+            Offer::Queued { online: false, .. }
         ));
         assert!(matches!(
             offline.offer(delivery(QoS::AtLeastOnce, false), true, &metrics),

@@ -277,7 +277,7 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
     // The subscriber: an online session taking what is queued for it, as a connection would.
     let control = ConnectionControl::new(1);
     let session = broker
-        .attach(&Arc::from("subscriber"), true, &control)
+        .attach(&Arc::from("subscriber"), true, &control, 0, None)
         .await
         .session;
     let options = SubscriptionOptions {

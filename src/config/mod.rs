@@ -21,6 +21,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub persistence: PersistenceConfig,
     pub log: LogConfig,
 }
 
@@ -179,6 +180,18 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
+        let p = &self.persistence;
+        if p.enabled && p.dir.trim().is_empty() {
+            return Err(err(
+                "persistence.dir: must name a directory when persistence is enabled",
+            ));
+        }
+        if p.sync_interval_ms == 0 || p.sync_interval_ms > 60_000 {
+            return Err(err(format!(
+                "persistence.sync_interval_ms: must be between 1 and 60000 (got {})",
+                p.sync_interval_ms
+            )));
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(err(format!(
                 "log.format: must be \"text\" or \"json\" (got {:?})",

@@ -352,6 +352,27 @@ fn decode_secret(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
     })
 }
 
+/// `[persistence]`: the embedded store a node keeps its retained messages and persistent
+/// sessions in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceConfig {
+    pub enabled: bool,
+    pub dir: String,
+    pub sync: SyncMode,
+    pub sync_interval_ms: u64,
+}
+
+/// When an acknowledged write is on disk (`persistence.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Acknowledged once fsynced (group commit).
+    Always,
+    /// Acknowledged once written to the operating system; fsynced every `sync_interval_ms`.
+    Interval,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {

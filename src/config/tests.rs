@@ -230,3 +230,45 @@ fn env_names_map_to_keys() {
         )]
     );
 }
+
+#[test]
+fn persistence_keys_are_checked_and_named() {
+    let p = load_str("").unwrap().persistence;
+    assert!(!p.enabled, "off by default, as mosquitto");
+    assert_eq!(
+        (p.dir.as_str(), p.sync, p.sync_interval_ms),
+        ("data", SyncMode::Always, 1000)
+    );
+    let p =
+        load_str("[persistence]\nenabled = true\ndir = \"/var/lib/vibemq\"\nsync = \"interval\"\n")
+            .unwrap()
+            .persistence;
+    assert_eq!(
+        (p.dir.as_str(), p.sync),
+        ("/var/lib/vibemq", SyncMode::Interval)
+    );
+    for (text, key) in [
+        ("[persistence]\nsync = \"sometimes\"\n", "persistence.sync"),
+        (
+            "[persistence]\nsync_interval_ms = 0\n",
+            "persistence.sync_interval_ms",
+        ),
+        (
+            "[persistence]\nenabled = true\ndir = \" \"\n",
+            "persistence.dir",
+        ),
+    ] {
+        let e = load_str(text).unwrap_err().to_string();
+        assert!(e.starts_with(key), "{text}: {e}");
+    }
+    let from_env = Config::load(
+        None,
+        &[(
+            "persistence.enabled".into(),
+            "true".into(),
+            Source::Env("VIBEMQ_PERSISTENCE_ENABLED"),
+        )],
+    )
+    .unwrap();
+    assert!(from_env.persistence.enabled);
+}

@@ -412,7 +412,24 @@ async fn establish(
 
     let control =
         ConnectionControl::for_client(broker.next_connection_id(), c.protocol, Some(peer));
-    let attached = broker.attach(&client_id, c.clean_start, &control).await;
+    // Kept with a stored session, so a restart still owes it.
+    let will = c
+        .will
+        .as_ref()
+        .filter(|_| broker.store().is_some())
+        .map(|will| crate::broker::session::PendingWill {
+            will: will.clone(),
+            delay: will.properties.will_delay_interval.unwrap_or(0),
+        });
+    let attached = broker
+        .attach(
+            &client_id,
+            c.clean_start,
+            &control,
+            expiry_interval,
+            will.as_ref(),
+        )
+        .await;
     tracing::debug!(%peer, client_id = %printable(&client_id), protocol = c.protocol.name(), session_present = attached.session_present, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -442,6 +459,7 @@ async fn establish(
         publish_limits: PublishLimits::from_config(config),
         throttled_until: None,
         warned_sys: false,
+        pending_acks: Default::default(),
         _ip_guard: ip_guard,
     };
     let ack = ConnAck {

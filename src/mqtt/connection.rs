@@ -47,6 +47,9 @@ pub(super) enum Close {
         detail: String,
     },
     KeepAliveTimeout,
+    /// A 3.1.1 client's publish could not be stored, and its protocol has no way to say so:
+    /// it is disconnected without the acknowledgement and sends the message again later.
+    StoreUnavailable,
     /// Another connection took the client id over (or another kick reason).
     Kicked(u8),
     Shutdown,
@@ -102,6 +105,8 @@ pub(super) struct Connection {
     pub throttled_until: Option<Instant>,
     /// A PUBLISH to `$SYS` was refused and logged (once per connection).
     pub warned_sys: bool,
+    /// Acknowledgements waiting for the store (persistence on).
+    pub pending_acks: super::durable::PendingAcks,
     /// Counts this connection against its source IP while it lives.
     pub _ip_guard: Option<super::listener::IpGuard>,
 }
@@ -177,6 +182,8 @@ impl Connection {
         let mut deadline = self.next_deadline();
         let mut read_size = MIN_READ;
         let max_in = self.broker.config.mqtt.max_packet_size as usize;
+        // Acknowledgements waiting for the store at once, before this side stops reading.
+        let max_pending_acks = usize::from(self.broker.config.mqtt.max_inflight);
         // Packets that arrived together with CONNECT.
         let mut close = self.process_input(&mut rbuf, max_in).err();
         while close.is_none() {
@@ -186,6 +193,8 @@ impl Connection {
             }
             let held = !self.held_by.is_empty();
             let throttled = self.throttled_until;
+            let durable_wait = self.durable_wait();
+            let acks_full = self.pending_acks.len() >= max_pending_acks;
             rbuf.reserve(read_size);
             // One timer serves both: the end of a throttle pause, else the keep-alive
             // deadline. Input this side is not reading (held back, throttled) cannot time the
@@ -227,7 +236,14 @@ impl Connection {
                         close = self.process_input(&mut rbuf, max_in).err();
                     }
                 }
-                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && !held && throttled.is_none() => match read {
+                _ = async {
+                    if let Some((mut progress, ticket)) = durable_wait {
+                        let _ = progress.wait_for(|done| *done >= ticket).await;
+                    }
+                }, if durable_wait.is_some() => {
+                    close = self.flush_durable().err();
+                }
+                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && !held && throttled.is_none() && !acks_full => match read {
                     Ok(0) => close = Some(Close::PeerClosed),
                     Ok(n) => {
                         Metrics::add(&self.broker.metrics.bytes_received, n as u64);
@@ -318,6 +334,10 @@ impl Connection {
                 tracing::info!(client_id = %printable(&self.client_id), peer = %self.peer, "closing connection: keep alive timed out");
                 Some((reason::KEEP_ALIVE_TIMEOUT, "keep alive timed out".into()))
             }
+            Close::StoreUnavailable => {
+                tracing::info!(client_id = %printable(&self.client_id), peer = %self.peer, "closing a 3.1.1 connection: its publish could not be stored (it will send it again)");
+                None
+            }
             Close::Kicked(reason::QUOTA_EXCEEDED) => Some((
                 reason::QUOTA_EXCEEDED,
                 "subscriber too slow: its queue overflowed (mqtt.slow_subscriber = disconnect)"
@@ -377,7 +397,11 @@ impl Connection {
 fn server_reason_given(close: &Close) -> bool {
     matches!(
         close,
-        Close::Violation { .. } | Close::KeepAliveTimeout | Close::Kicked(_) | Close::Shutdown
+        Close::Violation { .. }
+            | Close::KeepAliveTimeout
+            | Close::Kicked(_)
+            | Close::Shutdown
+            | Close::StoreUnavailable
     )
 }
 

@@ -43,6 +43,11 @@ impl Connection {
                             // Received after all: nothing left to send again for it.
                             let was_unsent = !std::mem::replace(&mut f.sent, true);
                             st.unsent_inflight -= usize::from(was_unsent);
+                            st.mark_sent(
+                                &st.inflight[i].delivery,
+                                a.packet_id,
+                                InflightState::AwaitPubComp,
+                            );
                             true
                         }
                         None => st
@@ -66,13 +71,22 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let known = self.session.state.lock().inbound_qos2.remove(&a.packet_id);
+                let (known, ticket) = {
+                    let mut st = self.session.state.lock();
+                    let known = st.inbound_qos2.remove(&a.packet_id);
+                    // Once the release is kept, the client may use the id for a new message.
+                    let ticket = match (&st.journal, known) {
+                        (Some(j), true) => j.inbound_qos2(a.packet_id, false),
+                        _ => 0,
+                    };
+                    (known, ticket)
+                };
                 let code = if known {
                     reason::SUCCESS
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(&Packet::PubComp(Ack::new(a.packet_id, code)));
+                self.send_after(ticket, Packet::PubComp(Ack::new(a.packet_id, code)));
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -187,6 +201,7 @@ impl Connection {
             self.ack_publish(&p, reason::NOT_AUTHORIZED);
             return Ok(());
         }
+        let mut ticket = 0;
         if p.qos == QoS::ExactlyOnce {
             let mut st = self.session.state.lock();
             if st.inbound_qos2.contains(&p.packet_id) {
@@ -206,6 +221,9 @@ impl Connection {
                 ));
             }
             st.inbound_qos2.insert(p.packet_id);
+            if let Some(j) = &st.journal {
+                ticket = j.inbound_qos2(p.packet_id, true);
+            }
         }
         let properties = std::mem::take(&mut p.properties);
         let message = Message::new(
@@ -220,28 +238,36 @@ impl Connection {
             .broker
             .publish_noting(Arc::new(message), &mut Some(&mut self.held_by))
         {
-            Ok(0) => reason::NO_MATCHING_SUBSCRIBERS,
-            Ok(_) => reason::SUCCESS,
+            Ok(published) => {
+                ticket = ticket.max(published.ticket);
+                match published.matched {
+                    0 => reason::NO_MATCHING_SUBSCRIBERS,
+                    _ => reason::SUCCESS,
+                }
+            }
             Err(_) => reason::QUOTA_EXCEEDED,
         };
         if code == reason::QUOTA_EXCEEDED && p.qos == QoS::ExactlyOnce {
             // Refused: the exchange ends with the PUBREC (v5 4.3.3), nothing to release.
-            self.session.state.lock().inbound_qos2.remove(&p.packet_id);
+            let mut st = self.session.state.lock();
+            st.inbound_qos2.remove(&p.packet_id);
+            if let Some(j) = &st.journal {
+                ticket = j.inbound_qos2(p.packet_id, false);
+            }
         }
-        self.ack_publish(&p, code);
+        if p.qos != QoS::AtMostOnce {
+            self.ack_publish_after(ticket, p.qos, p.packet_id, code);
+        }
         Ok(())
     }
 
-    /// PUBACK or PUBREC for an inbound publish (nothing for QoS 0). A v3 client hears only
-    /// success: its protocol has no refusal codes, so a refused message is acknowledged and
-    /// dropped (and counted where it was refused), as MQTT 3.1.1 section 4.11 allows.
+    /// PUBACK or PUBREC for an inbound publish that needs nothing stored (nothing for QoS 0).
+    /// A v3 client hears only success: its protocol has no refusal codes, so a refused message
+    /// is acknowledged and dropped (and counted where it was refused), as MQTT 3.1.1 section
+    /// 4.11 allows.
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        let code = if self.protocol.is_v5() { code } else { 0 };
-        let ack = Ack::new(p.packet_id, code);
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+        if p.qos != QoS::AtMostOnce {
+            self.ack_publish_after(0, p.qos, p.packet_id, code);
         }
     }
 
@@ -275,6 +301,7 @@ impl Connection {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = RetainedOnSubscribe::default();
+        let mut ticket = 0;
         for (filter, options) in &s.filters {
             let shared = match parse_shared(filter) {
                 Ok(shared) => shared,
@@ -325,8 +352,13 @@ impl Connection {
                 }
                 is_new
             };
-            self.broker
-                .subscribe(&self.session, filter, shared.as_ref(), *options, sub_id);
+            ticket = ticket.max(self.broker.subscribe(
+                &self.session,
+                filter,
+                shared.as_ref(),
+                *options,
+                sub_id,
+            ));
             codes.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
                 0 => true,
@@ -338,11 +370,14 @@ impl Connection {
                 retained.add(&self.broker, filter, options.qos);
             }
         }
-        self.send(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            reason_codes: codes,
-            properties: Properties::default(),
-        }));
+        self.send_after(
+            ticket,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reason_codes: codes,
+                properties: Properties::default(),
+            }),
+        );
         let deliveries = retained.into_deliveries(sub_id);
         if !deliveries.is_empty() {
             self.session.push_retained(deliveries, &self.broker.metrics);
@@ -351,22 +386,28 @@ impl Connection {
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut ticket = 0;
         let codes = u
             .filters
             .iter()
             .map(|f| {
-                if self.broker.unsubscribe(&self.session, f) {
+                let (had, kept) = self.broker.unsubscribe(&self.session, f);
+                ticket = ticket.max(kept);
+                if had {
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED
                 }
             })
             .collect();
-        self.send(&Packet::UnsubAck(SubAck {
-            packet_id: u.packet_id,
-            reason_codes: codes,
-            properties: Properties::default(),
-        }));
+        self.send_after(
+            ticket,
+            Packet::UnsubAck(SubAck {
+                packet_id: u.packet_id,
+                reason_codes: codes,
+                properties: Properties::default(),
+            }),
+        );
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Close> {
@@ -424,6 +465,7 @@ impl RetainedOnSubscribe {
                 retain: true,
                 subscription_ids: sub_id.into_iter().collect::<SmallVec<_>>(),
                 shared_group: None,
+                store_seq: 0,
             })
             .collect()
     }

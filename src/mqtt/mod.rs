@@ -5,6 +5,7 @@
 
 mod connect;
 mod connection;
+mod durable;
 mod inbound;
 mod listener;
 mod outbound;

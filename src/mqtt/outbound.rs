@@ -29,19 +29,23 @@ impl Connection {
             let delivery = st.queue.pop_front().expect("front exists");
             let Some(expiry) = delivery.message.expiry_left(now) else {
                 Metrics::add(&self.broker.metrics.dropped_expired, 1);
+                st.finished(&delivery);
                 continue;
             };
             // Read access to the topic itself: a deny inside a wider grant (`#`) holds.
             if acl && !self.acl_allows(crate::auth::acl::Action::Receive(&delivery.message.topic)) {
                 Metrics::add(&self.broker.metrics.acl_denied_receive, 1);
+                st.finished(&delivery);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 sent[0] += u64::from(self.write_publish(&delivery, 0, false, expiry));
+                st.finished(&delivery);
                 continue;
             }
             let packet_id = st.allocate_packet_id();
             if !self.write_publish(&delivery, packet_id, false, expiry) {
+                st.finished(&delivery);
                 continue;
             }
             let state = if delivery.qos == QoS::AtLeastOnce {
@@ -49,6 +53,7 @@ impl Connection {
             } else {
                 InflightState::AwaitPubRec
             };
+            st.mark_sent(&delivery, packet_id, state);
             sent[delivery.qos as usize] += 1;
             st.inflight.push_back(Inflight {
                 packet_id,
@@ -85,6 +90,7 @@ impl Connection {
             } else if outstanding < self.window {
                 let expiry = f.delivery.message.expiry_left(now).unwrap_or(Some(1));
                 if !self.write_publish(&f.delivery, f.packet_id, true, expiry) {
+                    st.finished(&f.delivery);
                     continue;
                 }
                 f.sent = true;

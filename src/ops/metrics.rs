@@ -62,6 +62,54 @@ fn by_qos(counters: &[std::sync::atomic::AtomicU64; 3]) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The embedded store's figures (persistence on).
+fn encode_store(e: &mut DescriptorEncoder, store: &crate::store::Store) -> std::fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &store.metrics;
+    counter(
+        e,
+        "vibemq_store_ops_written",
+        "Changes written to the store",
+        m.ops_written.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "vibemq_store_commits",
+        "Group commits (each one fsync with persistence.sync = \"always\")",
+        m.commits.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "vibemq_store_write_errors",
+        "Store writes or syncs that failed (disk full, read-only, I/O error)",
+        m.write_errors.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "vibemq_store_ops_lost",
+        "Changes not kept while the store could not write, past the million it holds for then",
+        m.ops_lost.load(Relaxed),
+    )?;
+    gauge(
+        e,
+        "vibemq_store_failing",
+        "1 while the store cannot write (persistent writes refused), else 0",
+        i64::from(store.is_failing()),
+    )?;
+    gauge(
+        e,
+        "vibemq_store_backlog",
+        "Changes submitted and not yet written",
+        store.backlog() as i64,
+    )?;
+    gauge(
+        e,
+        "vibemq_store_disk_bytes",
+        "Bytes the store's files take on disk",
+        m.disk_bytes.load(Relaxed) as i64,
+    )
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0.0;
@@ -224,6 +272,15 @@ impl Collector for StateCollector {
             "Retained messages stored",
             b.retained.len() as i64,
         )?;
+        counter(
+            &mut e,
+            "vibemq_publishes_refused_store",
+            "QoS 1/2 publishes refused because the store could not keep them (v5 0x97; 3.1.1: disconnected unacknowledged)",
+            Metrics::get(&m.publishes_refused_store),
+        )?;
+        if let Some(store) = b.store() {
+            encode_store(&mut e, store)?;
+        }
         let Some(c) = &state.cluster else {
             return Ok(());
         };

@@ -39,3 +39,19 @@ pub async fn get_with(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, S
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+/// The value of a metric (summed over its labels; a counter's `_total` sample) in /metrics.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name).is_some_and(|rest| {
+                let rest = rest.strip_prefix("_total").unwrap_or(rest);
+                rest.starts_with(' ') || rest.starts_with('{')
+            })
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

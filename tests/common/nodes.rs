@@ -147,18 +147,7 @@ impl ProcessNode {
     /// The value of a metric (summed over its labels; a counter's `_total` sample) in
     /// /metrics.
     pub async fn metric(&self, name: &str) -> f64 {
-        let (status, body) = super::http::get(self.http_addr(), "/metrics").await;
-        assert_eq!(status, 200);
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.strip_prefix(name).is_some_and(|rest| {
-                    let rest = rest.strip_prefix("_total").unwrap_or(rest);
-                    rest.starts_with(' ') || rest.starts_with('{')
-                })
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        super::http::metric(self.http_addr(), name).await
     }
 
     /// Node `n` (joining through `seed`, 0: first) whose relay port is reached only through a

@@ -1,0 +1,130 @@
+//! Acknowledgements that wait for the store. With persistence on, a PUBACK or PUBREC says the
+//! message is kept, so it goes out only once the store has written what keeps it (fsynced,
+//! with `persistence.sync = "always"`); SUBACK, UNSUBACK and PUBCOMP likewise wait for the
+//! change they confirm. Acknowledgements leave in the order their packets came (MQTT-4.6.0),
+//! so one that needs no disk waits behind one that does. When the store could not write, a v5
+//! publisher hears 0x97 Quota exceeded, and a 3.1.1 one, which has no refusal codes, is
+//! disconnected without its acknowledgement so that it sends the message again later.
+
+use std::collections::VecDeque;
+
+use tokio::sync::watch;
+
+use super::connection::{Close, Connection};
+use crate::codec::{Ack, Packet, QoS, reason};
+
+/// An acknowledgement waiting for the store op `ticket` (0: none of its own; it waits only
+/// for those before it).
+pub(super) struct PendingAck {
+    ticket: u64,
+    kind: AckKind,
+}
+
+enum AckKind {
+    /// PUBACK or PUBREC for a publish: refused if its write failed.
+    Publish { qos: QoS, packet_id: u16, code: u8 },
+    /// Anything else: sent as it is.
+    Other(Box<Packet>),
+}
+
+/// Acknowledgements queued behind the store, oldest first.
+#[derive(Default)]
+pub(super) struct PendingAcks {
+    queue: VecDeque<PendingAck>,
+}
+
+impl PendingAcks {
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl Connection {
+    /// Sends the acknowledgement of a publish once `ticket` is written (at once when 0 and
+    /// nothing waits before it).
+    pub(super) fn ack_publish_after(&mut self, ticket: u64, qos: QoS, packet_id: u16, code: u8) {
+        self.queue_ack(
+            ticket,
+            AckKind::Publish {
+                qos,
+                packet_id,
+                code,
+            },
+        );
+    }
+
+    /// Sends `packet` once `ticket` is written (at once when 0 and nothing waits before it).
+    pub(super) fn send_after(&mut self, ticket: u64, packet: Packet) {
+        self.queue_ack(ticket, AckKind::Other(Box::new(packet)));
+    }
+
+    fn queue_ack(&mut self, ticket: u64, kind: AckKind) {
+        if ticket == 0 && self.pending_acks.queue.is_empty() {
+            // Nothing to wait for: the usual case without persistence.
+            let _ = self.send_ack(kind, true);
+            return;
+        }
+        self.pending_acks
+            .queue
+            .push_back(PendingAck { ticket, kind });
+    }
+
+    /// What to wait on for the oldest pending acknowledgement, if any.
+    pub(super) fn durable_wait(&self) -> Option<(watch::Receiver<u64>, u64)> {
+        let front = self.pending_acks.queue.front()?;
+        let store = self.broker.store()?;
+        Some((store.progress(), front.ticket))
+    }
+
+    /// Sends the acknowledgements whose store ops are done, in order.
+    pub(super) fn flush_durable(&mut self) -> Result<(), Close> {
+        let Some(store) = self.broker.store().cloned() else {
+            return Ok(());
+        };
+        while let Some(front) = self.pending_acks.queue.front() {
+            if !store.is_done(front.ticket) {
+                break;
+            }
+            let written = front.ticket == 0 || store.written(front.ticket);
+            let pending = self.pending_acks.queue.pop_front().expect("front exists");
+            self.send_ack(pending.kind, written)?;
+        }
+        Ok(())
+    }
+
+    fn send_ack(&mut self, kind: AckKind, written: bool) -> Result<(), Close> {
+        match kind {
+            AckKind::Other(packet) => self.send(&packet),
+            AckKind::Publish {
+                qos,
+                packet_id,
+                code,
+            } => {
+                let mut code = code;
+                if !written && code < 0x80 {
+                    crate::broker::Metrics::add(&self.broker.metrics.publishes_refused_store, 1);
+                    if qos == QoS::ExactlyOnce {
+                        // The exchange ends here: no PUBREL is coming for it.
+                        let mut st = self.session.state.lock();
+                        st.inbound_qos2.remove(&packet_id);
+                        if let Some(j) = &st.journal {
+                            j.inbound_qos2(packet_id, false);
+                        }
+                    }
+                    if !self.protocol.is_v5() {
+                        return Err(Close::StoreUnavailable);
+                    }
+                    code = reason::QUOTA_EXCEEDED;
+                }
+                let code = if self.protocol.is_v5() { code } else { 0 };
+                let ack = Ack::new(packet_id, code);
+                match qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
+                    QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
