@@ -583,3 +583,50 @@ async fn a_full_disk_refuses_what_needs_it_serves_the_rest_and_recovers() {
         assert!(topics.lines().any(|t| t == topic), "{topic} in {topics}");
     }
 }
+
+/// Two cluster nodes from config/nodeN.toml (persistence on): a persistent session on node2
+/// survives node2's kill -9, its route is advertised again by the restarted node, and a
+/// message published on node1 afterwards is queued for it on node2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_node_advertises_its_restored_sessions_routes() {
+    use common::nodes::ProcessNode;
+    let n1 = ProcessNode::start(1, 0).await;
+    let mut n2 = ProcessNode::start(2, n1.gossip).await;
+    n1.wait_linked(1).await;
+    n2.wait_linked(1).await;
+    let port2 = n2.port();
+    let subscribe = [
+        "-p",
+        &port2,
+        "-c",
+        "-i",
+        "cluster-keeper",
+        "-q",
+        "1",
+        "-t",
+        "c/#",
+        "-E",
+    ];
+    run("mosquitto_sub", &subscribe, LIMIT).await;
+    n2.restart().await;
+    n2.wait_linked(1).await;
+    n1.wait_linked(1).await;
+    // Node1 forwards to node2 once it knows node2's restored route again.
+    let port1 = n1.port();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while n2.metric("vibemq_cluster_messages_from_peers").await == 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node1 never routed to the restored session on node2"
+        );
+        let probe = ["-p", &port1, "-q", "1", "-t", "c/probe", "-m", "probe"];
+        run("mosquitto_pub", &probe, LIMIT).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = ["-p", &port1, "-q", "1", "-t", "c/final", "-m", "final"];
+    run("mosquitto_pub", &last, LIMIT).await;
+    let receive =
+        format!("mosquitto_sub -p {port2} -c -i cluster-keeper -q 1 -t 'c/#' -v -W 3; true");
+    let got = run("sh", &["-c", &receive], LIMIT).await;
+    assert!(got.lines().any(|l| l == "c/final final"), "{got}");
+}

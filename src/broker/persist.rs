@@ -36,6 +36,18 @@ impl Broker {
         }
     }
 
+    /// Tells the cluster of the routes the restored sessions hold: it starts after the store
+    /// is read back, so it missed their subscribing.
+    pub fn announce_restored_routes(&self) {
+        let mut keys = std::collections::HashSet::new();
+        for session in self.sessions.iter() {
+            keys.extend(session.state.lock().subscriptions.keys().cloned());
+        }
+        for key in keys {
+            self.report_route(&key);
+        }
+    }
+
     fn restore_session(&self, store: &Arc<Store>, r: RestoredSession) {
         let meta = &r.meta;
         let away_secs = meta
