@@ -8,7 +8,7 @@ RUN cargo build --release --locked --bin vibemq \
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home vibemq \
-    && mkdir -p /etc/vibemq
+    && mkdir -p /etc/vibemq /var/lib/vibemq && chown 10001:10001 /var/lib/vibemq
 COPY --from=build /src/target/release/vibemq /usr/local/bin/vibemq
 COPY config/default.toml /etc/vibemq/vibemq.toml
 USER 10001:10001

@@ -113,7 +113,7 @@ def check_kubernetes():
         problem("kubernetes-validate: " + (r.stdout + r.stderr).strip())
     with open(os.path.join(ROOT, "kubernetes.yaml")) as f:
         docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(f) if d}
-    deploy = docs[("Deployment", "vibemq")]
+    deploy = docs[("StatefulSet", "vibemq")]
     pod = deploy["spec"]["template"]["spec"]
     c = pod["containers"][0]
     names = known_env_names()
@@ -185,12 +185,25 @@ def check_kubernetes():
 
     hpa = docs[("HorizontalPodAutoscaler", "vibemq")]["spec"]
     if hpa["scaleTargetRef"]["name"] != "vibemq" or (hpa["minReplicas"], hpa["maxReplicas"]) != (1, 10):
-        problem("HPA must scale the vibemq Deployment between 1 and 10 replicas")
+        problem("HPA must scale the vibemq StatefulSet between 1 and 10 replicas")
     labels = deploy["spec"]["template"]["metadata"]["labels"]
     pdb = docs[("PodDisruptionBudget", "vibemq")]["spec"]["selector"]["matchLabels"]
     if any(labels.get(k) != v for k, v in pdb.items()):
         problem("the PodDisruptionBudget does not select the pods")
     ok("HPA and PodDisruptionBudget target the workload")
+    if hpa["scaleTargetRef"]["kind"] != "StatefulSet":
+        problem("the HPA must scale the StatefulSet")
+    if deploy["spec"].get("serviceName") != "vibemq-headless":
+        problem("the StatefulSet's serviceName must be the headless service")
+    persistence = cfg.get("persistence", {})
+    claims = {t["metadata"]["name"] for t in deploy["spec"].get("volumeClaimTemplates", [])}
+    mounts = {v["name"]: v["mountPath"] for v in c["volumeMounts"]}
+    if not persistence.get("enabled"):
+        problem("persistence is not enabled in the ConfigMap")
+    elif "data" not in claims or mounts.get("data") != persistence.get("dir"):
+        problem(f"persistence.dir {persistence.get('dir')} is not the pod's own volume (data: {mounts.get('data')})")
+    else:
+        ok(f"persistence.dir {persistence['dir']} is each pod's own volume (volumeClaimTemplates)")
 
 
 def check_compose():
@@ -211,8 +224,14 @@ def check_compose():
         for k in env:
             if k not in names:
                 problem(f"service {name}: env {k} is not a configuration key")
+        named = set(compose.get("volumes") or {})
+        store = env.get("VIBEMQ_PERSISTENCE_DIR")
+        if store and not any(v.split(":")[-1] == store or v.split(":")[1:2] == [store] for v in svc.get("volumes", [])):
+            problem(f"service {name}: its store {store} (VIBEMQ_PERSISTENCE_DIR) is not on a volume")
         for v in svc.get("volumes", []):
             src = v.split(":")[0]
+            if src in named or ":" not in v:
+                continue  # a named or anonymous volume (a node's store)
             path = os.path.join(ROOT, src)
             if not os.path.exists(path):
                 problem(f"service {name} mounts {src}, which does not exist")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings the real docker-compose.yml up and uses it as the README tells users to, with
 # mosquitto clients on the host: subscribe on node1 (1883), publish on node2 (1884), retained
-# on node2 seen from node1, node2 stopped while node1 and node3 go on, node2 back, scaled up and
+# on node2 seen from node1, node2 killed and restarted keeping its retained message and a
+# persistent session (its volume), node2 stopped while node1 and node3 go on, node2 back, scaled up and
 # down through the service name's DNS, and node3 cut off the network and healed. Every step is
 # bounded; everything is torn down even when a step fails.
 set -euo pipefail
@@ -64,6 +65,20 @@ wait_for "delivered 1885" 30
 log "retained on node2, seen by a new subscriber on node1"
 mosquitto_pub -p 1884 -t ct-retained/config -m v1 -r -q 1
 wait_for "timeout 5 mosquitto_sub -p 1883 -t ct-retained/config -C 1 -W 3 | grep -qx v1" 30
+
+log "persistence: node2 killed (SIGKILL) and started again keeps its retained message and a persistent session"
+mosquitto_sub -p 1884 -c -i ct-keeper -q 1 -t 'ct-persist/#' -E
+mosquitto_pub -p 1884 -t ct-persist/x -m kept-across-restart -q 1
+compose kill -s SIGKILL node2
+compose start node2
+wait_for "healthy node2" 90
+# Read back from its own volume (the last start's line), not resent by a peer.
+compose logs node2 | grep "store read back" | tail -1 | grep -q "retained=[1-9].* sessions=[1-9]" \
+    || fail "node2 did not read its retained message and session back from its volume"
+timeout 15 mosquitto_sub -p 1884 -c -i ct-keeper -q 1 -t 'ct-persist/#' -C 1 -W 10 | grep -qx kept-across-restart \
+    || fail "the persistent session's queued message did not survive node2's restart"
+wait_for "timeout 5 mosquitto_sub -p 1884 -t ct-retained/config -C 1 -W 3 | grep -qx v1" 30
+wait_for "links_up 2" 60
 
 log "stop node2: node1 and node3 go on"
 compose stop node2

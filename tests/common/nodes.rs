@@ -24,14 +24,51 @@ pub struct ProcessNode {
     pub seed: u16,
     /// Extra VIBEMQ_* settings this node runs with (kept for restarts).
     pub env: Vec<(String, String)>,
+    /// Its store's directory (config/nodeN.toml turns persistence on), its own for this test
+    /// and kept across restarts.
+    pub data: std::path::PathBuf,
     pub child: Child,
 }
 
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
 impl ProcessNode {
-    fn spawn_with(n: usize, ports: [u16; 4], seed: u16, env: Vec<(String, String)>) -> ProcessNode {
+    fn spawn_with(
+        n: usize,
+        ports: [u16; 4],
+        seed: u16,
+        env: Vec<(String, String)>,
+        data: std::path::PathBuf,
+    ) -> ProcessNode {
+        let [mqtt, gossip, peer, http] = ports;
+        ProcessNode {
+            n,
+            mqtt,
+            gossip,
+            peer,
+            http,
+            seed,
+            child: Self::spawn_child(n, ports, seed, &env, &data),
+            env,
+            data,
+        }
+    }
+
+    /// The process of node `n` on `ports`, its store in `data`.
+    fn spawn_child(
+        n: usize,
+        ports: [u16; 4],
+        seed: u16,
+        env: &[(String, String)],
+        data: &std::path::Path,
+    ) -> Child {
         let [mqtt, gossip, peer, http] = ports;
         let config = format!("{}/config/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
-        let child = Command::new(env!("CARGO_BIN_EXE_vibemq"))
+        Command::new(env!("CARGO_BIN_EXE_vibemq"))
             .args(["--config", &config, "--log-level", "warn"])
             .env("VIBEMQ_SERVER_BIND", format!("127.0.0.1:{mqtt}"))
             .env("VIBEMQ_HTTP_BIND", format!("127.0.0.1:{http}"))
@@ -47,22 +84,13 @@ impl ProcessNode {
             )
             .env("VIBEMQ_CLUSTER_SECRET", SECRET)
             .env("VIBEMQ_CLUSTER_GOSSIP_INTERVAL_MS", "100")
+            .env("VIBEMQ_PERSISTENCE_DIR", data)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("start vibemq");
-        ProcessNode {
-            n,
-            mqtt,
-            gossip,
-            peer,
-            http,
-            seed,
-            env,
-            child,
-        }
+            .expect("start vibemq")
     }
 
     /// Node `n` joining through the gossip port `seed` (0: the first node), listening.
@@ -79,7 +107,14 @@ impl ProcessNode {
         env: Vec<(String, String)>,
     ) -> ProcessNode {
         let ports = [free_port(), free_port(), peer, free_port()];
-        let node = ProcessNode::spawn_with(n, ports, seed, env);
+        // Named by the node's MQTT port: unique among the nodes running at once.
+        let data = std::env::temp_dir().join(format!(
+            "vibemq-node{n}-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        let _ = std::fs::remove_dir_all(&data);
+        let node = ProcessNode::spawn_with(n, ports, seed, env, data);
         node.wait_listening().await;
         node
     }
@@ -103,7 +138,7 @@ impl ProcessNode {
     pub async fn restart(&mut self) {
         self.kill9().await;
         let ports = [self.mqtt, self.gossip, self.peer, self.http];
-        *self = ProcessNode::spawn_with(self.n, ports, self.seed, self.env.clone());
+        self.child = Self::spawn_child(self.n, ports, self.seed, &self.env, &self.data);
         self.wait_listening().await;
     }
 
