@@ -71,6 +71,48 @@ start_broker_defaults() {
     echo $!
 }
 
+# A broker with its store on ($1 = vibemq|mosquitto, $2 = off|interval|always|on, $3 = port):
+# VibeMQ with [persistence] off or on with that sync; mosquitto in memory or with `persistence
+# true` (saved every second: its shortest autosave_interval).
+start_persistent_broker() {
+    local kind=$1 mode=$2 p=$3 store="$work/store-$1-$2"
+    rm -rf "$store"; mkdir -p "$store"
+    if [ "$kind" = mosquitto ]; then
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\nmax_queued_messages 0\nmax_queued_bytes 0\nlog_type error\n' "$p" > "$work/mosquitto-$mode.conf"
+        if [ "$mode" = on ]; then
+            printf 'persistence true\npersistence_location %s/\nautosave_interval 1\n' "$store" >> "$work/mosquitto-$mode.conf"
+        else
+            echo 'persistence false' >> "$work/mosquitto-$mode.conf"
+        fi
+        "$MOSQUITTO" -c "$work/mosquitto-$mode.conf" >/dev/null 2>&1 &
+    else
+        local enabled=true sync=$mode
+        [ "$mode" = off ] && { enabled=false; sync=always; }
+        VIBEMQ_PERSISTENCE_ENABLED=$enabled VIBEMQ_PERSISTENCE_SYNC=$sync VIBEMQ_PERSISTENCE_DIR="$store" \
+            "$VIBEMQ" --bind "127.0.0.1:$p" --http-bind 127.0.0.1:0 --log-level error \
+            --max-inflight 65535 --max-queued-messages 100000000 >/dev/null 2>&1 &
+    fi
+    echo $!
+}
+
+# 11: what persistence costs. QoS 1 fan-in into one subscriber with a persistent session (clean
+# start off), so every message is kept for it until acknowledged.
+run_persistence() {
+    local kind=$1 mode=$2 scenario="11. QoS 1 fan-in ($N_FANIN to 1), persistent subscriber"
+    local p; p=$(port)
+    local pid; pid=$(start_persistent_broker "$kind" "$mode" "$p"); pids+=("$pid")
+    wait_port "$p"
+    local out
+    out=$("$BENCH" pubsub --host "127.0.0.1:$p" --duration "$DUR" --json --persistent --qos 1 \
+        --publishers "$N_FANIN" --topic 'keep/%i' --sub-topic 'keep/+' 2>"$work/persist.err" | tail -1) \
+        || { echo "vibemq-bench against $kind ($mode) failed:" >&2; tail -5 "$work/persist.err" >&2; return 1; }
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "   $kind persistence $mode: $out" >&2
+    record "$scenario" msgs_per_sec "$kind $mode" "$(field "$out" msgs_per_sec)"
+    record "$scenario" lost "$kind $mode" "$(field "$out" lost)"
+    record "$scenario" p99_us "$kind $mode" "$(field "$out" latency_us.p99)"
+}
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); v=d
@@ -192,6 +234,11 @@ for kind in vibemq mosquitto; do
     run_overload "$kind"
     scenario "9. a slow subscriber beside a healthy one ($kind)"
     run_slow_consumer "$kind"
+done
+
+scenario "11. persistence: QoS 1 fan-in to a persistent subscriber"
+for setting in "vibemq off" "vibemq interval" "vibemq always" "mosquitto off" "mosquitto on"; do
+    run_persistence $setting
 done
 
 # 6 and 7: a three-node VibeMQ cluster on loopback.

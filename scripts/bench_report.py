@@ -85,6 +85,9 @@ print("bytes unless said.\n")
 print("## Single node: VibeMQ against mosquitto\n")
 print("| scenario | figure | VibeMQ | mosquitto | VibeMQ / mosquitto |")
 print("|---|---|---:|---:|---:|")
+persistence = collections.OrderedDict((k, by) for k, by in rows.items() if k[0].startswith("11."))
+for k in persistence:
+    del rows[k]
 for (scenario, metric), by in rows.items():
     if "mosquitto" not in by:
         continue
@@ -92,6 +95,22 @@ for (scenario, metric), by in rows.items():
     ratio = f"{v / m:.2f}x" if m else ("=" if v == m else "n/a")
     better = " (higher is better)" if metric in higher_better else "" if metric in ("lost",) else " (lower is better)"
     print(f"| {scenario} | {metric.replace('_', ' ')} [{unit.get(metric, '')}]{better} | {fmt(v)} | {fmt(m)} | {ratio} |")
+if persistence:
+    settings = list(next(iter(persistence.values())))
+    print("\n## Persistence: what keeping messages on disk costs\n")
+    print("One subscriber with a persistent session (clean start off) takes QoS 1 messages from the")
+    print("fan-in publishers, so every message is kept for it until it acknowledges it. VibeMQ with")
+    print("`[persistence]` off, `sync = \"interval\"` (written at once, fsynced every second) and")
+    print("`sync = \"always\"` (PUBACK only once fsynced, group commit); mosquitto in memory and with")
+    print("`persistence true` (`autosave_interval 1`: a crash loses up to a second). The last column")
+    print("divides VibeMQ `always` by mosquitto in memory.\n")
+    print("| scenario | figure | " + " | ".join(settings) + " | always / mosquitto off |")
+    print("|---|---|" + "---:|" * (len(settings) + 1))
+    for (scenario, metric), by in persistence.items():
+        a, m = by.get("vibemq always", 0.0), by.get("mosquitto off", 0.0)
+        ratio = f"{a / m:.2f}x" if m else ("=" if a == m else "n/a")
+        cells = " | ".join(fmt(by.get(s, 0.0)) for s in settings)
+        print(f"| {scenario} | {metric.replace('_', ' ')} [{unit.get(metric, '')}] | {cells} | {ratio} |")
 print("\n## Cluster (VibeMQ only)\n")
 print("| scenario | figure | | value |")
 print("|---|---|---|---:|")

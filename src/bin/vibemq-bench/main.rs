@@ -55,9 +55,13 @@ struct Opts {
     publishers: usize,
     #[arg(long, default_value_t = 1)]
     subscribers: usize,
-    /// Topic pattern; %i is the client index.
+    /// Topic pattern; %i is the client index, %n the message's sequence number (a topic per
+    /// message, e.g. to fill the retained store).
     #[arg(long, default_value = "bench/%i")]
     topic: String,
+    /// Publish with the RETAIN flag.
+    #[arg(long)]
+    retain: bool,
     /// Subscription filter pattern (default: --topic); %i is the subscriber index.
     #[arg(long)]
     sub_topic: Option<String>,

@@ -236,6 +236,9 @@ async fn publisher(
     };
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let topic = pattern(&opts.topic, i);
+    // A topic per message only when the pattern asks for one.
+    let per_message = topic.contains("%n");
+    let mut message_topic = topic.clone();
     let qos = QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce);
     let mut payload = vec![0u8; opts.size.max(HEADER)];
     let properties = Properties::default();
@@ -269,11 +272,14 @@ async fn publisher(
                 inflight += 1;
                 id
             };
+            if per_message {
+                message_topic = topic.replace("%n", &seq.to_string());
+            }
             let out = OutboundPublish {
                 dup: false,
                 qos,
-                retain: false,
-                topic: &topic,
+                retain: opts.retain,
+                topic: &message_topic,
                 packet_id,
                 payload: &payload,
                 properties: &properties,
