@@ -151,7 +151,7 @@ run_defaults() {
     local out
     out=$("$BENCH" pubsub --host "127.0.0.1:$p" --duration "$DUR" --json "$@" 2>"$work/defaults.err" | tail -1)
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    [ -n "$out" ] || { echo "vibemq-bench $* against $kind gave no result:" >&2; tail -5 "$work/defaults.err" >&2; return 1; }
+    [ -n "$out" ] || { echo "vibemq-bench $* against $kind gave no result:" >&2; grep -v '^ *at \|^ *[0-9]*: ' "$work/defaults.err" | tail -15 >&2; return 1; }
     echo "$out"
 }
 

@@ -70,9 +70,17 @@ impl Conn {
         self.flush().await
     }
 
+    /// Writes the buffer out. Cancel-safe (publishers stop it at their deadline): what was
+    /// written leaves the buffer as it goes, so a later flush never sends bytes twice, which
+    /// would corrupt the stream mid-packet.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.write_all(&self.wbuf).await?;
-        self.wbuf.clear();
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            bytes::Buf::advance(&mut self.wbuf, n);
+        }
         Ok(())
     }
 

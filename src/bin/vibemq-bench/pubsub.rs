@@ -18,8 +18,14 @@ use vibemq::codec::{
 use crate::conn::Conn;
 use crate::{HEADER, Mode, Opts, Shared, hosts, pace_connect, pattern, progress, protocol};
 
+/// Sequence numbers above this are not a publisher's (no run sends 2^36 messages): such a
+/// payload is counted as foreign instead of sizing the seen-bitmap.
+const MAX_SEQ: u64 = 1 << 36;
+
 /// What one subscriber saw.
 struct SubResult {
+    /// Payloads that do not carry a plausible publisher sequence number.
+    foreign: u64,
     deliveries: u64,
     unique: u64,
     duplicates: u64,
@@ -60,6 +66,7 @@ async fn subscriber(
     let protocol = protocol(&opts.protocol);
     let filter = pattern(opts.sub_topic.as_deref().unwrap_or(&opts.topic), i);
     let mut result = SubResult {
+        foreign: 0,
         deliveries: 0,
         unique: 0,
         duplicates: 0,
@@ -111,16 +118,21 @@ async fn subscriber(
                         let _ = result
                             .histogram
                             .record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
-                        let bits = result.seen.entry(publisher).or_default();
-                        let (word, bit) = ((seq / 64) as usize, seq % 64);
-                        if bits.len() <= word {
-                            bits.resize(word + 1, 0);
-                        }
-                        if bits[word] & (1 << bit) != 0 {
-                            result.duplicates += 1;
+                        if seq > MAX_SEQ {
+                            // Not one of ours: never let it size the bitmap.
+                            result.foreign += 1;
                         } else {
-                            bits[word] |= 1 << bit;
-                            result.unique += 1;
+                            let bits = result.seen.entry(publisher).or_default();
+                            let (word, bit) = ((seq / 64) as usize, seq % 64);
+                            if bits.len() <= word {
+                                bits.resize(word + 1, 0);
+                            }
+                            if bits[word] & (1 << bit) != 0 {
+                                result.duplicates += 1;
+                            } else {
+                                bits[word] |= 1 << bit;
+                                result.unique += 1;
+                            }
                         }
                     }
                     match p.qos {
@@ -464,7 +476,7 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
     stop.store(true, Ordering::Relaxed);
     let mut histogram: Histogram<u64> =
         Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-    let (mut deliveries, mut unique, mut duplicates) = (0, 0, 0);
+    let (mut deliveries, mut unique, mut duplicates, mut foreign) = (0, 0, 0, 0);
     // Messages acknowledged to their publisher that a subscriber matching them never got
     // (in all, and per publisher).
     let mut lost_acked = 0u64;
@@ -486,6 +498,7 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
             deliveries += r.deliveries;
             unique += r.unique;
             duplicates += r.duplicates;
+            foreign += r.foreign;
             let _ = histogram.add(&r.histogram);
             last_receive = last_receive.max(r.last_receive);
         }
@@ -510,6 +523,7 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
         "acked_by_publisher": acked_by,
         "lost_acked_by_publisher": lost_acked_by,
         "duplicates": duplicates,
+        "foreign": foreign,
         "slow_received": slow_received,
         "seconds": (window * 1000.0).round() / 1000.0,
         "msgs_per_sec": (deliveries as f64 / window).round(),
