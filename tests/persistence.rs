@@ -328,7 +328,8 @@ async fn kill9_under_load(name: &str, qos: QoS) -> (u64, u64) {
         .map(|v| v.as_u64().unwrap())
         .collect();
     let total: u64 = acked.iter().sum();
-    assert!(total >= 3000, "the load ran: {summary}");
+    // Killed after 3,000 arrived: most of them acknowledged by then.
+    assert!(total >= 1000, "the load ran: {summary}");
     let missing = keeper.wait_for(&acked, Duration::from_secs(30)).await;
     let seen = keeper.stop().await;
     println!(
@@ -358,6 +359,9 @@ async fn kill9_under_qos1_load_loses_nothing_acknowledged() {
     kill9_under_load("persist-kill-qos1", QoS::AtLeastOnce).await;
 }
 
+/// QoS 2: nothing lost, nothing twice. (Before a QoS 2 PUBLISH waited for its packet id to be
+/// kept, a kill between the two made the restart send it again under a new id: a repeat, or a
+/// loss when the new id was one the receiver still held for another message.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_under_qos2_load_loses_nothing_and_repeats_nothing() {
     let (_, duplicates) = kill9_under_load("persist-kill-qos2", QoS::ExactlyOnce).await;

@@ -49,15 +49,17 @@ impl Journal {
         }))
     }
 
-    /// A stored delivery went out with `packet_id`, or moved on in its QoS 2 handshake.
-    pub fn sent(&self, d: &Delivery, packet_id: u16, state: InflightState) {
-        if d.store_seq != 0 {
-            self.store.submit(Op::Sent {
-                client: self.client.clone(),
-                seq: d.store_seq,
-                mark: InflightMark::new(packet_id, state),
-            });
+    /// A stored delivery went out with `packet_id`, or moved on in its QoS 2 handshake; the
+    /// op's ticket (0: the delivery is not stored).
+    pub fn sent(&self, d: &Delivery, packet_id: u16, state: InflightState) -> u64 {
+        if d.store_seq == 0 {
+            return 0;
         }
+        self.store.submit(Op::Sent {
+            client: self.client.clone(),
+            seq: d.store_seq,
+            mark: InflightMark::new(packet_id, state),
+        })
     }
 
     /// A stored delivery is finished with.

@@ -94,6 +94,7 @@ impl Broker {
                         state,
                         delivery,
                         sent: true,
+                        held_for: 0,
                     }),
                     None => st.queue.push_back(delivery),
                 }

@@ -31,8 +31,12 @@ pub struct Inflight {
     pub state: InflightState,
     pub delivery: Delivery,
     /// False while it waits to be sent again after a resume (the client's new Receive
-    /// Maximum may be smaller than what was in flight).
+    /// Maximum may be smaller than what was in flight), or to be sent at all (`held_for`).
     pub sent: bool,
+    /// A QoS 2 message to a stored session is not sent until its packet id is kept (this
+    /// store ticket is done): sent before, a crash would make the restart send it again
+    /// under a new id, which the client may still hold for another message. 0: not held.
+    pub held_for: u64,
 }
 
 /// A subscription as the session remembers it (the trie holds the routing copy).
@@ -418,11 +422,12 @@ impl SessionState {
         }
     }
 
-    /// A stored delivery was sent with `packet_id`, or moved on to `state`.
-    pub fn mark_sent(&self, d: &Delivery, packet_id: u16, state: InflightState) {
-        if let Some(j) = &self.journal {
-            j.sent(d, packet_id, state);
-        }
+    /// A stored delivery was sent with `packet_id`, or moved on to `state`; the store op's
+    /// ticket (0: not stored).
+    pub fn mark_sent(&self, d: &Delivery, packet_id: u16, state: InflightState) -> u64 {
+        self.journal
+            .as_ref()
+            .map_or(0, |j| j.sent(d, packet_id, state))
     }
 
     /// A packet identifier not used by any outbound message in flight.
@@ -650,6 +655,7 @@ mod tests {
             state: InflightState::AwaitPubAck,
             delivery: d,
             sent: true,
+            held_for: 0,
         });
         assert_eq!(st.allocate_packet_id(), u16::MAX);
         assert_eq!(
@@ -677,6 +683,7 @@ mod tests {
                 state,
                 delivery: delivery(qos, true),
                 sent: true,
+                held_for: 0,
             });
         }
         let taken = st.take_shared_unacknowledged();

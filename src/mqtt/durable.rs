@@ -25,6 +25,8 @@ enum AckKind {
     Publish { qos: QoS, packet_id: u16, code: u8 },
     /// Anything else: sent as it is.
     Other(Box<Packet>),
+    /// Nothing to send: the connection only looks at its session again (a held PUBLISH).
+    Wake,
 }
 
 /// Acknowledgements queued behind the store, oldest first.
@@ -51,6 +53,11 @@ impl Connection {
                 code,
             },
         );
+    }
+
+    /// Comes back to the session once `ticket` is written (a QoS 2 PUBLISH held for it).
+    pub(super) fn wake_after(&mut self, ticket: u64) {
+        self.queue_ack(ticket, AckKind::Wake);
     }
 
     /// Sends `packet` once `ticket` is written (at once when 0 and nothing waits before it).
@@ -94,6 +101,7 @@ impl Connection {
 
     fn send_ack(&mut self, kind: AckKind, written: bool) -> Result<(), Close> {
         match kind {
+            AckKind::Wake => {}
             AckKind::Other(packet) => self.send(&packet),
             AckKind::Publish {
                 qos,

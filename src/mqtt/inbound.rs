@@ -29,6 +29,9 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRec(a) => {
+                // The PUBREL goes out once "received" is kept: after it the client may forget
+                // the packet id, so a restart must not send the PUBLISH again (MQTT 4.3.3).
+                let mut kept = 0;
                 let found = {
                     let mut st = self.session.state.lock();
                     match st.find_inflight(a.packet_id, InflightState::AwaitPubRec) {
@@ -43,7 +46,7 @@ impl Connection {
                             // Received after all: nothing left to send again for it.
                             let was_unsent = !std::mem::replace(&mut f.sent, true);
                             st.unsent_inflight -= usize::from(was_unsent);
-                            st.mark_sent(
+                            kept = st.mark_sent(
                                 &st.inflight[i].delivery,
                                 a.packet_id,
                                 InflightState::AwaitPubComp,
@@ -60,7 +63,7 @@ impl Connection {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(&Packet::PubRel(Ack::new(a.packet_id, code)));
+                self.send_after(kept, Packet::PubRel(Ack::new(a.packet_id, code)));
                 Ok(())
             }
             Packet::PubComp(a) => {

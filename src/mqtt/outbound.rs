@@ -44,22 +44,37 @@ impl Connection {
                 continue;
             }
             let packet_id = st.allocate_packet_id();
-            if !self.write_publish(&delivery, packet_id, false, expiry) {
-                st.finished(&delivery);
-                continue;
-            }
             let state = if delivery.qos == QoS::AtLeastOnce {
                 InflightState::AwaitPubAck
             } else {
                 InflightState::AwaitPubRec
             };
-            st.mark_sent(&delivery, packet_id, state);
+            let kept = st.mark_sent(&delivery, packet_id, state);
+            if delivery.qos == QoS::ExactlyOnce && kept != 0 {
+                // Held until its packet id is kept (see `Inflight::held_for`); the pending
+                // wake brings this connection back here when it is.
+                st.inflight.push_back(Inflight {
+                    packet_id,
+                    state,
+                    delivery,
+                    sent: false,
+                    held_for: kept,
+                });
+                st.unsent_inflight += 1;
+                self.wake_after(kept);
+                continue;
+            }
+            if !self.write_publish(&delivery, packet_id, false, expiry) {
+                st.finished(&delivery);
+                continue;
+            }
             sent[delivery.qos as usize] += 1;
             st.inflight.push_back(Inflight {
                 packet_id,
                 state,
                 delivery,
                 sent: true,
+                held_for: 0,
             });
         }
         if st.queue.len() < queued_before {
@@ -84,7 +99,12 @@ impl Connection {
         let mut outstanding = 0;
         let mut unsent = 0;
         for mut f in inflight {
-            if f.state == InflightState::AwaitPubComp {
+            if f.held_for != 0 {
+                // Never sent: it goes out from `resend_within_window` once its id is kept.
+                f.sent = false;
+                unsent += 1;
+                self.wake_after(f.held_for);
+            } else if f.state == InflightState::AwaitPubComp {
                 self.send(&Packet::PubRel(Ack::new(f.packet_id, 0)));
                 outstanding += 1;
             } else if outstanding < self.window {
@@ -115,9 +135,21 @@ impl Connection {
                 continue;
             }
             let f = &st.inflight[i];
+            if f.held_for != 0
+                && !self
+                    .broker
+                    .store()
+                    .is_some_and(|store| store.is_done(f.held_for))
+            {
+                // The rest wait behind it, in order.
+                break;
+            }
             let expiry = f.delivery.message.expiry_left(now).unwrap_or(Some(1));
-            if self.write_publish(&f.delivery, f.packet_id, true, expiry) {
+            // DUP only for what went out before (MQTT-3.3.1-1).
+            let dup = f.held_for == 0;
+            if self.write_publish(&f.delivery, f.packet_id, dup, expiry) {
                 st.inflight[i].sent = true;
+                st.inflight[i].held_for = 0;
                 st.unsent_inflight -= 1;
                 outstanding += 1;
                 i += 1;
