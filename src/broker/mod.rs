@@ -424,13 +424,14 @@ impl Broker {
         let mut kept = Vec::new();
         let mut handed = Vec::new();
         for d in deliveries {
-            let stored = d.clone();
+            // Only a stored delivery needs its record removed once handed on.
+            let stored = (d.store_seq != 0).then(|| d.clone());
             match self
                 .router
                 .reassign_shared(&session.client_id, d, &self.metrics)
             {
                 Some(back) => kept.push(back),
-                None => handed.push(stored),
+                None => handed.extend(stored),
             }
         }
         if !handed.is_empty() {
