@@ -9,6 +9,7 @@
 
 mod keys;
 pub mod records;
+pub mod relay;
 mod restore;
 mod writer;
 
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 use crate::broker::{Delivery, Message};
 use crate::config::{PersistenceConfig, SyncMode};
 pub use records::{InflightMark, SessionMeta, StoredSubscription};
+pub use relay::{LinkRecord, RelayMark, RelayOp, RestoredLink, RestoredRelay, StoredFrame};
 pub use restore::{Restored, RestoredSession};
 
 /// One change to what is stored, in the order it happened.
@@ -73,6 +75,23 @@ pub enum Op {
         packet_id: u16,
         held: bool,
     },
+    /// The cluster relay's links, frames and progress (`relay`).
+    Relay(RelayOp),
+    /// The ops from here to the matching `GroupEnd` are committed together (see `group`).
+    GroupStart,
+    GroupEnd,
+}
+
+/// Ops submitted while it lives are committed in one batch, whole or not at all (the writer
+/// waits for the end of a group before it commits, up to `writer::GROUP_WAIT`): a peer's
+/// frames processed here and the mark saying so reach the disk together, so after a crash a
+/// frame is either wholly done or wholly to be done again. Ends when dropped.
+pub struct Group<'a>(&'a Store);
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        self.0.submit(Op::GroupEnd);
+    }
 }
 
 /// The store's counters, read by the metrics endpoint.
@@ -153,6 +172,7 @@ impl Store {
             retained = restored.retained.len(),
             sessions = restored.sessions.len(),
             queued = restored.sessions.iter().map(|s| s.deliveries.len()).sum::<usize>(),
+            relay_frames = restored.relay.links.iter().map(|l| l.frames.len()).sum::<usize>(),
             ms = started.elapsed().as_millis() as u64,
             "store read back"
         );
@@ -193,6 +213,12 @@ impl Store {
         }
         s.next += 1;
         ticket
+    }
+
+    /// Opens a group of ops committed together (see `Group`).
+    pub fn group(&self) -> Group<'_> {
+        self.submit(Op::GroupStart);
+        Group(self)
     }
 
     /// Writes and fsyncs what was submitted, then stops the writer (the node is stopping).

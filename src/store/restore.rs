@@ -23,6 +23,8 @@ pub struct Restored {
     pub sessions: Vec<RestoredSession>,
     /// Ops that remove what was stale; submitted once the store runs.
     pub cleanup: Vec<Op>,
+    /// The cluster relay's state (taken by the cluster when it starts).
+    pub relay: super::RestoredRelay,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,9 @@ pub fn read_all(db: &Db) -> Result<Restored, String> {
             }),
         }
     }
+    let (relay, stale) = db.relay.read_all(db.database())?;
+    out.relay = relay;
+    out.cleanup.extend(stale.into_iter().map(Op::Relay));
     for kv in entries(&db.inbound) {
         let (key, _) = kv?;
         let Some((i, rest)) = session_of(&key, &mut out) else {

@@ -262,3 +262,94 @@ fn tickets_are_done_in_order_and_close_writes_everything() {
         "ops share commits"
     );
 }
+
+fn frame(payload: &'static [u8]) -> StoredFrame {
+    StoredFrame {
+        normal: true,
+        groups: vec!["$share/g/t".into()],
+        message: Bytes::from_static(payload),
+        queued_at_ms: crate::broker::now_ms(),
+    }
+}
+
+#[test]
+fn relay_links_frames_and_marks_are_read_back() {
+    let dir = TempDir::new("relay");
+    let config = dir.config(SyncMode::Always);
+    let (store, restored) = Store::open(&config).unwrap();
+    let run = restored.relay.run;
+    assert_ne!(run, 0, "a new store makes its relay run id");
+    let peer: Arc<str> = "n2".into();
+    let record = LinkRecord {
+        epoch: 9,
+        peer_run: 77,
+        ceiling: 1 << 20,
+    };
+    let relay = |op| store.submit(Op::Relay(op));
+    // Frames of an earlier link to the same peer go when a new link is made.
+    relay(RelayOp::Frame {
+        peer: peer.clone(),
+        seq: 500,
+        frame: frame(b"old"),
+    });
+    relay(RelayOp::Link {
+        peer: peer.clone(),
+        record,
+        fresh: true,
+    });
+    for seq in 1..=4 {
+        relay(RelayOp::Frame {
+            peer: peer.clone(),
+            seq,
+            frame: frame(b"m"),
+        });
+    }
+    relay(RelayOp::Acked {
+        peer: peer.clone(),
+        seqs: vec![1, 3],
+    });
+    relay(RelayOp::Mark {
+        peer: "n3".into(),
+        mark: RelayMark { epoch: 5, last: 40 },
+    });
+    // A link given up on takes its frames with it.
+    let gone: Arc<str> = "n4".into();
+    relay(RelayOp::Link {
+        peer: gone.clone(),
+        record,
+        fresh: true,
+    });
+    relay(RelayOp::Frame {
+        peer: gone.clone(),
+        seq: 1,
+        frame: frame(b"x"),
+    });
+    relay(RelayOp::Gone(gone));
+    store.close();
+    drop(store);
+
+    let (store, restored) = Store::open(&config).unwrap();
+    assert_eq!(restored.relay.run, run, "the run id outlives the process");
+    assert_eq!(restored.relay.links.len(), 1);
+    let link = &restored.relay.links[0];
+    assert_eq!((&*link.peer, link.record), ("n2", record));
+    let seqs: Vec<u64> = link.frames.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [2, 4], "in order, acknowledged ones gone");
+    assert_eq!(
+        link.frames[0].1,
+        frame(b"m").clone_with(link.frames[0].1.queued_at_ms)
+    );
+    assert_eq!(
+        restored.relay.marks,
+        vec![("n3".into(), RelayMark { epoch: 5, last: 40 })]
+    );
+    assert!(restored.cleanup.is_empty(), "{:?}", restored.cleanup);
+    store.close();
+}
+
+impl StoredFrame {
+    fn clone_with(mut self, queued_at_ms: u64) -> StoredFrame {
+        self.queued_at_ms = queued_at_ms;
+        self
+    }
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::records::{self, StoredDelivery, StoredMessage};
+use super::relay::RelaySpaces;
 use super::{FAILED_BACKLOG_OPS, Op, Store, keys};
 use crate::config::SyncMode;
 
@@ -19,6 +20,8 @@ use crate::config::SyncMode;
 const MAX_BATCH: usize = 4096;
 /// How often a failing store tries to write again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Longest the writer waits for the end of an open group before it commits what it has.
+pub const GROUP_WAIT: Duration = Duration::from_secs(1);
 /// How often the disk use figure is refreshed.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -31,9 +34,14 @@ pub struct Db {
     pub deliveries: Keyspace,
     pub inflight: Keyspace,
     pub inbound: Keyspace,
+    pub relay: RelaySpaces,
 }
 
 impl Db {
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     pub fn open(dir: &std::path::Path) -> fjall::Result<Db> {
         let db = Database::builder(dir.join("fjall")).open()?;
         let open = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
@@ -44,6 +52,12 @@ impl Db {
             deliveries: open("deliveries")?,
             inflight: open("inflight")?,
             inbound: open("inbound")?,
+            relay: RelaySpaces {
+                node: open("node")?,
+                links: open("relay_links")?,
+                frames: open("relay_frames")?,
+                marks: open("relay_marks")?,
+            },
             db,
         })
     }
@@ -121,6 +135,8 @@ impl Db {
                         false => batch.remove(&self.inbound, key),
                     }
                 }
+                Op::Relay(op) => self.relay.write(&self.db, &mut batch, op)?,
+                Op::GroupStart | Op::GroupEnd => {}
             }
         }
         batch.commit()?;
@@ -186,13 +202,7 @@ impl Writer {
             };
             let mut ops = Vec::new();
             if let Some(op) = first {
-                ops.push(op);
-                while ops.len() < MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(op) => ops.push(op),
-                        Err(_) => break,
-                    }
-                }
+                self.collect(op, &mut ops);
             }
             if self.store.is_failing() {
                 self.hold(ops);
@@ -204,6 +214,37 @@ impl Writer {
                 self.write(ops);
             }
             self.housekeeping();
+        }
+    }
+
+    /// Takes `first` and what else waits, up to `MAX_BATCH`, and never stops inside a group
+    /// (see `Store::group`) unless its end is `GROUP_WAIT` late.
+    fn collect(&mut self, first: (u64, Op), ops: &mut Vec<(u64, Op)>) {
+        let mut open = 0usize;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op.1 {
+                Op::GroupStart => open += 1,
+                Op::GroupEnd => open = open.saturating_sub(1),
+                _ => {}
+            }
+            ops.push(op);
+            if ops.len() >= MAX_BATCH && open == 0 {
+                return;
+            }
+            next = match self.rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(_) if open == 0 => None,
+                Err(_) => match self.rx.recv_timeout(GROUP_WAIT) {
+                    Ok(op) => Some(op),
+                    Err(_) => {
+                        tracing::warn!(
+                            "a group of store writes did not end in time: committed as it is"
+                        );
+                        None
+                    }
+                },
+            };
         }
     }
 
@@ -235,9 +276,13 @@ impl Writer {
         match db.write(&ops, self.mode()) {
             Ok(()) => {
                 let metrics = &self.store.metrics;
+                let markers = ops
+                    .iter()
+                    .filter(|(_, op)| matches!(op, Op::GroupStart | Op::GroupEnd))
+                    .count();
                 metrics
                     .ops_written
-                    .fetch_add(ops.len() as u64, Ordering::Relaxed);
+                    .fetch_add((ops.len() - markers) as u64, Ordering::Relaxed);
                 metrics.commits.fetch_add(1, Ordering::Relaxed);
                 self.unsynced = self.store.sync == SyncMode::Interval;
                 self.store.mark_done(last, None);
