@@ -86,15 +86,17 @@ impl Node {
             .enabled
             .then(|| config.persistence.clone());
         let broker = Broker::new(config, node_id);
+        let mut relay = store::RestoredRelay::default();
         if let Some(p) = persistence {
             // Reading a large store back takes a while: off the runtime's workers.
-            let (store, restored) = tokio::task::spawn_blocking(move || store::Store::open(&p))
+            let (store, mut restored) = tokio::task::spawn_blocking(move || store::Store::open(&p))
                 .await
                 .map_err(|e| anyhow::anyhow!("opening the store: {e}"))??;
+            relay = std::mem::take(&mut restored.relay);
             broker.restore(store, restored);
         }
         let cluster = match cluster_config {
-            Some(c) => Some(cluster::Cluster::start(c, &broker).await?),
+            Some(c) => Some(cluster::Cluster::start(c, &broker, relay).await?),
             None => None,
         };
         if cluster.is_some() {

@@ -73,6 +73,9 @@ pub struct Forwarded {
     /// Links to subscribed nodes that were past their window: the message is queued there,
     /// and the publisher waits for them when nothing else took it.
     pub full_links: Vec<Arc<dyn Backlog>>,
+    /// With persistence on: the ticket of the last store write that keeps it for a peer
+    /// (the publisher's acknowledgement waits for it).
+    pub ticket: u64,
 }
 
 pub struct Broker {
@@ -210,7 +213,7 @@ impl Broker {
         // subscribers" only when there are none anywhere.
         Ok(Published {
             matched: local.queued + forwarded.remote_nodes,
-            ticket: ticket.max(local.ticket),
+            ticket: ticket.max(local.ticket).max(forwarded.ticket),
         })
     }
 

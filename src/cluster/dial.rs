@@ -119,6 +119,11 @@ pub(super) async fn serve(
             }
             records.seal(&mut wbuf, &mut out)?;
         }
+        // With persistence on, the next frame may wait for its number to be reserved on disk.
+        let reserving = match out.is_empty() {
+            true => link.awaits_store(),
+            false => None,
+        };
         // Biased (in this order) so a simulation replays exactly; reading first is also what
         // keeps acknowledgements flowing while there is always more to write.
         tokio::select! {
@@ -135,6 +140,7 @@ pub(super) async fn serve(
                 wrote = Instant::now();
             }
             _ = link.wake.notified(), if out.is_empty() && !link.has_more() => {}
+            _ = reserved(&reserving), if reserving.is_some() => {}
             _ = heartbeat.tick() => {
                 if ticked.elapsed() >= timeout {
                     // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
@@ -151,6 +157,16 @@ pub(super) async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Resolves once the store has done the write a link waits for.
+async fn reserved(waiting: &Option<(Arc<crate::store::Store>, u64)>) {
+    match waiting {
+        Some((store, ticket)) => {
+            let _ = store.progress().wait_for(|done| *done >= *ticket).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

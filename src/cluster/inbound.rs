@@ -5,8 +5,13 @@
 //! batches and applies its pushed route changes. It reads no further while a delivery waits
 //! for room in a full subscriber here, so acknowledgements stop and the peer's window holds
 //! its publishers back: flow control end to end. Acknowledgements double as heartbeats, and a
-//! dialer silent past `cluster.link_timeout_ms` is dropped.
+//! dialer silent past `cluster.link_timeout_ms` is dropped. With persistence on, how far a
+//! link was processed is stored after what the processing stored (deliveries to persistent
+//! sessions, retained writes), and a frame is acknowledged only once that is on disk: a peer
+//! drops only frames this node cannot lose, and after a restart this node resumes the link
+//! where its store says, neither losing nor repeating a frame.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use super::seal::{self, Records};
 type LinkKeys = ([u8; 32], [u8; 32]);
 use super::wire::{self, Frame, HandshakeIds};
 use crate::broker::{Held, Metrics};
+use crate::store::{Op, RelayMark, RelayOp, Store};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new connection waits for the one it replaces to stop.
@@ -184,7 +190,18 @@ pub(crate) async fn receive(
     if *turn.superseded.borrow_and_update() != turn.ticket {
         return Err("superseded by a newer connection".into());
     }
-    let last = cluster.begin_link(&peer, generation, epoch);
+    let last = cluster.begin_link(&peer, epoch);
+    let store = cluster.store.clone();
+    if let Some(store) = &store {
+        // What a previous connection processed is on disk before the peer is told it may
+        // drop it.
+        let ticket = store.last_ticket();
+        let mut progress = store.progress();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, progress.wait_for(|done| *done >= ticket))
+            .await
+            .map_err(|_| "the store did not keep up".to_string())?
+            .map_err(|_| "the store closed".to_string())?;
+    }
     wire::write_frame(&mut writer, &Frame::Ready { resume_after: last }).await?;
     // From here on, with a secret, every byte is sealed (keys of this connection).
     let mut records = match keys {
@@ -205,15 +222,25 @@ pub(crate) async fn receive(
     let mut heard = Instant::now();
     let mut ticked = Instant::now();
     let mut acked = last;
+    let mut marks = Marks {
+        peer: state.peer.clone(),
+        epoch,
+        noted: last,
+        waiting: VecDeque::new(),
+        ackable: last,
+        progress: store.as_ref().map(|s| s.progress()),
+        store,
+    };
     // Frames to write (plain), and the bytes on their way to the wire (sealed, with a secret).
     let mut pending = BytesMut::new();
     let mut out = BytesMut::new();
-    state.process(cluster, &mut rbuf)?;
+    marks.processed(cluster, &mut state, &mut rbuf)?;
     loop {
-        if state.last != acked {
-            cluster.set_processed(&state.peer, generation, epoch, state.last);
-            wire::encode_frame(&Frame::Ack { upto: state.last }, &mut pending)?;
-            acked = state.last;
+        marks.note(cluster, state.last);
+        let ackable = marks.ackable();
+        if ackable != acked {
+            wire::encode_frame(&Frame::Ack { upto: ackable }, &mut pending)?;
+            acked = ackable;
         }
         if out.is_empty() && !pending.is_empty() {
             records.seal(&mut pending, &mut out)?;
@@ -231,15 +258,16 @@ pub(crate) async fn receive(
                     return Err("connection closed".into());
                 }
                 heard = Instant::now();
-                state.process(cluster, &mut rbuf)?;
+                marks.processed(cluster, &mut state, &mut rbuf)?;
             }
             _ = state.held.room(), if held => {
                 if state.held.release_if_room() {
                     // The peer kept sending while we were not reading.
                     heard = Instant::now();
-                    state.process(cluster, &mut rbuf)?;
+                    marks.processed(cluster, &mut state, &mut rbuf)?;
                 }
             }
+            _ = marks.stored(), if marks.is_waiting() => {}
             _ = heartbeat.tick() => {
                 if ticked.elapsed() >= timeout {
                     // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
@@ -258,6 +286,91 @@ pub(crate) async fn receive(
             _ = turn.superseded.changed() => {
                 return Err("superseded by a newer connection from the same peer".into());
             }
+        }
+    }
+}
+
+/// How far one connection's processing is noted (in memory, and with persistence on in the
+/// store) and which of it may be acknowledged: with a store, only what is on disk.
+struct Marks {
+    peer: Arc<str>,
+    epoch: u64,
+    /// Last sequence number noted.
+    noted: u64,
+    /// Marks submitted to the store and not yet done, oldest first: (sequence, ticket).
+    waiting: VecDeque<(u64, u64)>,
+    /// Highest sequence number that may be acknowledged.
+    ackable: u64,
+    store: Option<Arc<Store>>,
+    progress: Option<watch::Receiver<u64>>,
+}
+
+impl Marks {
+    /// Processes what `rbuf` holds; what was processed is noted even when a frame fails, so
+    /// the next connection neither repeats nor skips it.
+    fn processed(
+        &mut self,
+        cluster: &Cluster,
+        state: &mut Receiving,
+        rbuf: &mut BytesMut,
+    ) -> Result<(), String> {
+        // What the frames store (deliveries, retained writes) and the mark that says they
+        // were processed are committed together.
+        let store = self.store.clone();
+        let group = store.as_ref().map(|s| s.group());
+        let result = state.process(cluster, rbuf);
+        self.note(cluster, state.last);
+        drop(group);
+        result
+    }
+
+    fn note(&mut self, cluster: &Cluster, last: u64) {
+        if last == self.noted {
+            return;
+        }
+        self.noted = last;
+        cluster.set_processed(&self.peer, self.epoch, last);
+        match &self.store {
+            Some(store) => {
+                let ticket = store.submit(Op::Relay(RelayOp::Mark {
+                    peer: self.peer.clone(),
+                    mark: RelayMark {
+                        epoch: self.epoch,
+                        last,
+                    },
+                }));
+                self.waiting.push_back((last, ticket));
+            }
+            None => self.ackable = last,
+        }
+    }
+
+    /// The highest sequence number whose mark is on disk (or, without a store, processed).
+    /// A mark whose write failed is acknowledged all the same: this node holds what it
+    /// processed in memory, and the store's failure is counted and logged where it happens.
+    fn ackable(&mut self) -> u64 {
+        if let Some(store) = &self.store {
+            while let Some(&(seq, ticket)) = self.waiting.front()
+                && store.is_done(ticket)
+            {
+                self.ackable = seq;
+                self.waiting.pop_front();
+            }
+        }
+        self.ackable
+    }
+
+    fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Resolves once the oldest waiting mark is done.
+    async fn stored(&mut self) {
+        match (self.waiting.front(), &mut self.progress) {
+            (Some(&(_, ticket)), Some(progress)) => {
+                let _ = progress.wait_for(|done| *done >= ticket).await;
+            }
+            _ => std::future::pending().await,
         }
     }
 }

@@ -5,7 +5,10 @@
 //! nothing reliable and duplicates nothing. The link is also flow control: past its window it
 //! holds back the publishers whose messages only it wants (see `broker::pressure`); past its
 //! hold bound it drops, counts and says so once per episode. Heartbeats both ways let either
-//! end tell a dead or frozen connection from an idle one.
+//! end tell a dead or frozen connection from an idle one. With persistence on, the link's
+//! reliable publish frames are also stored until acknowledged (`link_store`), and a restarted
+//! node reads its links back; a peer that restarts with its store keeps its link (the same
+//! epoch and queue) instead of getting a fresh one.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -21,8 +24,10 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
+use super::link_store::LinkJournal;
 use super::wire::{self, Frame, WireMessage};
 use crate::broker::Backlog;
+use crate::store::{RestoredLink, Store};
 
 /// One batch written at once.
 pub(super) const BATCH_BYTES: usize = 256 * 1024;
@@ -31,6 +36,18 @@ const FRAME_OVERHEAD: usize = 64;
 /// A link whose peer has acknowledged nothing for this long while frames wait is stalled: it
 /// stops holding publishers back (as a stalled subscriber does) and only queues.
 const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// The peer process a link is for.
+#[derive(Debug, Clone)]
+pub struct LinkTo {
+    pub node_id: Arc<str>,
+    /// Its chitchat generation (this process of it).
+    pub generation: u64,
+    /// Its relay run (see `Link::run`).
+    pub run: u64,
+    pub addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+}
 
 /// How much a link may hold, from the cluster configuration.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +64,8 @@ pub struct LinkBounds {
 struct Outgoing {
     /// Sequence number of a reliable frame; 0 for the others.
     seq: u64,
+    /// Kept in the store until the peer has it.
+    stored: bool,
     body: Body,
 }
 
@@ -128,9 +147,25 @@ struct LinkQueue {
     pending_resync: Vec<Arc<str>>,
     /// Frames dropped since the queue last had room (logged once per episode).
     episode_drops: u64,
+    /// The link's share of the store (persistence on); moves with the queue.
+    journal: Option<LinkJournal>,
 }
 
 impl LinkQueue {
+    fn empty(next_seq: u64, journal: Option<LinkJournal>) -> LinkQueue {
+        LinkQueue {
+            unsent: VecDeque::new(),
+            unacked: VecDeque::new(),
+            bytes: 0,
+            next_seq,
+            progress_at: Instant::now(),
+            retained: RetainedSync::Due,
+            pending_resync: Vec::new(),
+            episode_drops: 0,
+            journal,
+        }
+    }
+
     fn push(&mut self, o: Outgoing) {
         if self.bytes == 0 {
             self.progress_at = Instant::now();
@@ -141,7 +176,21 @@ impl LinkQueue {
 
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
+        if let Some(j) = &mut self.journal {
+            j.used_up_to(self.next_seq);
+        }
         self.next_seq - 1
+    }
+
+    /// Stored frames among `gone` leave the store too.
+    fn forget_stored(&self, gone: impl Iterator<Item = (u64, bool)>) {
+        if let Some(j) = &self.journal {
+            j.acked(
+                gone.filter(|(_, stored)| *stored)
+                    .map(|(seq, _)| seq)
+                    .collect(),
+            );
+        }
     }
 }
 
@@ -162,6 +211,8 @@ pub enum Queued {
 pub struct Link {
     pub node_id: Arc<str>,
     pub generation: u64,
+    /// The peer's relay run: its generation, or the id its store keeps across restarts.
+    pub run: u64,
     /// This link's incarnation, random: the peer keeps its progress per epoch, so a link
     /// created anew (after this node gave up on the peer) starts its count afresh there.
     pub epoch: u64,
@@ -179,31 +230,68 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(
-        node_id: Arc<str>,
-        generation: u64,
-        addr: SocketAddr,
-        gossip_addr: SocketAddr,
-        bounds: LinkBounds,
-    ) -> Arc<Link> {
+    /// A new link to `to`, with a new epoch (stored as the peer's link, replacing any other).
+    pub fn new(to: LinkTo, bounds: LinkBounds, store: Option<&Arc<Store>>) -> Arc<Link> {
         let epoch = wire::random_u64();
+        let journal =
+            store.map(|s| LinkJournal::fresh(s.clone(), to.node_id.clone(), epoch, to.run));
+        Link::with_queue(to, epoch, bounds, LinkQueue::empty(1, journal))
+    }
+
+    /// The link `stored` read back from the store, to the peer run it was for (now at `to`):
+    /// its frames are sent again (the peer skips those it processed), later ones numbered past
+    /// any it may have seen.
+    pub fn restored(
+        stored: RestoredLink,
+        to: LinkTo,
+        bounds: LinkBounds,
+        store: &Arc<Store>,
+    ) -> Arc<Link> {
+        let first = LinkJournal::first_seq(&stored.record);
+        let journal = LinkJournal::restored(store.clone(), to.node_id.clone(), stored.record);
+        let mut queue = LinkQueue::empty(first, Some(journal));
+        for (seq, frame) in stored.frames {
+            let queued_at = LinkJournal::queued_at(&frame);
+            queue.push(Outgoing {
+                seq,
+                stored: true,
+                body: Body::Publish {
+                    normal: frame.normal,
+                    groups: frame.groups,
+                    message: frame.message,
+                    queued_at,
+                },
+            });
+        }
+        Link::with_queue(to, stored.record.epoch, bounds, queue)
+    }
+
+    /// The peer came back as a new process of the same relay run (it restarted with its
+    /// store): a link to it at `to` that takes over this one's epoch, numbering and queue,
+    /// everything unacknowledged to be sent again. This link stops.
+    pub fn carry_to(&self, to: LinkTo) -> Arc<Link> {
+        self.stop.send_replace(true);
+        let mut q = self.queue.lock();
+        let mut queue = LinkQueue::empty(q.next_seq, q.journal.take());
+        queue.unsent = std::mem::take(&mut q.unacked);
+        queue.unsent.append(&mut q.unsent);
+        queue.bytes = std::mem::take(&mut q.bytes);
+        queue.episode_drops = q.episode_drops;
+        drop(q);
+        self.room.notify_waiters();
+        Link::with_queue(to, self.epoch, self.bounds, queue)
+    }
+
+    fn with_queue(to: LinkTo, epoch: u64, bounds: LinkBounds, queue: LinkQueue) -> Arc<Link> {
         Arc::new(Link {
-            node_id,
-            generation,
+            node_id: to.node_id,
+            generation: to.generation,
+            run: to.run,
             epoch,
-            addr,
-            gossip_addr,
+            addr: to.addr,
+            gossip_addr: to.gossip_addr,
             bounds,
-            queue: Mutex::new(LinkQueue {
-                unsent: VecDeque::new(),
-                unacked: VecDeque::new(),
-                bytes: 0,
-                next_seq: 1,
-                progress_at: Instant::now(),
-                retained: RetainedSync::Due,
-                pending_resync: Vec::new(),
-                episode_drops: 0,
-            }),
+            queue: Mutex::new(queue),
             wake: Notify::new(),
             room: Notify::new(),
             connected: AtomicBool::new(false),
@@ -253,26 +341,33 @@ impl Link {
             && self.stalled_for() < STALLED_AFTER
     }
 
-    /// Queues a publish (retained ones are always reliable: every node stores them).
+    /// Queues a publish (retained ones are always reliable: every node stores them). With
+    /// persistence on, a reliable one is stored too: the ticket of that write (else 0).
     pub fn send_publish(
         &self,
         reliable: bool,
         normal: bool,
         groups: Vec<String>,
         message: Bytes,
-    ) -> Queued {
+    ) -> (Queued, u64) {
         let mut q = self.queue.lock();
         if self.admit(&mut q, message.len() + FRAME_OVERHEAD).is_none() {
-            return Queued::Dropped;
+            return (Queued::Dropped, 0);
         }
         let seq = if reliable { q.next_seq() } else { 0 };
+        let queued_at = Instant::now();
+        let ticket = match &q.journal {
+            Some(j) if reliable => j.frame(seq, normal, &groups, &message, queued_at),
+            _ => 0,
+        };
         q.push(Outgoing {
             seq,
+            stored: ticket != 0,
             body: Body::Publish {
                 normal,
                 groups,
                 message,
-                queued_at: Instant::now(),
+                queued_at,
             },
         });
         let state = if !self.is_connected()
@@ -287,7 +382,7 @@ impl Link {
         };
         drop(q);
         self.wake.notify_one();
-        state
+        (state, ticket)
     }
 
     /// Queues a control frame (route pushes); false when the hold bound is reached.
@@ -301,6 +396,7 @@ impl Link {
         }
         q.push(Outgoing {
             seq: 0,
+            stored: false,
             body: Body::Encoded(bytes),
         });
         drop(q);
@@ -348,7 +444,27 @@ impl Link {
         self.wake.notify_one();
     }
 
-    /// Stops the link's task; what is queued is dropped. Returns how many frames that was.
+    /// The peer's link is given up on for good: what the store keeps of it goes too.
+    pub fn forget(&self) {
+        if let Some(j) = &self.queue.lock().journal {
+            j.gone();
+        }
+    }
+
+    /// With persistence on, the store ticket the link waits for before it may send its next
+    /// frame (see `link_store`), if it waits.
+    pub(super) fn awaits_store(&self) -> Option<(Arc<Store>, u64)> {
+        let mut q = self.queue.lock();
+        let seq = q.unsent.front().map(|o| o.seq).filter(|s| *s != 0)?;
+        let j = q.journal.as_mut()?;
+        if j.may_send(seq) {
+            return None;
+        }
+        j.pending()
+    }
+
+    /// Stops the link's task; what is queued is dropped (and stays in the store, if it is
+    /// there, for this node's next run). Returns how many frames that was.
     pub fn close(&self) -> usize {
         self.stop.send_replace(true);
         let mut q = self.queue.lock();
@@ -363,12 +479,16 @@ impl Link {
 
     pub(super) fn ack(&self, upto: u64) {
         let mut q = self.queue.lock();
-        let mut freed = false;
+        let mut freed = Vec::new();
         while q.unacked.front().is_some_and(|o| o.seq <= upto) {
             let o = q.unacked.pop_front().expect("checked");
             q.bytes -= o.cost();
-            freed = true;
+            freed.push((o.seq, o.stored));
         }
+        let freed = !freed.is_empty() && {
+            q.forget_stored(freed.into_iter());
+            true
+        };
         if freed {
             q.progress_at = Instant::now();
             if q.episode_drops > 0 && q.bytes <= self.bounds.hold_bytes / 2 {
@@ -389,13 +509,27 @@ impl Link {
     pub(super) fn resume(&self, resume_after: u64) {
         let mut q = self.queue.lock();
         let unacked = std::mem::take(&mut q.unacked);
+        let mut had = Vec::new();
         for o in unacked.into_iter().rev() {
             if o.seq > resume_after {
                 q.unsent.push_front(o);
             } else {
                 q.bytes -= o.cost();
+                had.push((o.seq, o.stored));
             }
         }
+        // Frames read back from the store that the peer had processed before this node
+        // stopped are still in `unsent`: they go too.
+        while q
+            .unsent
+            .front()
+            .is_some_and(|o| o.seq != 0 && o.seq <= resume_after)
+        {
+            let o = q.unsent.pop_front().expect("checked");
+            q.bytes -= o.cost();
+            had.push((o.seq, o.stored));
+        }
+        q.forget_stored(had.into_iter());
         q.progress_at = Instant::now();
     }
 
@@ -410,6 +544,14 @@ impl Link {
         let mut q = self.queue.lock();
         let mut n = 0;
         while out.len() < BATCH_BYTES {
+            // A number not yet reserved on disk waits (see `link_store`).
+            let seq = q.unsent.front().map_or(0, |o| o.seq);
+            if seq != 0
+                && let Some(j) = &mut q.journal
+                && !j.may_send(seq)
+            {
+                break;
+            }
             let Some(o) = q.unsent.pop_front() else { break };
             if let Err(e) = o.write_to(out) {
                 // Bounded when queued; cannot happen, and must not stop the link if it does.
@@ -448,6 +590,7 @@ impl Link {
                                 out.extend_from_slice(&bytes);
                                 let o = Outgoing {
                                     seq,
+                                    stored: false,
                                     body: Body::Encoded(bytes),
                                 };
                                 q.bytes += o.cost();
@@ -497,186 +640,5 @@ impl Backlog for Link {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bounds(window_bytes: usize, hold_bytes: usize) -> LinkBounds {
-        LinkBounds {
-            window_bytes,
-            hold_bytes,
-            timeout: Duration::from_secs(5),
-        }
-    }
-
-    fn link(b: LinkBounds) -> Arc<Link> {
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let l = Link::new("peer".into(), 1, addr, addr, b);
-        l.queue.lock().retained = RetainedSync::Done;
-        l
-    }
-
-    fn seqs(link: &Link) -> (Vec<u64>, Vec<u64>) {
-        let q = link.queue.lock();
-        (
-            q.unsent.iter().map(|o| o.seq).collect(),
-            q.unacked.iter().map(|o| o.seq).collect(),
-        )
-    }
-
-    /// A batch of the retained set holding one message of `size` bytes on `r/{i}`.
-    fn retained_batch(i: usize, size: usize) -> Vec<WireMessage> {
-        vec![WireMessage {
-            topic: format!("r/{i}"),
-            payload: Bytes::from(vec![1u8; size]),
-            qos: 0,
-            retain: true,
-            payload_format_indicator: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: Vec::new(),
-            expiry_secs: None,
-            publisher: None,
-            origin: "me".into(),
-            stamp: 1,
-        }]
-    }
-
-    fn none(_: RetainedScope<'_>) -> Vec<Vec<WireMessage>> {
-        Vec::new()
-    }
-
-    #[test]
-    fn reliable_frames_are_kept_until_acknowledged_and_resent_after_reconnect() {
-        let l = link(bounds(1 << 20, 1 << 20));
-        for reliable in [true, false, true, true] {
-            let q = l.send_publish(reliable, true, vec![], Bytes::from_static(b"m"));
-            assert_eq!(q, Queued::Parked, "not connected: held for the peer");
-        }
-        let mut out = BytesMut::new();
-        assert_eq!(l.take_batch(&mut out, none), 4);
-        assert_eq!(seqs(&l), (vec![], vec![1, 2, 3]), "QoS 0 is not kept");
-        l.ack(1);
-        assert_eq!(seqs(&l).1, vec![2, 3]);
-        l.send_publish(true, true, vec![], Bytes::from_static(b"m"));
-        // The connection drops; the peer had processed up to 2.
-        l.resume(2);
-        assert_eq!(
-            seqs(&l),
-            (vec![3, 4], vec![]),
-            "resend 3 ahead of the new 4"
-        );
-        // What is acknowledged or sent unreliably no longer counts against the bounds.
-        let mut out = BytesMut::new();
-        l.take_batch(&mut out, none);
-        l.ack(4);
-        assert_eq!(l.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn the_window_holds_publishers_and_the_hold_bound_drops() {
-        let l = link(bounds(1000, 4000));
-        l.connected.store(true, Ordering::Relaxed);
-        let payload = Bytes::from(vec![0u8; 400]);
-        let mut states = Vec::new();
-        for _ in 0..12 {
-            states.push(l.send_publish(true, true, vec![], payload.clone()));
-        }
-        assert_eq!(states[0], Queued::Flowing);
-        assert!(states.contains(&Queued::PastWindow));
-        assert_eq!(*states.last().unwrap(), Queued::Dropped);
-        assert!(l.queued_bytes() <= 4000);
-        assert!(!l.has_room(), "past the window, moving: holds publishers");
-        // The peer acknowledges everything: room again.
-        let mut out = BytesMut::new();
-        while l.take_batch(&mut out, none) > 0 {}
-        l.ack(u64::MAX);
-        assert!(l.has_room());
-        assert_eq!(l.send_publish(true, true, vec![], payload), Queued::Flowing);
-        // A peer that acknowledges nothing for the stall time holds nobody back.
-        l.queue.lock().progress_at = Instant::now() - STALLED_AFTER;
-        assert!(l.has_room());
-    }
-
-    #[test]
-    fn the_retained_set_goes_in_reliable_batches_within_the_window() {
-        let l = link(bounds(100, 1 << 20));
-        l.queue.lock().retained = RetainedSync::Due;
-        let batch = |i: usize| retained_batch(i, 300);
-        let set = |_: RetainedScope<'_>| (0..3).map(batch).collect::<Vec<_>>();
-        l.send_publish(true, true, vec![], Bytes::from_static(b"live"));
-        let mut out = BytesMut::new();
-        // Live traffic first, then one batch of the set.
-        assert_eq!(l.take_batch(&mut out, set), 2);
-        assert_eq!(seqs(&l).1, vec![1, 2]);
-        // Past the window nothing more of the set goes until acknowledgements come.
-        assert_eq!(l.take_batch(&mut out, set), 0);
-        l.ack(2);
-        assert_eq!(l.take_batch(&mut out, set), 1);
-        // A cut: the unacknowledged batch is resent, the set continues after it.
-        l.resume(2);
-        assert_eq!(seqs(&l).0, vec![3]);
-        l.take_batch(&mut out, set);
-        l.ack(3);
-        assert_eq!(l.take_batch(&mut out, set), 1);
-        l.ack(4);
-        l.take_batch(&mut out, set);
-        assert!(matches!(l.queue.lock().retained, RetainedSync::Done));
-        assert!(!l.has_more());
-        // A node's run ended: its messages are sent again, and only those.
-        let gone: Arc<str> = "n3".into();
-        l.resync_origin(&gone);
-        let mut scopes = Vec::new();
-        l.take_batch(&mut out, |scope| {
-            scopes.push(scope.map(<[Arc<str>]>::to_vec));
-            vec![batch(9)]
-        });
-        assert_eq!(scopes, vec![Some(vec![gone])]);
-    }
-
-    #[test]
-    fn frames_go_out_in_sequence_order_after_a_reconnect() {
-        // The bug a cut in the middle of a large retained set showed: a new batch of the set
-        // (numbered 4) went out right behind the first resent frame (2), ahead of the other
-        // resent one (3), and the peer, having processed 4, skipped 3 as already seen.
-        let l = link(bounds(1 << 20, 1 << 30));
-        l.queue.lock().retained = RetainedSync::Due;
-        let big = |i: usize| retained_batch(i, BATCH_BYTES);
-        let set = |_: RetainedScope<'_>| (0..5).map(big).collect::<Vec<_>>();
-        let mut sent = Vec::new();
-        let mut take = |l: &Link| {
-            let mut out = BytesMut::new();
-            l.take_batch(&mut out, set);
-            while let Ok(Some(frame)) = wire::decode_frame(&mut out) {
-                if let Frame::Retained { seq, .. } = frame {
-                    sent.push(seq);
-                }
-            }
-        };
-        take(&l);
-        take(&l);
-        take(&l);
-        assert_eq!(seqs(&l).1, vec![1, 2, 3]);
-        // The peer processed 1; the connection drops with 2 and 3 unacknowledged.
-        l.resume(1);
-        for _ in 0..4 {
-            take(&l);
-        }
-        assert_eq!(
-            sent,
-            [1, 2, 3, 2, 3, 4, 5],
-            "in order, the resent ones first"
-        );
-    }
-
-    #[test]
-    fn close_drops_the_queue() {
-        let l = link(bounds(1000, 1000));
-        l.send_publish(true, true, vec![], Bytes::new());
-        assert!(l.send_control(&Frame::Ack { upto: 0 }));
-        assert_eq!(l.depth(), 2);
-        assert_eq!(l.close(), 2);
-        assert_eq!(l.depth(), 0);
-        assert_eq!(l.queued_bytes(), 0);
-    }
-}
+#[path = "link_tests.rs"]
+mod tests;

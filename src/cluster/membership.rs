@@ -3,7 +3,9 @@
 //! generation) gets a fresh link; one that disappears is reported as left (it said it was
 //! leaving: its routes and link go) or failed (the failure detector gave up on it: its link
 //! and routes stay, suspended, holding its messages for `cluster.hold_secs` in case it comes
-//! back as the same run). Each event is logged once, counted, and published on
+//! back as the same run). A node that keeps a store (its relay run outlives its process) is
+//! held the same way when it leaves, and when it comes back as a new process of the same run
+//! its link carries on with what it held. Each event is logged once, counted, and published on
 //! `$SYS/vibemq/cluster/events`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +17,14 @@ use tokio::sync::watch;
 
 use super::Cluster;
 use super::dial;
-use super::link::Link;
+use super::link::LinkTo;
 use super::routes::parse_chunks;
 use crate::broker::Metrics;
 
 pub const KEY_PEER_ADDR: &str = "peer_addr";
 pub const KEY_STATUS: &str = "status";
+/// The node's relay run (see `Cluster::run`).
+pub const KEY_RELAY_RUN: &str = "relay_run";
 pub const KEY_ROUTES_VERSION: &str = "routes.v";
 pub const KEY_ROUTES_CHUNKS: &str = "routes.n";
 pub const STATUS_LEAVING: &str = "leaving";
@@ -32,6 +36,8 @@ pub fn routes_chunk_key(i: usize) -> String {
 /// What this node last saw of another.
 pub(crate) struct Known {
     generation: u64,
+    /// Its relay run outlives its process (it keeps a store).
+    durable: bool,
     routes_version: Option<u64>,
     leaving: bool,
     peer_addr: SocketAddr,
@@ -67,6 +73,8 @@ pub async fn watch(
 pub(crate) struct MemberView {
     pub node_id: Arc<str>,
     pub generation: u64,
+    /// Its relay run: its generation unless it keeps a store.
+    pub run: u64,
     pub gossip_addr: SocketAddr,
     /// None until it has announced its relay address.
     pub peer_addr: Option<SocketAddr>,
@@ -115,6 +123,10 @@ fn apply(
             MemberView {
                 node_id: Arc::from(node_id),
                 generation: id.generation_id,
+                run: state
+                    .get(KEY_RELAY_RUN)
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .unwrap_or(id.generation_id),
                 gossip_addr: id.gossip_advertise_addr,
                 peer_addr: state
                     .get(KEY_PEER_ADDR)
@@ -142,7 +154,17 @@ pub(crate) fn observe(
     for node in gone {
         let k = known.remove(&node).expect("listed above");
         let event = if k.leaving { "left" } else { "failed" };
-        if k.leaving {
+        if k.leaving && k.durable {
+            // It keeps a store: most likely a restart (a rolling update). Its messages wait
+            // for it as for a failed node, and its link resumes when it is back.
+            let queued = cluster.suspend_node(&node);
+            Metrics::add(&cluster.metrics.nodes_left, 1);
+            tracing::info!(
+                node = %node, generation = k.generation, queued,
+                hold_secs = cluster.config.hold_secs,
+                "cluster node left; it keeps a store, so its messages are held in case it comes back"
+            );
+        } else if k.leaving {
             let dropped = cluster.drop_node(&node);
             Metrics::add(&cluster.metrics.nodes_left, 1);
             tracing::info!(node = %node, generation = k.generation, dropped, "cluster node left");
@@ -176,10 +198,20 @@ pub(crate) fn observe(
             }
             previous => {
                 let restarted = previous.is_some();
-                // A node thought failed that comes back as the same run keeps its link.
-                let resumed = !restarted && cluster.resume_node(&node, view.generation, peer_addr);
+                let to = LinkTo {
+                    node_id: node.clone(),
+                    generation: view.generation,
+                    run: view.run,
+                    addr: peer_addr,
+                    gossip_addr: view.gossip_addr,
+                };
+                // A node that comes back as the same relay run keeps its link: the same
+                // process thought failed, or a restart with its store.
+                let resumed = cluster.resume_node(&to);
                 let (event, what) = if restarted {
-                    cluster.drop_node(&node);
+                    if !resumed {
+                        cluster.drop_node(&node);
+                    }
                     Metrics::add(&cluster.metrics.nodes_updated, 1);
                     ("updated", "cluster node restarted or moved")
                 } else {
@@ -196,19 +228,14 @@ pub(crate) fn observe(
                 tracing::info!(node = %node, generation = view.generation, %peer_addr, "{what}");
                 cluster.publish_event(event, &node, view.generation);
                 if !resumed {
-                    let l = Link::new(
-                        node.clone(),
-                        view.generation,
-                        peer_addr,
-                        view.gossip_addr,
-                        cluster.link_bounds(),
-                    );
+                    let l = cluster.open_link(to);
                     cluster.remote.add_node(&node);
                     cluster.links.write().insert(node.clone(), l.clone());
                     tokio::spawn(dial::run(l, cluster.clone()));
                 }
                 let k = Known {
                     generation: view.generation,
+                    durable: view.run != view.generation,
                     routes_version: None,
                     leaving,
                     peer_addr,

@@ -2,13 +2,18 @@
 //! over `transport`); each node advertises the filters it serves (`routes`), found through
 //! seeds (`discovery`); publishes travel over authenticated TCP links (`link` outbound,
 //! `inbound` accepting, `wire` format) only to the nodes whose routes match, retained messages
-//! to every node. The broker sees all this only through the `ClusterHook` trait.
+//! to every node. The broker sees all this only through the `ClusterHook` trait (`forward`).
+//! With persistence on, each link's unacknowledged frames and each peer's progress are kept
+//! in the store (`link_store`, `progress`), so a node restarted even after kill -9 resumes its
+//! links, and its peers resume theirs to it, without losing or repeating a frame.
 
 mod dial;
 mod discovery;
+mod forward;
 mod groups;
 mod inbound;
 mod link;
+mod link_store;
 mod membership;
 pub mod peer_tls;
 mod progress;
@@ -32,13 +37,14 @@ use parking_lot::{Mutex, RwLock};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Notify, watch};
 
-use crate::broker::{Broker, ClusterHook, Forwarded, Message, Metrics, now_ms};
+use crate::broker::{Broker, Message, Metrics, now_ms};
 use crate::codec::QoS;
 use crate::config::ClusterConfig;
-use link::{Link, Queued};
+use crate::store::{RestoredLink, RestoredRelay, Store};
+use link::{Link, LinkTo};
 use progress::{RelayProgress, Turn};
 use routes::{LocalRoutes, RemoteRoutes};
-use wire::{Frame, WireMessage};
+use wire::WireMessage;
 
 /// A connection to a peer's relay port: a TCP stream in production, a simulated one in the
 /// simulation.
@@ -154,6 +160,10 @@ pub struct Cluster {
     pub node_id: Arc<str>,
     /// Distinguishes this run of the node from earlier ones (chitchat generation).
     pub generation: u64,
+    /// This node's relay run: with persistence on, the id its store keeps, so peers resume
+    /// their links to it after a restart (it reads back its side of them too); without, the
+    /// generation: every start is a new run.
+    pub run: u64,
     pub name: String,
     pub gossip_addr: SocketAddr,
     pub peer_addr: SocketAddr,
@@ -172,6 +182,14 @@ pub struct Cluster {
     dial: Dialer,
     /// How far each peer's incoming link has been processed.
     progress: RelayProgress,
+    /// The store, with persistence on: links keep their frames and progress there.
+    pub(crate) store: Option<Arc<Store>>,
+    /// Links read back from the store, until their peer shows up (as the run they were for:
+    /// resumed; as another: their frames are dropped and counted).
+    stored_links: Mutex<HashMap<Arc<str>, RestoredLink>>,
+    /// When this node started: stored links whose peer has not shown up within
+    /// `cluster.hold_secs` of it are given up on, as a failed node's link is.
+    started: tokio::time::Instant,
     /// Per shared group: whose turn it is among the nodes serving it.
     group_turns: Mutex<HashMap<Arc<str>, usize>>,
     routes_dirty: Notify,
@@ -187,6 +205,8 @@ pub struct Cluster {
 struct Identity {
     secrets: Arc<seal::Secrets>,
     generation: u64,
+    /// What the store kept of the relay (nothing without persistence).
+    relay: RestoredRelay,
     gossip_addr: SocketAddr,
     peer_addr: SocketAddr,
 }
@@ -237,6 +257,7 @@ impl Cluster {
     pub async fn start(
         config: ClusterConfig,
         broker: &Arc<Broker>,
+        relay: RestoredRelay,
     ) -> anyhow::Result<Arc<Cluster>> {
         let secrets = Arc::new(seal::Secrets::new(
             config.secret_keys().map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -301,9 +322,15 @@ impl Cluster {
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
+        let run = if relay.run != 0 {
+            relay.run
+        } else {
+            generation
+        };
         let initial = vec![
             (membership::KEY_PEER_ADDR.to_string(), peer_addr.to_string()),
             (membership::KEY_STATUS.to_string(), "up".to_string()),
+            (membership::KEY_RELAY_RUN.to_string(), run.to_string()),
         ];
         let metrics = ClusterMetrics::default();
         let transport = transport::GossipTransport::new(
@@ -323,6 +350,7 @@ impl Cluster {
             Identity {
                 secrets,
                 generation,
+                relay,
                 gossip_addr,
                 peer_addr,
             },
@@ -362,7 +390,7 @@ impl Cluster {
         ));
         broker.set_cluster(cluster.clone());
         tracing::info!(
-            node = %cluster.node_id, generation, %gossip_addr, %peer_addr,
+            node = %cluster.node_id, generation, run = cluster.run, %gossip_addr, %peer_addr,
             secret = cluster.secrets.is_set(), tls = cluster.config.tls, "cluster node started"
         );
         Ok(cluster)
@@ -390,9 +418,24 @@ impl Cluster {
         metrics: ClusterMetrics,
         dial: Dialer,
     ) -> Arc<Cluster> {
+        let store = broker.store().cloned();
+        let progress = RelayProgress::default();
+        for (peer, mark) in &id.relay.marks {
+            progress.restore(peer, mark.epoch, mark.last);
+        }
+        let stored_links = id
+            .relay
+            .links
+            .into_iter()
+            .map(|l| (l.peer.clone(), l))
+            .collect();
         Arc::new(Cluster {
             node_id: broker.node_id.clone(),
             generation: id.generation,
+            run: match (&store, id.relay.run) {
+                (Some(_), run) if run != 0 => run,
+                _ => id.generation,
+            },
             name: config.name.clone(),
             gossip_addr: id.gossip_addr,
             peer_addr: id.peer_addr,
@@ -402,7 +445,10 @@ impl Cluster {
             remote: RemoteRoutes::default(),
             links: RwLock::new(BTreeMap::new()),
             dial,
-            progress: RelayProgress::default(),
+            progress,
+            store,
+            stored_links: Mutex::new(stored_links),
+            started: tokio::time::Instant::now(),
             group_turns: Mutex::new(HashMap::new()),
             routes_dirty: Notify::new(),
             members: AtomicUsize::new(0),
@@ -494,12 +540,31 @@ impl Cluster {
         self.progress.enter(peer, generation)
     }
 
-    fn begin_link(&self, peer: &Arc<str>, generation: u64, epoch: u64) -> u64 {
-        self.progress.begin(peer, generation, epoch)
+    fn begin_link(&self, peer: &Arc<str>, epoch: u64) -> u64 {
+        self.progress.begin(peer, epoch)
     }
 
-    fn set_processed(&self, peer: &Arc<str>, generation: u64, epoch: u64, seq: u64) {
-        self.progress.record(peer, generation, epoch, seq)
+    fn set_processed(&self, peer: &Arc<str>, epoch: u64, seq: u64) {
+        self.progress.record(peer, epoch, seq)
+    }
+
+    /// A link to the peer at `to`: the one the store kept for that run of it, if any (the
+    /// peer resumes it where it stopped), else a new one. Frames kept for another run of the
+    /// peer (it lost its store, or runs without one) are dropped, counted and logged.
+    fn open_link(&self, to: LinkTo) -> Arc<Link> {
+        let stored = self.stored_links.lock().remove(&to.node_id);
+        if let (Some(stored), Some(store)) = (stored, &self.store) {
+            let frames = stored.frames.len();
+            if stored.record.peer_run == to.run {
+                tracing::info!(peer = %to.node_id, frames, "peer link read back from the store: resuming it");
+                return Link::restored(stored, to, self.link_bounds(), store);
+            }
+            if frames > 0 {
+                Metrics::add(&self.metrics.relay_dropped, frames as u64);
+                tracing::warn!(peer = %to.node_id, frames, "node came back as a new run (without its store): messages stored for the old one are dropped");
+            }
+        }
+        Link::new(to, self.link_bounds(), self.store.as_ref())
     }
 
     /// Stops the link to a node and forgets its routes; returns how many frames were dropped.
@@ -509,6 +574,10 @@ impl Cluster {
         let link = self.links.write().remove(node);
         if let Some(link) = &link {
             self.progress.retire(node, link.generation);
+            // At shutdown the store keeps the link for this node's next run.
+            if !*self.shutdown.borrow() {
+                link.forget();
+            }
         }
         let dropped = link.map_or(0, |l| l.close());
         for link in self.links.read().values() {
@@ -532,13 +601,25 @@ impl Cluster {
         }
     }
 
-    /// Takes back a suspended link if the node returned as the same run at the same address;
-    /// a link to another run (or address) is dropped, with what it held.
-    fn resume_node(&self, node: &Arc<str>, generation: u64, addr: SocketAddr) -> bool {
+    /// Takes back the link to a node that returned as the same relay run: a suspended one
+    /// as it is if it is the same process at the same address, else (it restarted with its
+    /// store) a link that carries this one's queue over to the new process. A link to
+    /// another run is dropped, with what it held.
+    fn resume_node(self: &Arc<Self>, to: &LinkTo) -> bool {
+        let node = &to.node_id;
         let link = self.links.read().get(node).cloned();
         match link {
-            Some(link) if link.generation == generation && link.addr == addr => {
+            Some(link) if link.generation == to.generation && link.addr == to.addr => {
                 link.set_suspended(false);
+                true
+            }
+            Some(link) if link.run == to.run => {
+                self.progress.retire(node, link.generation);
+                let carried = link.carry_to(to.clone());
+                tracing::info!(node = %node, old_generation = link.generation, generation = to.generation, queued = carried.depth(), "node restarted with its store: its link resumes with what it held");
+                self.remote.new_run(node);
+                self.links.write().insert(node.clone(), carried.clone());
+                tokio::spawn(dial::run(carried, self.clone()));
                 true
             }
             Some(link) => {
@@ -566,6 +647,20 @@ impl Cluster {
         for node in expired {
             let dropped = self.drop_node(&node);
             tracing::warn!(node = %node, dropped, hold_secs = self.config.hold_secs, "gave up on failed node (cluster.hold_secs); messages held for it are dropped");
+        }
+        if self.started.elapsed() >= hold && !self.stored_links.lock().is_empty() {
+            let unclaimed: Vec<RestoredLink> =
+                self.stored_links.lock().drain().map(|(_, l)| l).collect();
+            for link in unclaimed {
+                let dropped = link.frames.len();
+                Metrics::add(&self.metrics.relay_dropped, dropped as u64);
+                if let Some(store) = &self.store {
+                    store.submit(crate::store::Op::Relay(crate::store::RelayOp::Gone(
+                        link.peer.clone(),
+                    )));
+                }
+                tracing::warn!(node = %link.peer, dropped, hold_secs = self.config.hold_secs, "gave up on a node this one had messages stored for: it has not shown up since the restart (cluster.hold_secs); they are dropped");
+            }
         }
     }
 
@@ -616,100 +711,6 @@ impl Cluster {
         );
         // Every node observes and reports for itself: delivered here only.
         broker.publish_local(Arc::new(message));
-    }
-}
-
-impl ClusterHook for Cluster {
-    fn forward(&self, message: &Arc<Message>, local_groups: Vec<(Arc<str>, bool)>) -> Forwarded {
-        let matched = self.remote.match_topic(&message.topic);
-        if matched.nodes.is_empty() && matched.groups.is_empty() && !message.retain {
-            return Forwarded {
-                local_groups: local_groups.into_iter().map(|(g, _)| g).collect(),
-                ..Forwarded::default()
-            };
-        }
-        let links = self.links.read();
-        // node -> (ordinary subscribers wanted, shared groups it delivers)
-        let mut targets: BTreeMap<Arc<str>, (bool, Vec<String>)> = BTreeMap::new();
-        for n in &matched.nodes {
-            targets.entry(n.clone()).or_default().0 = true;
-        }
-        if message.retain {
-            // Retained messages are stored on every node, suspended ones included.
-            for n in links.keys() {
-                targets.entry(n.clone()).or_default();
-            }
-        }
-        let mut forwarded = Forwarded::default();
-        let picks = groups::pick_nodes(
-            &mut self.group_turns.lock(),
-            local_groups,
-            matched.groups,
-            |n| links.get(n).is_some_and(|l| l.is_healthy()),
-        );
-        for (key, node) in picks {
-            match node {
-                None => forwarded.local_groups.push(key),
-                Some(node) => targets.entry(node).or_default().1.push(key.to_string()),
-            }
-        }
-        if targets.is_empty() {
-            return forwarded;
-        }
-        let Some(wire) = WireMessage::from_message(message, &self.node_id) else {
-            return forwarded;
-        };
-        let encoded = wire::encode_message(&wire);
-        // Retained writes are reliable whatever their QoS: every node's store must get them.
-        let reliable = message.qos != QoS::AtMostOnce || message.retain;
-        for (node, (normal, groups)) in targets {
-            let subscribed = normal || !groups.is_empty();
-            let Some(link) = links.get(&node) else {
-                Metrics::add(&self.metrics.relay_dropped, 1);
-                tracing::debug!(node = %node, "routes for a node without a link; message not forwarded");
-                continue;
-            };
-            let queued = link.send_publish(reliable, normal, groups, encoded.clone());
-            if queued == Queued::Dropped {
-                // Counted here, logged by the link once per episode.
-                Metrics::add(&self.metrics.relay_dropped, 1);
-                continue;
-            }
-            if !subscribed {
-                continue;
-            }
-            forwarded.remote_nodes += 1;
-            match queued {
-                Queued::Flowing => forwarded.remote_flowing = true,
-                Queued::PastWindow => forwarded.full_links.push(link.clone()),
-                Queued::Parked | Queued::Dropped => {}
-            }
-        }
-        forwarded
-    }
-
-    fn route_changed(&self, key: &str) {
-        let Some(broker) = self.broker() else { return };
-        // What is pushed is the router's state when the push is made, read under the routes'
-        // lock, and pushes go out in version order: a concurrent last-unsubscribe and
-        // first-subscribe of one filter cannot leave it advertised as absent.
-        self.local.update(
-            key,
-            || broker.router.has_route(key),
-            |version, present| {
-                let frame = Frame::Route {
-                    version,
-                    key: key.to_string(),
-                    present,
-                };
-                for link in self.links.read().values() {
-                    if !link.send_control(&frame) {
-                        Metrics::add(&self.metrics.relay_dropped, 1);
-                    }
-                }
-            },
-        );
-        self.routes_dirty.notify_one();
     }
 }
 

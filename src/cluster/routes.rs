@@ -306,6 +306,18 @@ impl RemoteRoutes {
         }
     }
 
+    /// A node restarted with its store, as the same relay run: its routes stay in force (its
+    /// persistent sessions came back with it) until its new process gossips its own, whose
+    /// versions count from the start again.
+    pub fn new_run(&self, node: &Arc<str>) {
+        let mut index = self.index.write();
+        if let Some(routes) = index.nodes.get_mut(node) {
+            routes.gossip = routes.effective.clone();
+            routes.gossip_version = 0;
+            routes.pushed.clear();
+        }
+    }
+
     /// Forgets a node (failed or left).
     pub fn remove_node(&self, node: &Arc<str>) {
         let mut index = self.index.write();

@@ -180,6 +180,7 @@ impl World {
                 Some(MemberView {
                     node_id: name(j).into(),
                     generation,
+                    run: generation,
                     gossip_addr: SocketAddr::new(peer_addr.ip(), PORT + 1),
                     peer_addr: Some(peer_addr),
                     leaving: false,
@@ -241,6 +242,7 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
     let identity = Identity {
         secrets: Arc::new(super::seal::Secrets::new(Vec::new())),
         generation,
+        relay: Default::default(),
         gossip_addr: SocketAddr::new(ip, PORT + 1),
         peer_addr,
     };
@@ -576,6 +578,7 @@ fn bare_node(i: usize, generation: u64) -> (Arc<Broker>, Arc<Cluster>) {
     let identity = Identity {
         secrets: Arc::new(super::seal::Secrets::new(Vec::new())),
         generation,
+        relay: Default::default(),
         gossip_addr: SocketAddr::new(ip, PORT + 1),
         peer_addr: SocketAddr::new(ip, PORT),
     };
@@ -613,7 +616,14 @@ fn a_link_meant_for_an_earlier_run_of_the_peer_is_not_used_with_a_later_one() {
         let connect = |generation| {
             let (cluster, addr) = (cluster.clone(), addr);
             async move {
-                let link = super::link::Link::new(name(0).into(), generation, addr, addr, bounds);
+                let to = super::link::LinkTo {
+                    node_id: name(0).into(),
+                    generation,
+                    run: generation,
+                    addr,
+                    gossip_addr: addr,
+                };
+                let link = super::link::Link::new(to, bounds, None);
                 let stream = (cluster.dial)(addr).await.expect("connects");
                 let (mut backoff, mut down) = (Duration::ZERO, None);
                 let serving = super::dial::serve(&link, &cluster, stream, &mut backoff, &mut down);

@@ -1,0 +1,108 @@
+//! The broker's way into the cluster (`ClusterHook`): which nodes a message published here
+//! goes to (those whose routes match, every node for a retained write, one node per shared
+//! group), queued on their links with the store ticket its publisher's acknowledgement waits
+//! for; and route changes pushed to every peer ahead of gossip.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::link::Queued;
+use super::wire::{self, Frame, WireMessage};
+use super::{Cluster, groups};
+use crate::broker::{ClusterHook, Forwarded, Message, Metrics};
+use crate::codec::QoS;
+
+impl ClusterHook for Cluster {
+    fn forward(&self, message: &Arc<Message>, local_groups: Vec<(Arc<str>, bool)>) -> Forwarded {
+        let matched = self.remote.match_topic(&message.topic);
+        if matched.nodes.is_empty() && matched.groups.is_empty() && !message.retain {
+            return Forwarded {
+                local_groups: local_groups.into_iter().map(|(g, _)| g).collect(),
+                ..Forwarded::default()
+            };
+        }
+        let links = self.links.read();
+        // node -> (ordinary subscribers wanted, shared groups it delivers)
+        let mut targets: BTreeMap<Arc<str>, (bool, Vec<String>)> = BTreeMap::new();
+        for n in &matched.nodes {
+            targets.entry(n.clone()).or_default().0 = true;
+        }
+        if message.retain {
+            // Retained messages are stored on every node, suspended ones included.
+            for n in links.keys() {
+                targets.entry(n.clone()).or_default();
+            }
+        }
+        let mut forwarded = Forwarded::default();
+        let picks = groups::pick_nodes(
+            &mut self.group_turns.lock(),
+            local_groups,
+            matched.groups,
+            |n| links.get(n).is_some_and(|l| l.is_healthy()),
+        );
+        for (key, node) in picks {
+            match node {
+                None => forwarded.local_groups.push(key),
+                Some(node) => targets.entry(node).or_default().1.push(key.to_string()),
+            }
+        }
+        if targets.is_empty() {
+            return forwarded;
+        }
+        let Some(wire) = WireMessage::from_message(message, &self.node_id) else {
+            return forwarded;
+        };
+        let encoded = wire::encode_message(&wire);
+        // Retained writes are reliable whatever their QoS: every node's store must get them.
+        let reliable = message.qos != QoS::AtMostOnce || message.retain;
+        for (node, (normal, groups)) in targets {
+            let subscribed = normal || !groups.is_empty();
+            let Some(link) = links.get(&node) else {
+                Metrics::add(&self.metrics.relay_dropped, 1);
+                tracing::debug!(node = %node, "routes for a node without a link; message not forwarded");
+                continue;
+            };
+            let (queued, ticket) = link.send_publish(reliable, normal, groups, encoded.clone());
+            forwarded.ticket = forwarded.ticket.max(ticket);
+            if queued == Queued::Dropped {
+                // Counted here, logged by the link once per episode.
+                Metrics::add(&self.metrics.relay_dropped, 1);
+                continue;
+            }
+            if !subscribed {
+                continue;
+            }
+            forwarded.remote_nodes += 1;
+            match queued {
+                Queued::Flowing => forwarded.remote_flowing = true,
+                Queued::PastWindow => forwarded.full_links.push(link.clone()),
+                Queued::Parked | Queued::Dropped => {}
+            }
+        }
+        forwarded
+    }
+
+    fn route_changed(&self, key: &str) {
+        let Some(broker) = self.broker() else { return };
+        // What is pushed is the router's state when the push is made, read under the routes'
+        // lock, and pushes go out in version order: a concurrent last-unsubscribe and
+        // first-subscribe of one filter cannot leave it advertised as absent.
+        self.local.update(
+            key,
+            || broker.router.has_route(key),
+            |version, present| {
+                let frame = Frame::Route {
+                    version,
+                    key: key.to_string(),
+                    present,
+                };
+                for link in self.links.read().values() {
+                    if !link.send_control(&frame) {
+                        Metrics::add(&self.metrics.relay_dropped, 1);
+                    }
+                }
+            },
+        );
+        self.routes_dirty.notify_one();
+    }
+}
