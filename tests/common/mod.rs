@@ -7,6 +7,7 @@ pub mod certs;
 pub mod cluster;
 pub mod dns;
 pub mod http;
+pub mod keeper;
 pub mod nodes;
 pub mod process;
 pub mod proxy;
