@@ -196,18 +196,6 @@ fn close_drops_the_queue() {
     assert_eq!(l.queued_bytes(), 0);
 }
 
-/// Waits (bounded) for everything submitted to `store` to be written.
-fn settle(store: &Store) {
-    let ticket = store.last_ticket();
-    for _ in 0..500 {
-        if store.is_done(ticket) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("the store did not write within 5 s");
-}
-
 #[tokio::test]
 async fn a_link_read_back_resends_its_frames_and_numbers_past_any_seen() {
     let dir = std::env::temp_dir().join(format!("vibemq-link-{}", std::process::id()));
@@ -234,11 +222,11 @@ async fn a_link_read_back_resends_its_frames_and_numbers_past_any_seen() {
         0,
         "QoS 0 is not"
     );
-    settle(&store);
+    store.settle();
     let mut out = BytesMut::new();
     assert_eq!(l.take_batch(&mut out, none), 4);
     l.ack(1);
-    settle(&store);
+    store.settle();
     store.close();
     let epoch = l.epoch;
     drop((store, l));
@@ -261,7 +249,7 @@ async fn a_link_read_back_resends_its_frames_and_numbers_past_any_seen() {
     // The peer restarts with its store too: a link to its new process takes over the
     // queue, unacknowledged frames first.
     let mut out = BytesMut::new();
-    settle(&store);
+    store.settle();
     back.take_batch(&mut out, none);
     send(&back, true, true, vec![], Bytes::from_static(b"e"));
     let carried = back.carry_to(LinkTo {

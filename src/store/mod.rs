@@ -268,6 +268,19 @@ impl Store {
         self.last_ticket().saturating_sub(*self.done.borrow())
     }
 
+    /// Waits (bounded, 5 s) until every op submitted so far is done.
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
+        let ticket = self.last_ticket();
+        for _ in 0..500 {
+            if self.is_done(ticket) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("store did not write ticket {ticket} within 5 s");
+    }
+
     /// Called by the writer: tickets up to `upto` are done; `failed` of them did not write.
     fn mark_done(&self, upto: u64, failed: Option<Range<u64>>) {
         if let Some(range) = failed {

@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -57,18 +56,6 @@ fn delivery(payload: &'static [u8], qos: QoS) -> Delivery {
         shared_group: None,
         store_seq: 0,
     }
-}
-
-/// Waits (bounded) until every op submitted so far is done.
-fn settle(store: &Store) {
-    let ticket = store.last_ticket();
-    for _ in 0..500 {
-        if store.is_done(ticket) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("store did not write ticket {ticket} within 5 s");
 }
 
 fn reopen(dir: &TempDir, store: Arc<Store>) -> (Arc<Store>, Restored) {
@@ -130,7 +117,7 @@ fn a_session_and_retained_messages_come_back_as_they_were_left() {
         packet_id: 300,
         held: true,
     });
-    settle(&store);
+    store.settle();
     assert!(store.written(store.last_ticket()));
 
     let (store, restored) = reopen(&dir, store);
@@ -189,7 +176,7 @@ fn an_ended_session_leaves_nothing_even_what_was_queued_in_the_same_commit() {
         });
     }
     store.submit(Op::SessionGone(client.clone()));
-    settle(&store);
+    store.settle();
     let (store, restored) = reopen(&dir, store);
     let clients: Vec<_> = restored.sessions.iter().map(|s| s.client.clone()).collect();
     assert_eq!(clients, [other]);
@@ -207,7 +194,7 @@ fn records_of_a_session_without_its_own_record_are_cleaned_up() {
         seq: 1,
         delivery: delivery(b"x", QoS::AtLeastOnce),
     });
-    settle(&store);
+    store.settle();
     let (store, restored) = reopen(&dir, store);
     assert!(restored.sessions.is_empty());
     assert!(
@@ -218,7 +205,7 @@ fn records_of_a_session_without_its_own_record_are_cleaned_up() {
     for op in restored.cleanup {
         store.submit(op);
     }
-    settle(&store);
+    store.settle();
     let (store, restored) = reopen(&dir, store);
     assert!(restored.cleanup.is_empty(), "cleaned up for good");
     store.close();
