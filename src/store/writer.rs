@@ -1,5 +1,5 @@
 //! The store's one writer thread: takes queued ops in submission order, encodes them, commits
-//! as many as are waiting in one batch and syncs it (fsync with `sync = "always"`, to the
+//! as many as are waiting in one batch (never cutting a group: see `Store::group`) and syncs it (fsync with `sync = "always"`, to the
 //! operating system with "interval", fsynced on a timer), then marks their tickets done. A
 //! failed write (disk full, a read-only directory) marks its tickets failed and keeps the ops;
 //! the writer then reopens the store every second and writes what waited once it can.
@@ -343,7 +343,7 @@ impl Writer {
         }
         let db = self.db.as_ref().expect("opened above");
         let waiting = std::mem::take(&mut self.waiting);
-        for chunk in waiting.chunks(MAX_BATCH) {
+        for chunk in whole_groups(&waiting, MAX_BATCH) {
             if let Err(e) = db.write(chunk, PersistMode::SyncAll) {
                 tracing::debug!(error = %e, "store still cannot write");
                 self.db = None;
@@ -393,6 +393,27 @@ impl Writer {
     }
 }
 
+/// `ops` cut into commits of about `max` ops, never inside a group (see `Store::group`).
+fn whole_groups(ops: &[(u64, Op)], max: usize) -> Vec<&[(u64, Op)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut open) = (0, 0usize);
+    for (i, (_, op)) in ops.iter().enumerate() {
+        match op {
+            Op::GroupStart => open += 1,
+            Op::GroupEnd => open = open.saturating_sub(1),
+            _ => {}
+        }
+        if open == 0 && i + 1 - start >= max {
+            chunks.push(&ops[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < ops.len() {
+        chunks.push(&ops[start..]);
+    }
+    chunks
+}
+
 /// Bytes the files under `dir` take on disk (blocks allocated: the journal is a sparse file
 /// whose length says far more than it holds). Walks with a stack, not recursion.
 fn disk_usage(dir: &std::path::Path) -> u64 {
@@ -413,4 +434,23 @@ fn disk_usage(dir: &std::path::Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_is_written_in_commits_that_never_cut_a_group() {
+        let gone = |t: u64| (t, Op::RetainedGone("t".into()));
+        let mut ops = vec![gone(1), gone(2), (3, Op::GroupStart)];
+        ops.extend((4..10).map(gone));
+        ops.push((10, Op::GroupEnd));
+        ops.push(gone(11));
+        let chunks = whole_groups(&ops, 2);
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(lens, [2, 8, 1], "the group (3 to 10) is one commit");
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), ops.len());
+        assert!(whole_groups(&[], 2).is_empty());
+    }
 }
