@@ -99,9 +99,6 @@ impl Node {
             Some(c) => Some(cluster::Cluster::start(c, &broker, relay).await?),
             None => None,
         };
-        if cluster.is_some() {
-            broker.announce_restored_routes();
-        }
         let (shutdown, rx) = watch::channel(false);
         let ops = Arc::new(ops::OpsState {
             broker: broker.clone(),

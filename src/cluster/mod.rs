@@ -359,6 +359,11 @@ impl Cluster {
         );
         let chitchat = handle.chitchat();
         *cluster.chitchat.lock() = Some(handle);
+        // The routes of sessions read back from the store go into the first routes this node
+        // gossips: a restarted node that first gossiped none would have its peers forget the
+        // routes they kept for it, and skip it for messages meanwhile.
+        broker.set_cluster(cluster.clone());
+        broker.announce_restored_routes();
 
         tokio::spawn(inbound::serve(
             peer_listener,
@@ -388,7 +393,6 @@ impl Cluster {
             gossip_with,
             cluster.shutdown.subscribe(),
         ));
-        broker.set_cluster(cluster.clone());
         tracing::info!(
             node = %cluster.node_id, generation, run = cluster.run, %gossip_addr, %peer_addr,
             secret = cluster.secrets.is_set(), tls = cluster.config.tls, "cluster node started"
@@ -615,10 +619,16 @@ impl Cluster {
             }
             Some(link) if link.run == to.run => {
                 self.progress.retire(node, link.generation);
-                let carried = link.carry_to(to.clone());
+                // Under the links' write lock: a publish being forwarded holds the read lock
+                // while it queues, so none can land on the old link after its queue moved.
+                let carried = {
+                    let mut links = self.links.write();
+                    let carried = link.carry_to(to.clone());
+                    links.insert(node.clone(), carried.clone());
+                    carried
+                };
                 tracing::info!(node = %node, old_generation = link.generation, generation = to.generation, queued = carried.depth(), "node restarted with its store: its link resumes with what it held");
                 self.remote.new_run(node);
-                self.links.write().insert(node.clone(), carried.clone());
                 tokio::spawn(dial::run(carried, self.clone()));
                 true
             }
