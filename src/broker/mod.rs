@@ -10,6 +10,7 @@ mod persist;
 pub mod pressure;
 pub mod queue;
 mod retained;
+mod route_gate;
 mod router;
 pub mod session;
 
@@ -23,6 +24,7 @@ pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
 pub use pressure::{Backlog, Held};
 pub use retained::{RetainOutcome, RetainedLimits, RetainedStore};
+pub use route_gate::{RouteGate, SubscribeAckTimeouts};
 pub use router::{Audience, Fanned, GroupPick, Router};
 use session::PendingWill;
 pub use session::{ConnectionControl, Session};
@@ -46,6 +48,10 @@ pub trait ClusterHook: Send + Sync {
     /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here, or lost
     /// its last; the cluster reads the router's current state (`Router::has_route`).
     fn route_changed(&self, key: &str);
+    /// What a SUBACK for subscriptions to `keys` (just made) waits for: every live peer's
+    /// acknowledgement of the route pushes queued up to now. None: nothing to wait for, or
+    /// `cluster.subscribe_ack = "local"`.
+    fn route_gate(&self, keys: &[&str]) -> Option<RouteGate>;
 }
 
 /// What became of a publish that entered here.
@@ -279,6 +285,11 @@ impl Broker {
             return 0;
         }
         self.router.publish(&message, Audience::ALL, &self.metrics)
+    }
+
+    /// What a SUBACK for subscriptions to `keys` waits for in a cluster (see `RouteGate`).
+    pub fn route_gate(&self, keys: &[&str]) -> Option<RouteGate> {
+        self.cluster.get()?.route_gate(keys)
     }
 
     fn report_route(&self, key: &str) {

@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::link::Queued;
-use super::wire::{self, Frame, WireMessage};
+use super::wire::{self, WireMessage};
 use super::{Cluster, groups};
-use crate::broker::{ClusterHook, Forwarded, Message, Metrics};
+use crate::broker::{ClusterHook, Forwarded, Message, Metrics, RouteGate};
 use crate::codec::QoS;
+use crate::config::SubscribeAck;
 
 impl ClusterHook for Cluster {
     fn forward(&self, message: &Arc<Message>, local_groups: Vec<(Arc<str>, bool)>) -> Forwarded {
@@ -91,18 +93,42 @@ impl ClusterHook for Cluster {
             key,
             || broker.router.has_route(key),
             |version, present| {
-                let frame = Frame::Route {
-                    version,
-                    key: key.to_string(),
-                    present,
-                };
                 for link in self.links.read().values() {
-                    if !link.send_control(&frame) {
+                    if !link.send_route(version, key, present) {
                         Metrics::add(&self.metrics.relay_dropped, 1);
                     }
                 }
             },
         );
         self.routes_dirty.notify_one();
+    }
+
+    fn route_gate(&self, keys: &[&str]) -> Option<RouteGate> {
+        if self.config.subscribe_ack == SubscribeAck::Local {
+            return None;
+        }
+        for key in keys {
+            // A subscriber that came second while the first one's route push is under way
+            // (the router has the route, the push is not queued yet): push it again here,
+            // so this SUBACK waits for it too. Pushes are idempotent.
+            if !self.local.contains(key) {
+                self.route_changed(key);
+            }
+        }
+        let waits: Vec<_> = self
+            .links
+            .read()
+            .values()
+            .filter_map(|link| link.route_wait())
+            .collect();
+        if waits.is_empty() {
+            return None;
+        }
+        Some(RouteGate {
+            waits,
+            deadline: tokio::time::Instant::now()
+                + Duration::from_millis(self.config.subscribe_ack_timeout_ms),
+            timeouts: self.metrics.subscribe_ack_timeouts.clone(),
+        })
     }
 }

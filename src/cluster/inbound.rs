@@ -144,10 +144,17 @@ impl Receiving {
                     self.last = seq;
                 }
                 Frame::Route {
+                    seq,
                     version,
                     key,
                     present,
-                } => cluster.remote.apply_push(&self.peer, version, key, present),
+                } => {
+                    if seq <= self.last {
+                        continue;
+                    }
+                    cluster.remote.apply_push(&self.peer, version, key, present);
+                    self.last = seq;
+                }
                 Frame::Heartbeat => {}
                 other => return Err(format!("unexpected frame from dialer: {other:?}")),
             }

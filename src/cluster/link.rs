@@ -149,6 +149,8 @@ struct LinkQueue {
     episode_drops: u64,
     /// The link's share of the store (persistence on); moves with the queue.
     journal: Option<LinkJournal>,
+    /// Sequence number of the last route push queued (0: none yet).
+    last_route: u64,
 }
 
 impl LinkQueue {
@@ -163,6 +165,7 @@ impl LinkQueue {
             pending_resync: Vec::new(),
             episode_drops: 0,
             journal,
+            last_route: 0,
         }
     }
 
@@ -227,6 +230,8 @@ pub struct Link {
     /// When the failure detector declared the peer failed; None while it is live.
     suspended_since: Mutex<Option<Instant>>,
     pub(super) stop: watch::Sender<bool>,
+    /// The highest sequence number the peer has processed on this link.
+    acked: watch::Sender<u64>,
 }
 
 impl Link {
@@ -277,6 +282,7 @@ impl Link {
         queue.unsent.append(&mut q.unsent);
         queue.bytes = std::mem::take(&mut q.bytes);
         queue.episode_drops = q.episode_drops;
+        queue.last_route = q.last_route;
         drop(q);
         self.room.notify_waiters();
         Link::with_queue(to, self.epoch, self.bounds, queue)
@@ -297,6 +303,7 @@ impl Link {
             connected: AtomicBool::new(false),
             suspended_since: Mutex::new(None),
             stop: watch::channel(false).0,
+            acked: watch::channel(0).0,
         })
     }
 
@@ -385,23 +392,52 @@ impl Link {
         (state, ticket)
     }
 
-    /// Queues a control frame (route pushes); false when the hold bound is reached.
-    pub fn send_control(&self, frame: &Frame) -> bool {
-        let Ok(bytes) = wire::frame_bytes(frame) else {
-            return false;
-        };
+    /// Queues a route push, reliable (resent after a reconnect, and its acknowledgement says
+    /// the peer applied it; it is not stored: after a restart gossip carries the routes).
+    /// False when the hold bound is reached.
+    pub fn send_route(&self, version: u64, key: &str, present: bool) -> bool {
         let mut q = self.queue.lock();
-        if self.admit(&mut q, bytes.len() + FRAME_OVERHEAD).is_none() {
+        let cost = key.len() + 32 + FRAME_OVERHEAD;
+        if self.admit(&mut q, cost).is_none() {
             return false;
         }
+        let seq = q.next_seq();
+        let frame = Frame::Route {
+            seq,
+            version,
+            key: key.to_string(),
+            present,
+        };
+        let bytes = match wire::frame_bytes(&frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Bounded by the topic limits; cannot happen, and gossip carries it anyway.
+                tracing::warn!(peer = %self.node_id, error = %e, "route push not sent");
+                return false;
+            }
+        };
+        q.last_route = seq;
         q.push(Outgoing {
-            seq: 0,
+            seq,
             stored: false,
             body: Body::Encoded(bytes),
         });
         drop(q);
         self.wake.notify_one();
         true
+    }
+
+    /// What a SUBACK waits for on this link: the peer's acknowledgements, and the number of
+    /// the last route push queued, if the peer has not acknowledged it yet and the link is
+    /// live (a link that is down or suspended is not waited for: its peer is not live).
+    pub fn route_wait(&self) -> Option<(watch::Receiver<u64>, u64)> {
+        if !self.is_connected() || self.suspended_since().is_some() || *self.stop.borrow() {
+            return None;
+        }
+        let last_route = self.queue.lock().last_route;
+        let acked = self.acked.subscribe();
+        let pending = *acked.borrow() < last_route;
+        pending.then_some((acked, last_route))
     }
 
     /// Room for `cost` more bytes within the hold bound; else the drop is counted in the
@@ -478,6 +514,7 @@ impl Link {
     }
 
     pub(super) fn ack(&self, upto: u64) {
+        self.note_acked(upto);
         let mut q = self.queue.lock();
         let mut freed = Vec::new();
         while q.unacked.front().is_some_and(|o| o.seq <= upto) {
@@ -507,6 +544,7 @@ impl Link {
 
     /// After a (re)connect: drop what the peer has, resend the rest ahead of new frames.
     pub(super) fn resume(&self, resume_after: u64) {
+        self.note_acked(resume_after);
         let mut q = self.queue.lock();
         let unacked = std::mem::take(&mut q.unacked);
         let mut had = Vec::new();
@@ -531,6 +569,14 @@ impl Link {
         }
         q.forget_stored(had.into_iter());
         q.progress_at = Instant::now();
+    }
+
+    fn note_acked(&self, upto: u64) {
+        self.acked.send_if_modified(|acked| {
+            let moved = upto > *acked;
+            *acked = (*acked).max(upto);
+            moved
+        });
     }
 
     /// Moves up to one batch from the queue into `out` (reliable frames go to `unacked`),

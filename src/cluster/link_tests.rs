@@ -186,10 +186,46 @@ fn frames_go_out_in_sequence_order_after_a_reconnect() {
 }
 
 #[test]
+fn route_pushes_are_reliable_and_say_when_the_peer_applied_them() {
+    let l = link(bounds(1 << 20, 1 << 20));
+    let take = |l: &Link| l.take_batch(&mut BytesMut::new(), |_| Vec::new());
+    assert!(l.send_route(1, "a/#", true));
+    assert!(
+        l.route_wait().is_none(),
+        "a link that is down is not waited for"
+    );
+    l.connected.store(true, Ordering::Relaxed);
+    send(&l, true, true, vec![], Bytes::from_static(b"m"));
+    assert!(l.send_route(2, "b/#", true));
+    let (acked, upto) = l.route_wait().expect("the peer has not applied it");
+    assert_eq!(
+        (upto, *acked.borrow()),
+        (3, 0),
+        "the route push is numbered 3"
+    );
+    take(&l);
+    assert_eq!(seqs(&l).1, vec![1, 2, 3], "all three wait for the peer");
+    // The connection drops with the last route unacknowledged: it is sent again.
+    l.resume(2);
+    assert_eq!(*acked.borrow(), 2);
+    assert_eq!(seqs(&l).0, vec![3]);
+    take(&l);
+    l.ack(3);
+    assert_eq!(*acked.borrow(), 3);
+    assert!(l.route_wait().is_none(), "applied: nothing to wait for");
+    l.set_suspended(true);
+    assert!(l.send_route(3, "c/#", true));
+    assert!(
+        l.route_wait().is_none(),
+        "a suspended peer is not waited for"
+    );
+}
+
+#[test]
 fn close_drops_the_queue() {
     let l = link(bounds(1000, 1000));
     send(&l, true, true, vec![], Bytes::new());
-    assert!(l.send_control(&Frame::Ack { upto: 0 }));
+    assert!(l.send_route(1, "a/#", true));
     assert_eq!(l.depth(), 2);
     assert_eq!(l.close(), 2);
     assert_eq!(l.depth(), 0);

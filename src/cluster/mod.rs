@@ -105,6 +105,9 @@ pub struct ClusterMetrics {
     pub gossip_rejected: Arc<AtomicU64>,
     /// Sealed gossip datagrams replayed or stamped outside the replay window.
     pub gossip_replayed: Arc<AtomicU64>,
+    /// SUBACKs sent before every live node acknowledged the new routes
+    /// (`cluster.subscribe_ack_timeout_ms`).
+    pub subscribe_ack_timeouts: Arc<crate::broker::SubscribeAckTimeouts>,
 }
 
 /// One peer as seen from this node.

@@ -49,6 +49,11 @@ impl LocalRoutes {
         self.version.load(Ordering::SeqCst)
     }
 
+    /// `key` is advertised (its push, made under this lock, is queued on every link).
+    pub fn contains(&self, key: &str) -> bool {
+        self.keys.lock().contains(key)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.lock().len()
     }

@@ -19,7 +19,9 @@ use crate::codec::{Properties, QoS};
 /// `RetainedRequest`); `Heartbeat`; `Publish` says how long it waited in the queue.
 /// 4: with a secret, everything after the handshake is sealed (see `seal`), and the handshake
 /// MAC uses a key derived for it.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: `Route` is reliable (sequenced and acknowledged), so a node knows when a peer has
+/// applied a route it pushed (`cluster.subscribe_ack`).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
 /// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.
@@ -137,7 +139,9 @@ pub enum Frame {
     /// Dialer to acceptor while it has nothing else to send: the link is alive.
     Heartbeat,
     /// The dialer's node gained (`present`) or lost a route; `version` orders it against gossip.
+    /// Reliable: its acknowledgement says the acceptor applied it.
     Route {
+        seq: u64,
         version: u64,
         key: String,
         present: bool,

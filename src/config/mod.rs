@@ -278,6 +278,12 @@ impl Config {
                 c.link_timeout_ms
             )));
         }
+        if !(1..=60_000).contains(&c.subscribe_ack_timeout_ms) {
+            return Err(err(format!(
+                "cluster.subscribe_ack_timeout_ms: must be from 1 to 60000 (got {})",
+                c.subscribe_ack_timeout_ms
+            )));
+        }
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
         }

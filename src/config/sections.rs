@@ -276,6 +276,21 @@ pub struct ClusterConfig {
     pub link_window_bytes: usize,
     /// Milliseconds of silence after which a peer connection is dead.
     pub link_timeout_ms: u64,
+    /// When a SUBACK goes out: once every live node applied the new routes, or at once.
+    pub subscribe_ack: SubscribeAck,
+    /// The longest a SUBACK waits for the other nodes (`subscribe_ack = "cluster"`).
+    pub subscribe_ack_timeout_ms: u64,
+}
+
+/// When a SUBACK goes out in a cluster (`cluster.subscribe_ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeAck {
+    /// Once every live node has applied the routes the SUBSCRIBE added (bounded by
+    /// `subscribe_ack_timeout_ms`): a message published anywhere after it reaches the client.
+    Cluster,
+    /// At once: other nodes learn the route a few milliseconds later.
+    Local,
 }
 
 impl ClusterConfig {

@@ -272,3 +272,23 @@ fn persistence_keys_are_checked_and_named() {
     .unwrap();
     assert!(from_env.persistence.enabled);
 }
+
+#[test]
+fn subscribe_ack_keys_are_checked_and_named() {
+    let c = Config::default_config();
+    assert_eq!(c.cluster.subscribe_ack, SubscribeAck::Cluster);
+    assert_eq!(c.cluster.subscribe_ack_timeout_ms, 500);
+    let c = load_str("[cluster]\nsubscribe_ack = \"local\"\nsubscribe_ack_timeout_ms = 60000\n")
+        .unwrap();
+    assert_eq!(c.cluster.subscribe_ack, SubscribeAck::Local);
+    assert_eq!(c.cluster.subscribe_ack_timeout_ms, 60_000);
+    let e = load_str("[cluster]\nsubscribe_ack = \"everyone\"\n").unwrap_err();
+    assert!(e.to_string().contains("cluster.subscribe_ack"), "{e}");
+    for bad in [0, 60_001] {
+        let e = load_str(&format!("[cluster]\nsubscribe_ack_timeout_ms = {bad}\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("cluster.subscribe_ack_timeout_ms"),
+            "{e}"
+        );
+    }
+}

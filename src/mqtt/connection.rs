@@ -193,7 +193,8 @@ impl Connection {
             }
             let held = !self.held_by.is_empty();
             let throttled = self.throttled_until;
-            let durable_wait = self.durable_wait();
+            let ack_wait = self.ack_wait();
+            let acks_wait = ack_wait.is_some();
             let acks_full = self.pending_acks.len() >= max_pending_acks;
             rbuf.reserve(read_size);
             // One timer serves both: the end of a throttle pause, else the keep-alive
@@ -237,10 +238,10 @@ impl Connection {
                     }
                 }
                 _ = async {
-                    if let Some((mut progress, ticket)) = durable_wait {
-                        let _ = progress.wait_for(|done| *done >= ticket).await;
+                    if let Some(wait) = ack_wait {
+                        wait.ready().await;
                     }
-                }, if durable_wait.is_some() => {
+                }, if acks_wait => {
                     close = self.flush_durable().err();
                 }
                 read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && !held && throttled.is_none() && !acks_full => match read {

@@ -5,18 +5,24 @@
 //! so one that needs no disk waits behind one that does. When the store could not write, a v5
 //! publisher hears 0x97 Quota exceeded, and a 3.1.1 one, which has no refusal codes, is
 //! disconnected without its acknowledgement so that it sends the message again later.
+//! In a cluster a SUBACK may also wait for the other nodes to apply its routes (`RouteGate`,
+//! `cluster.subscribe_ack`); while a SUBACK waits, no new PUBLISH goes to the client, so the
+//! SUBACK comes before any message of the subscription it confirms, retained ones included.
 
 use std::collections::VecDeque;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
+use crate::broker::RouteGate;
 use crate::codec::{Ack, Packet, QoS, reason};
 
 /// An acknowledgement waiting for the store op `ticket` (0: none of its own; it waits only
-/// for those before it).
+/// for those before it) and, for a SUBACK in a cluster, for the other nodes.
 pub(super) struct PendingAck {
     ticket: u64,
+    gate: Option<RouteGate>,
     kind: AckKind,
 }
 
@@ -33,12 +39,43 @@ enum AckKind {
 #[derive(Default)]
 pub(super) struct PendingAcks {
     queue: VecDeque<PendingAck>,
+    /// SUBACKs among them.
+    subacks: usize,
 }
 
 impl PendingAcks {
     pub(super) fn len(&self) -> usize {
         self.queue.len()
     }
+
+    /// A SUBACK waits: new PUBLISHes wait behind it.
+    pub(super) fn holds_publishes(&self) -> bool {
+        self.subacks > 0
+    }
+}
+
+/// What the oldest pending acknowledgement waits for.
+pub(super) struct AckWait {
+    store: Option<(watch::Receiver<u64>, u64)>,
+    gate: Option<RouteGate>,
+}
+
+impl AckWait {
+    /// Resolves when the wait may be over (the store wrote the op; the gate settled or its
+    /// deadline passed): then `flush_durable` looks.
+    pub(super) async fn ready(self) {
+        if let Some((mut progress, ticket)) = self.store {
+            let _ = progress.wait_for(|done| *done >= ticket).await;
+        }
+        if let Some(mut gate) = self.gate {
+            let deadline = gate.deadline;
+            let _ = tokio::time::timeout_at(deadline, gate.settled()).await;
+        }
+    }
+}
+
+fn is_suback(kind: &AckKind) -> bool {
+    matches!(kind, AckKind::Other(p) if matches!(**p, Packet::SubAck(_)))
 }
 
 impl Connection {
@@ -47,6 +84,7 @@ impl Connection {
     pub(super) fn ack_publish_after(&mut self, ticket: u64, qos: QoS, packet_id: u16, code: u8) {
         self.queue_ack(
             ticket,
+            None,
             AckKind::Publish {
                 qos,
                 packet_id,
@@ -57,43 +95,74 @@ impl Connection {
 
     /// Comes back to the session once `ticket` is written (a QoS 2 PUBLISH held for it).
     pub(super) fn wake_after(&mut self, ticket: u64) {
-        self.queue_ack(ticket, AckKind::Wake);
+        self.queue_ack(ticket, None, AckKind::Wake);
     }
 
     /// Sends `packet` once `ticket` is written (at once when 0 and nothing waits before it).
     pub(super) fn send_after(&mut self, ticket: u64, packet: Packet) {
-        self.queue_ack(ticket, AckKind::Other(Box::new(packet)));
+        self.queue_ack(ticket, None, AckKind::Other(Box::new(packet)));
     }
 
-    fn queue_ack(&mut self, ticket: u64, kind: AckKind) {
-        if ticket == 0 && self.pending_acks.queue.is_empty() {
+    /// Sends a SUBACK once `ticket` is written and `gate` (if any) settled or timed out.
+    pub(super) fn send_suback_after(
+        &mut self,
+        ticket: u64,
+        gate: Option<RouteGate>,
+        suback: Packet,
+    ) {
+        self.queue_ack(ticket, gate, AckKind::Other(Box::new(suback)));
+    }
+
+    fn queue_ack(&mut self, ticket: u64, gate: Option<RouteGate>, kind: AckKind) {
+        if ticket == 0 && gate.is_none() && self.pending_acks.queue.is_empty() {
             // Nothing to wait for: the usual case without persistence.
             let _ = self.send_ack(kind, true);
             return;
         }
+        if is_suback(&kind) {
+            self.pending_acks.subacks += 1;
+        }
         self.pending_acks
             .queue
-            .push_back(PendingAck { ticket, kind });
+            .push_back(PendingAck { ticket, gate, kind });
     }
 
     /// What to wait on for the oldest pending acknowledgement, if any.
-    pub(super) fn durable_wait(&self) -> Option<(watch::Receiver<u64>, u64)> {
+    pub(super) fn ack_wait(&self) -> Option<AckWait> {
         let front = self.pending_acks.queue.front()?;
-        let store = self.broker.store()?;
-        Some((store.progress(), front.ticket))
+        Some(AckWait {
+            store: self
+                .broker
+                .store()
+                .map(|store| (store.progress(), front.ticket)),
+            gate: front.gate.clone(),
+        })
     }
 
-    /// Sends the acknowledgements whose store ops are done, in order.
+    /// Sends the acknowledgements whose waits are over, in order.
     pub(super) fn flush_durable(&mut self) -> Result<(), Close> {
-        let Some(store) = self.broker.store().cloned() else {
-            return Ok(());
-        };
+        let store = self.broker.store().cloned();
+        let now = Instant::now();
         while let Some(front) = self.pending_acks.queue.front() {
-            if !store.is_done(front.ticket) {
+            if store.as_ref().is_some_and(|s| !s.is_done(front.ticket)) {
                 break;
             }
-            let written = front.ticket == 0 || store.written(front.ticket);
+            if front
+                .gate
+                .as_ref()
+                .is_some_and(|g| !g.is_settled() && now < g.deadline)
+            {
+                break;
+            }
+            let written =
+                front.ticket == 0 || store.as_ref().is_none_or(|s| s.written(front.ticket));
             let pending = self.pending_acks.queue.pop_front().expect("front exists");
+            if let Some(gate) = &pending.gate {
+                gate.release(&self.client_id);
+            }
+            if is_suback(&pending.kind) {
+                self.pending_acks.subacks -= 1;
+            }
             self.send_ack(pending.kind, written)?;
         }
         Ok(())

@@ -305,6 +305,7 @@ impl Connection {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = RetainedOnSubscribe::default();
         let mut ticket = 0;
+        let mut subscribed: Vec<&str> = Vec::with_capacity(s.filters.len());
         for (filter, options) in &s.filters {
             let shared = match parse_shared(filter) {
                 Ok(shared) => shared,
@@ -363,6 +364,7 @@ impl Connection {
                 sub_id,
             ));
             codes.push(options.qos as u8);
+            subscribed.push(filter);
             let wants_retained = match options.retain_handling {
                 0 => true,
                 1 => is_new,
@@ -373,8 +375,15 @@ impl Connection {
                 retained.add(&self.broker, filter, options.qos);
             }
         }
-        self.send_after(
+        // In a cluster, the SUBACK waits for every live node to apply the new routes.
+        let gate = if subscribed.is_empty() {
+            None
+        } else {
+            self.broker.route_gate(&subscribed)
+        };
+        self.send_suback_after(
             ticket,
+            gate,
             Packet::SubAck(SubAck {
                 packet_id: s.packet_id,
                 reason_codes: codes,

@@ -21,7 +21,9 @@ impl Connection {
         }
         let queued_before = st.queue.len();
         let acl = self.broker.auth.has_acl();
-        while self.wbuf.len() < OUT_HIGH_WATER {
+        // New messages wait behind a SUBACK that waits (see `durable`).
+        let held_for_suback = self.pending_acks.holds_publishes();
+        while self.wbuf.len() < OUT_HIGH_WATER && !held_for_suback {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
                 break;

@@ -372,6 +372,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_cluster_subscribe_ack_timeouts",
+            "SUBACKs sent before every live node applied the new routes (cluster.subscribe_ack_timeout_ms)",
+            Metrics::get(&cm.subscribe_ack_timeouts.count),
+        )?;
+        counter(
+            &mut e,
             "vibemq_cluster_frames_rejected",
             "Peer connections closed for a sealed record that failed to open (forged, altered, replayed)",
             Metrics::get(&cm.frames_rejected),
