@@ -13,6 +13,7 @@ mod retained;
 mod route_gate;
 mod router;
 pub mod session;
+pub mod shared_pick;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -127,6 +128,7 @@ impl Broker {
             tombstones: config.cluster.enabled,
         };
         let slow_disconnect = config.mqtt.slow_subscriber == SlowSubscriber::Disconnect;
+        let shared_strategy = config.mqtt.shared_subscription_strategy;
         let auth = crate::auth::Authenticator::from_config(&config.auth).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot load the password file: refusing every client until it loads (SIGHUP)");
             crate::auth::Authenticator::deny_all(&config.auth)
@@ -137,7 +139,7 @@ impl Broker {
             node_id,
             cluster: std::sync::OnceLock::new(),
             sessions: DashMap::new(),
-            router: Router::new(slow_disconnect),
+            router: Router::new(slow_disconnect, shared_strategy),
             clock: clock::Hlc::default(),
             metrics: Metrics::default(),
             limits: LimitCounters::default(),

@@ -15,6 +15,7 @@ use smallvec::SmallVec;
 
 use super::pressure::Held;
 use super::session::Offer;
+use super::shared_pick::{Candidate, GroupTurn, SharedStrategy};
 use super::{Delivery, Message, Metrics, Session};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::topic::{SharedFilter, Trie};
@@ -31,7 +32,8 @@ struct SharedGroup {
     /// `$share/{group}/{filter}`, carried by deliveries so they can be handed on.
     key: Arc<str>,
     members: Vec<Subscriber>,
-    cursor: AtomicUsize,
+    /// What the strategy remembers (turn, sticky pick).
+    turn: parking_lot::Mutex<GroupTurn>,
 }
 
 #[derive(Debug, Default)]
@@ -47,25 +49,29 @@ impl SubscriberSet {
 }
 
 impl SharedGroup {
-    /// Next member in turn, preferring connected ones; `skip` excludes one client.
-    fn pick(&self, skip: Option<&str>) -> Option<&Subscriber> {
-        let n = self.members.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        let candidates = (0..n).map(|i| &self.members[(start + i) % n]);
-        let mut fallback = None;
-        for m in candidates {
-            if Some(&*m.session.client_id) == skip {
-                continue;
-            }
-            if m.session.is_online() {
-                return Some(m);
-            }
-            fallback.get_or_insert(m);
-        }
-        fallback
+    /// The member that gets a message of `publisher` by `strategy`, connected ones first;
+    /// `skip` excludes one client.
+    fn pick(
+        &self,
+        strategy: SharedStrategy,
+        skip: Option<&str>,
+        publisher: Option<&str>,
+    ) -> Option<&Subscriber> {
+        let members: SmallVec<[&Subscriber; 8]> = self
+            .members
+            .iter()
+            .filter(|m| Some(&*m.session.client_id) != skip)
+            .collect();
+        let candidates: SmallVec<[Candidate<'_>; 8]> = members
+            .iter()
+            .map(|m| Candidate {
+                key: &m.session.client_id,
+                ready: m.session.is_online(),
+                local: true,
+            })
+            .collect();
+        let i = self.turn.lock().choose(strategy, &candidates, publisher)?;
+        Some(members[i])
     }
 }
 
@@ -75,6 +81,8 @@ pub struct Router {
     shared_groups: AtomicUsize,
     /// `mqtt.slow_subscriber = "disconnect"`.
     slow_subscriber_disconnect: bool,
+    /// `mqtt.shared_subscription_strategy`.
+    shared_strategy: SharedStrategy,
 }
 
 /// Which of the matching subscribers a publish goes to.
@@ -138,10 +146,12 @@ struct Merged<'a> {
 }
 
 impl Router {
-    pub fn new(slow_subscriber_disconnect: bool) -> Router {
+    pub fn new(slow_subscriber_disconnect: bool, shared_strategy: SharedStrategy) -> Router {
         Router {
+            trie: Default::default(),
+            shared_groups: Default::default(),
             slow_subscriber_disconnect,
-            ..Router::default()
+            shared_strategy,
         }
     }
 
@@ -187,7 +197,7 @@ impl Router {
                     .or_insert_with(|| SharedGroup {
                         key: filter.into(),
                         members: Vec::new(),
-                        cursor: AtomicUsize::new(0),
+                        turn: Default::default(),
                     });
                 let existing = group
                     .members
@@ -373,7 +383,9 @@ impl Router {
                 {
                     continue;
                 }
-                if let Some(member) = group.pick(None) {
+                if let Some(member) =
+                    group.pick(self.shared_strategy, None, message.publisher.as_deref())
+                {
                     let delivery = Delivery {
                         message: message.clone(),
                         qos: message.qos.min(member.options.qos),
@@ -405,7 +417,13 @@ impl Router {
         let target = trie
             .get(sf.filter)
             .and_then(|set| set.shared.get(sf.group))
-            .and_then(|g| g.pick(Some(from)))
+            .and_then(|g| {
+                g.pick(
+                    self.shared_strategy,
+                    Some(from),
+                    delivery.message.publisher.as_deref(),
+                )
+            })
             .filter(|m| m.session.is_online())
             .cloned();
         drop(trie);

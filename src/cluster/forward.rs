@@ -36,8 +36,14 @@ impl ClusterHook for Cluster {
             }
         }
         let mut forwarded = Forwarded::default();
+        let chooser = groups::Chooser {
+            strategy: self.shared_strategy,
+            local_id: &self.node_id,
+            publisher: message.publisher.as_deref(),
+        };
         let picks = groups::pick_nodes(
             &mut self.group_turns.lock(),
+            &chooser,
             local_groups,
             matched.groups,
             |n| links.get(n).is_some_and(|l| l.is_healthy()),

@@ -1,18 +1,29 @@
 //! Shared subscriptions across nodes: which node delivers each message of a group. The
-//! publishing node gives each matching group one node, in turn per group, preferring nodes
-//! that can deliver now; the chosen node then picks one of its members (the router's job).
+//! publishing node gives each matching group one node by `mqtt.shared_subscription_strategy`
+//! (see `broker::shared_pick`), preferring nodes that can deliver now; the chosen node then
+//! picks one of its members the same way (the router's job).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::routes::NodeList;
+use crate::broker::shared_pick::{Candidate, GroupTurn, SharedStrategy};
+
+/// How the publishing node chooses: the strategy, its own id (its key among the candidates)
+/// and the publisher's client id.
+pub struct Chooser<'a> {
+    pub strategy: SharedStrategy,
+    pub local_id: &'a str,
+    pub publisher: Option<&'a str>,
+}
 
 /// Gives each matching shared group one node: None is this node (`local` says whether a
 /// member of the group is connected here), `can_deliver` says whether a node's link delivers.
-/// Nodes that can deliver now are preferred; when none can, the turn goes among all, so the
+/// Nodes that can deliver now are preferred; when none can, the choice goes among all, so the
 /// message waits in a queue rather than being lost. `turns` keeps each group's turn.
 pub fn pick_nodes(
-    turns: &mut HashMap<Arc<str>, usize>,
+    turns: &mut HashMap<Arc<str>, GroupTurn>,
+    chooser: &Chooser<'_>,
     local: Vec<(Arc<str>, bool)>,
     remote: Vec<(Arc<str>, NodeList)>,
     can_deliver: impl Fn(&str) -> bool,
@@ -42,23 +53,24 @@ pub fn pick_nodes(
     }
     groups
         .into_iter()
-        .map(|(key, mut candidates)| {
+        .filter_map(|(key, mut nodes)| {
             // A stable order, so the turn means the same node each time.
-            candidates.sort_by(|a, b| a.0.cmp(&b.0));
-            let ready: Vec<&Option<Arc<str>>> = candidates
+            nodes.sort_by(|a, b| a.0.cmp(&b.0));
+            let candidates: Vec<Candidate<'_>> = nodes
                 .iter()
-                .filter(|(_, ok)| *ok)
-                .map(|(n, _)| n)
+                .map(|(node, ready)| Candidate {
+                    key: node.as_deref().unwrap_or(chooser.local_id),
+                    ready: *ready,
+                    local: node.is_none(),
+                })
                 .collect();
-            let pool: Vec<&Option<Arc<str>>> = if ready.is_empty() {
-                candidates.iter().map(|(n, _)| n).collect()
-            } else {
-                ready
-            };
-            let turn = turns.entry(key.clone()).or_insert(0);
-            let node = pool[*turn % pool.len()].clone();
-            *turn = turn.wrapping_add(1);
-            (key, node)
+            let i = turns.entry(key.clone()).or_default().choose(
+                chooser.strategy,
+                &candidates,
+                chooser.publisher,
+            )?;
+            let node = nodes[i].0.clone();
+            Some((key, node))
         })
         .collect()
 }
@@ -71,6 +83,12 @@ mod tests {
         names.iter().map(|n| Arc::from(*n)).collect()
     }
 
+    const IN_TURN: Chooser<'static> = Chooser {
+        strategy: SharedStrategy::RoundRobin,
+        local_id: "n1",
+        publisher: None,
+    };
+
     #[test]
     fn each_group_takes_its_own_turns_among_nodes_that_can_deliver() {
         let mut turns = HashMap::new();
@@ -79,6 +97,7 @@ mod tests {
         for _ in 0..4 {
             let picks = pick_nodes(
                 &mut turns,
+                &IN_TURN,
                 vec![(g.clone(), true)],
                 vec![
                     (g.clone(), nodes(&["n2"])),
@@ -104,6 +123,7 @@ mod tests {
         for _ in 0..3 {
             let picks = pick_nodes(
                 &mut turns,
+                &IN_TURN,
                 vec![(g.clone(), false)],
                 vec![(g.clone(), nodes(&["n2", "n3"]))],
                 |n| n == "n3",
@@ -113,10 +133,66 @@ mod tests {
         // Nobody can deliver: the turn goes among all, and the message waits in a queue.
         let picks = pick_nodes(
             &mut turns,
+            &IN_TURN,
             vec![(g.clone(), false)],
             vec![(g.clone(), nodes(&["n2"]))],
             |_| false,
         );
         assert!(picks.len() == 1);
+    }
+
+    #[test]
+    fn local_first_and_hash_clientid_choose_nodes_as_they_choose_members() {
+        let g: Arc<str> = "$share/g/t".into();
+        let pick =
+            |turns: &mut HashMap<Arc<str>, GroupTurn>, chooser: &Chooser<'_>, online_here| {
+                pick_nodes(
+                    turns,
+                    chooser,
+                    vec![(g.clone(), online_here)],
+                    vec![(g.clone(), nodes(&["n2", "n3"]))],
+                    |_| true,
+                )[0]
+                .1
+                .clone()
+            };
+        let mut turns = HashMap::new();
+        let local_first = Chooser {
+            strategy: SharedStrategy::LocalFirst,
+            local_id: "n1",
+            publisher: None,
+        };
+        for _ in 0..3 {
+            assert_eq!(pick(&mut turns, &local_first, true), None, "a member here");
+        }
+        let elsewhere: Vec<_> = (0..4)
+            .map(|_| pick(&mut turns, &local_first, false))
+            .collect();
+        assert!(
+            elsewhere.iter().all(Option::is_some),
+            "no member here: {elsewhere:?}"
+        );
+        assert!(
+            elsewhere[0] != elsewhere[1]
+                && elsewhere[0] == elsewhere[2]
+                && elsewhere[1] == elsewhere[3],
+            "n2 and n3 in turn: {elsewhere:?}"
+        );
+        // One publisher always lands on one node; across 300 publishers all three get some.
+        let mut seen = std::collections::HashSet::new();
+        for p in 0..300 {
+            let publisher = format!("p{p}");
+            let hashed = Chooser {
+                strategy: SharedStrategy::HashClientid,
+                local_id: "n1",
+                publisher: Some(&publisher),
+            };
+            let first = pick(&mut turns, &hashed, true);
+            for _ in 0..3 {
+                assert_eq!(pick(&mut turns, &hashed, true), first);
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3);
     }
 }

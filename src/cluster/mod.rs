@@ -193,8 +193,10 @@ pub struct Cluster {
     /// When this node started: stored links whose peer has not shown up within
     /// `cluster.hold_secs` of it are given up on, as a failed node's link is.
     started: tokio::time::Instant,
-    /// Per shared group: whose turn it is among the nodes serving it.
-    group_turns: Mutex<HashMap<Arc<str>, usize>>,
+    /// Per shared group: what its strategy remembers about the nodes serving it.
+    group_turns: Mutex<HashMap<Arc<str>, crate::broker::shared_pick::GroupTurn>>,
+    /// `mqtt.shared_subscription_strategy`.
+    shared_strategy: crate::config::SharedStrategy,
     routes_dirty: Notify,
     /// Other nodes chitchat sees as live.
     members: AtomicUsize,
@@ -457,6 +459,7 @@ impl Cluster {
             stored_links: Mutex::new(stored_links),
             started: tokio::time::Instant::now(),
             group_turns: Mutex::new(HashMap::new()),
+            shared_strategy: broker.config.mqtt.shared_subscription_strategy,
             routes_dirty: Notify::new(),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),

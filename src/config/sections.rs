@@ -233,6 +233,29 @@ pub struct MqttConfig {
     /// PUBLISH bytes per second per client (0: no limit).
     pub max_publish_bytes_rate: u64,
     pub slow_subscriber: SlowSubscriber,
+    /// Which member of a shared subscription group gets each message (across nodes too).
+    pub shared_subscription_strategy: SharedStrategy,
+}
+
+/// How a shared subscription group's member is chosen for each message
+/// (`mqtt.shared_subscription_strategy`); in a cluster the publishing node first chooses a
+/// node with members the same way, then that node one of its members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// A member on the node the message was published at when one is connected there, else
+    /// in turn among the other nodes.
+    LocalFirst,
+    /// The member the publisher's client id hashes to (rendezvous hashing: the same member
+    /// for a publisher while it stays, and only its publishers move when it goes).
+    HashClientid,
+    /// The member chosen last, while it stays connected; then another, in turn.
+    Sticky,
 }
 
 /// What happens to a subscriber whose queue is full while others of the same messages keep up.

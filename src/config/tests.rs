@@ -292,3 +292,29 @@ fn subscribe_ack_keys_are_checked_and_named() {
         );
     }
 }
+
+#[test]
+fn shared_subscription_strategy_takes_the_five_names() {
+    assert_eq!(
+        Config::default_config().mqtt.shared_subscription_strategy,
+        SharedStrategy::RoundRobin
+    );
+    for (name, strategy) in [
+        ("round_robin", SharedStrategy::RoundRobin),
+        ("random", SharedStrategy::Random),
+        ("local_first", SharedStrategy::LocalFirst),
+        ("hash_clientid", SharedStrategy::HashClientid),
+        ("sticky", SharedStrategy::Sticky),
+    ] {
+        let c = load_str(&format!(
+            "[mqtt]\nshared_subscription_strategy = \"{name}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.mqtt.shared_subscription_strategy, strategy);
+    }
+    let e = load_str("[mqtt]\nshared_subscription_strategy = \"hash_topic\"\n").unwrap_err();
+    assert!(
+        e.to_string().contains("mqtt.shared_subscription_strategy"),
+        "{e}"
+    );
+}
