@@ -13,12 +13,27 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
 }
 
+/// A loopback port free for TCP and UDP, for a process the test starts (which binds it
+/// itself, maybe more than once across restarts). Taken below the kernel's ephemeral range
+/// (32768 and up by default), where the outgoing connections of tests running alongside
+/// cannot take it between this check and the bind (that race made a node fail to start with
+/// "Address already in use"); each test process starts at its own place in the range.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = (std::process::id() % 700) * 31;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 impl BrokerProcess {
