@@ -51,6 +51,15 @@ pub struct Metrics {
     /// QoS 1/2 publishes refused because the store could not keep them (v5 0x97; a 3.1.1
     /// client is disconnected without its acknowledgement).
     pub publishes_refused_store: AtomicU64,
+    /// Connections closed (0x8E) because their client id connected at another node.
+    pub takeovers_remote: AtomicU64,
+    /// Sessions handed over to another node where their client connected.
+    pub sessions_handed_over: AtomicU64,
+    /// Sessions taken in from another node for a client that connected here.
+    pub sessions_adopted: AtomicU64,
+    /// CONNECTs refused while a cluster node was unreachable
+    /// (`cluster.allow_connect_during_partition = false`).
+    pub connects_refused_partition: AtomicU64,
 }
 
 impl Metrics {

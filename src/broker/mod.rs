@@ -3,6 +3,7 @@
 //! messages and sessions, never in sockets or bytes: `mqtt` drives it, `cluster` will feed it.
 
 pub mod clock;
+pub mod handover;
 pub mod journal;
 mod message;
 mod metrics;
@@ -15,12 +16,15 @@ mod router;
 pub mod session;
 pub mod shared_pick;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
+pub use handover::{Claim, ClaimOrder, SessionImage};
 pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
 pub use pressure::{Backlog, Held};
@@ -53,7 +57,29 @@ pub trait ClusterHook: Send + Sync {
     /// acknowledgement of the route pushes queued up to now. None: nothing to wait for, or
     /// `cluster.subscribe_ack = "local"`.
     fn route_gate(&self, keys: &[&str]) -> Option<RouteGate>;
+    /// As `route_gate` whatever `cluster.subscribe_ack` says: what a session moving here
+    /// waits for before its old node lets go of it.
+    fn handover_gate(&self, keys: &[&str]) -> Option<RouteGate>;
+    /// A connection for `client_id` is attaching here: every live node closes its connection
+    /// for that id and says what session it holds (see `handover`).
+    fn claim<'a>(&'a self, client_id: &'a Arc<str>, clean_start: bool) -> BoxFuture<'a, Claim>;
+    /// Asks `node` for the session it holds for `client_id`, for the claim `order`.
+    fn release<'a>(
+        &'a self,
+        node: &'a Arc<str>,
+        client_id: &'a str,
+        order: &'a ClaimOrder,
+    ) -> BoxFuture<'a, Option<SessionImage>>;
+    /// Resolves once this node has processed what every live peer sent it before now.
+    fn drain<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, ()>;
+    /// The claim's connection is attached: false if a newer claim came meanwhile.
+    fn settle_claim(&self, client_id: &str, order: &ClaimOrder) -> bool;
+    /// Whether a connection may attach now (`cluster.allow_connect_during_partition`).
+    fn admits_connect(&self) -> bool;
 }
+
+/// A future the cluster hands the broker.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What became of a publish that entered here.
 #[derive(Debug, Clone, Copy)]
@@ -178,8 +204,10 @@ impl Broker {
         Metrics::add(&self.metrics.messages_received[message.qos as usize], 1);
         let mut message = message;
         let mut ticket = 0;
+        // Every message gets a stamp of its own: it orders retained writes, and it names the
+        // message when a session moves between nodes (see `handover`).
+        Arc::make_mut(&mut message).stamp = self.clock.now();
         if message.retain {
-            Arc::make_mut(&mut message).stamp = self.clock.now();
             ticket = self.retain(&message)?;
         }
         let Some(cluster) = self.cluster.get() else {
@@ -304,7 +332,64 @@ impl Broker {
     /// connection that has it, and starting a new session when asked or when none exists.
     /// `expiry_interval` and `will` are the connection's: with persistence on, a session that
     /// outlives its connection is stored from now on, with them.
+    /// In a cluster the client id is claimed from every live node first: a connection for it
+    /// elsewhere is closed (0x8E), and a session held elsewhere comes here (or ends there, for
+    /// a clean start).
     pub async fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        control: &Arc<ConnectionControl>,
+        expiry_interval: u32,
+        will: Option<&PendingWill>,
+    ) -> Attached {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return self
+                .attach_here(client_id, clean_start, control, expiry_interval, will)
+                .await;
+        };
+        let started = tokio::time::Instant::now();
+        let claim = cluster.claim(client_id, clean_start).await;
+        let mut attached = self
+            .attach_here(client_id, clean_start, control, expiry_interval, will)
+            .await;
+        attached.session.state.lock().claim = Some(claim.order.clone());
+        if !claim.superseded {
+            for (node, subscriptions) in &claim.holders {
+                self.subscribe_for_handover(&cluster, &attached.session, subscriptions)
+                    .await;
+                if let Some(image) = cluster.release(node, client_id, &claim.order).await {
+                    let moved = self.adopt(&attached.session, image);
+                    // Copies of the image's messages still on their way here are dropped
+                    // until every peer has sent all it sent before now.
+                    let (cluster, session) = (cluster.clone(), attached.session.clone());
+                    tokio::spawn(async move {
+                        cluster.drain(&session.client_id).await;
+                        session.state.lock().moved_in = None;
+                    });
+                    tracing::info!(client_id = %crate::limits::printable(client_id), from = %node, deliveries = moved, ms = started.elapsed().as_millis() as u64, "session moved here from another node");
+                    attached.session_present = true;
+                }
+            }
+        }
+        if !cluster.settle_claim(client_id, &claim.order) || claim.superseded {
+            self.claim_lost(client_id, control.id);
+        }
+        attached
+    }
+
+    /// Whether a connection may attach now: in a cluster with
+    /// `cluster.allow_connect_during_partition = false`, only while every known node is live.
+    pub fn admits_connect(&self) -> bool {
+        let admitted = self.cluster.get().is_none_or(|c| c.admits_connect());
+        if !admitted {
+            Metrics::add(&self.metrics.connects_refused_partition, 1);
+        }
+        admitted
+    }
+
+    /// Attaches on this node alone (see `attach`).
+    async fn attach_here(
         &self,
         client_id: &Arc<str>,
         clean_start: bool,
@@ -607,7 +692,7 @@ impl Broker {
         (had, ticket)
     }
 
-    fn remove_route_entry(&self, client_id: &str, filter: &str) {
+    pub(crate) fn remove_route_entry(&self, client_id: &str, filter: &str) {
         let shared = topic::parse_shared(filter).ok().flatten();
         if self
             .router

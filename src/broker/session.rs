@@ -148,6 +148,12 @@ pub struct SessionState {
     episode_drops: u64,
     /// The store's record of this session, when it is persistent and persistence is on.
     pub journal: Option<super::journal::Journal>,
+    /// In a cluster: the claim of the connection that last attached, or of the node that
+    /// asked for the session since (see `handover`); an older claim is refused.
+    pub claim: Option<super::handover::ClaimOrder>,
+    /// Just after the session moved here: the messages it came with (see
+    /// `handover::MessageId`), so that copies still on their way here are not queued twice.
+    pub moved_in: Option<std::collections::HashSet<super::handover::MessageId>>,
 }
 
 pub struct Session {
@@ -213,6 +219,8 @@ impl Session {
                 queue: DeliveryQueue::default(),
                 inflight: VecDeque::new(),
                 unsent_inflight: 0,
+                claim: None,
+                moved_in: None,
                 next_packet_id: 1,
                 subscriptions: HashMap::new(),
                 inbound_qos2: HashSet::new(),
@@ -251,6 +259,12 @@ impl Session {
             return Offer::SessionEnded;
         }
         let online = st.connection.is_some();
+        if let Some(moved_in) = &st.moved_in
+            && moved_in.contains(&super::handover::MessageId::of(&delivery.message))
+        {
+            // The session came here holding this message already.
+            return Offer::Queued { online, ticket: 0 };
+        }
         if !online && delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline {
             drop(st);
             self.count_drop(DropReason::Qos0Offline, metrics);

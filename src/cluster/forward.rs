@@ -10,7 +10,9 @@ use std::time::Duration;
 use super::link::Queued;
 use super::wire::{self, WireMessage};
 use super::{Cluster, groups};
-use crate::broker::{ClusterHook, Forwarded, Message, Metrics, RouteGate};
+use crate::broker::{
+    BoxFuture, Claim, ClaimOrder, ClusterHook, Forwarded, Message, Metrics, RouteGate, SessionImage,
+};
 use crate::codec::QoS;
 use crate::config::SubscribeAck;
 
@@ -113,6 +115,10 @@ impl ClusterHook for Cluster {
         if self.config.subscribe_ack == SubscribeAck::Local {
             return None;
         }
+        self.handover_gate(keys)
+    }
+
+    fn handover_gate(&self, keys: &[&str]) -> Option<RouteGate> {
         for key in keys {
             // A subscriber that came second while the first one's route push is under way
             // (the router has the route, the push is not queued yet): push it again here,
@@ -136,5 +142,30 @@ impl ClusterHook for Cluster {
                 + Duration::from_millis(self.config.subscribe_ack_timeout_ms),
             timeouts: self.metrics.subscribe_ack_timeouts.clone(),
         })
+    }
+
+    fn claim<'a>(&'a self, client_id: &'a Arc<str>, clean_start: bool) -> BoxFuture<'a, Claim> {
+        Box::pin(self.claim_client(client_id, clean_start))
+    }
+
+    fn release<'a>(
+        &'a self,
+        node: &'a Arc<str>,
+        client_id: &'a str,
+        order: &'a ClaimOrder,
+    ) -> BoxFuture<'a, Option<SessionImage>> {
+        Box::pin(self.release_from(node, client_id, order))
+    }
+
+    fn drain<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.drain_from_peers(None, client_id))
+    }
+
+    fn settle_claim(&self, client_id: &str, order: &ClaimOrder) -> bool {
+        Cluster::settle_claim(self, client_id, order)
+    }
+
+    fn admits_connect(&self) -> bool {
+        Cluster::admits_connect(self)
     }
 }

@@ -93,7 +93,7 @@ struct Receiving {
 
 impl Receiving {
     /// Processes every whole frame in `rbuf` unless held back.
-    fn process(&mut self, cluster: &Cluster, rbuf: &mut BytesMut) -> Result<(), String> {
+    fn process(&mut self, cluster: &Arc<Cluster>, rbuf: &mut BytesMut) -> Result<(), String> {
         while self.held.is_empty() {
             let Some(frame) = wire::decode_frame(rbuf)? else {
                 return Ok(());
@@ -153,6 +153,13 @@ impl Receiving {
                         continue;
                     }
                     cluster.remote.apply_push(&self.peer, version, key, present);
+                    self.last = seq;
+                }
+                Frame::Session { seq, body } => {
+                    if seq <= self.last {
+                        continue;
+                    }
+                    cluster.on_session_record(&self.peer, &body)?;
                     self.last = seq;
                 }
                 Frame::Heartbeat => {}
@@ -317,7 +324,7 @@ impl Marks {
     /// the next connection neither repeats nor skips it.
     fn processed(
         &mut self,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         state: &mut Receiving,
         rbuf: &mut BytesMut,
     ) -> Result<(), String> {

@@ -427,6 +427,31 @@ impl Link {
         true
     }
 
+    /// Queues a session record (`handover`), reliable like a route push. False when the hold
+    /// bound is reached.
+    pub fn send_session(&self, body: Bytes) -> bool {
+        let mut q = self.queue.lock();
+        if self.admit(&mut q, body.len() + FRAME_OVERHEAD).is_none() {
+            return false;
+        }
+        let seq = q.next_seq();
+        let bytes = match wire::frame_bytes(&Frame::Session { seq, body }) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(peer = %self.node_id, error = %e, "session record not sent");
+                return false;
+            }
+        };
+        q.push(Outgoing {
+            seq,
+            stored: false,
+            body: Body::Encoded(bytes),
+        });
+        drop(q);
+        self.wake.notify_one();
+        true
+    }
+
     /// What a SUBACK waits for on this link: the peer's acknowledgements, and the number of
     /// the last route push queued, if the peer has not acknowledged it yet and the link is
     /// live (a link that is down or suspended is not waited for: its peer is not live).

@@ -11,6 +11,7 @@ mod dial;
 mod discovery;
 mod forward;
 mod groups;
+mod handover;
 mod inbound;
 mod link;
 mod link_store;
@@ -108,6 +109,9 @@ pub struct ClusterMetrics {
     /// SUBACKs sent before every live node acknowledged the new routes
     /// (`cluster.subscribe_ack_timeout_ms`).
     pub subscribe_ack_timeouts: Arc<crate::broker::SubscribeAckTimeouts>,
+    /// Session claims or handovers a live peer did not answer within
+    /// `cluster.takeover_timeout_ms`.
+    pub takeover_timeouts: AtomicU64,
 }
 
 /// One peer as seen from this node.
@@ -198,6 +202,8 @@ pub struct Cluster {
     /// `mqtt.shared_subscription_strategy`.
     shared_strategy: crate::config::SharedStrategy,
     routes_dirty: Notify,
+    /// Session claims and handovers under way (`handover`).
+    handover: handover::Handover,
     /// Other nodes chitchat sees as live.
     members: AtomicUsize,
     routes_pending: AtomicUsize,
@@ -461,6 +467,7 @@ impl Cluster {
             group_turns: Mutex::new(HashMap::new()),
             shared_strategy: broker.config.mqtt.shared_subscription_strategy,
             routes_dirty: Notify::new(),
+            handover: handover::Handover::default(),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),
             metrics,

@@ -21,7 +21,7 @@ use crate::codec::{Properties, QoS};
 /// MAC uses a key derived for it.
 /// 5: `Route` is reliable (sequenced and acknowledged), so a node knows when a peer has
 /// applied a route it pushed (`cluster.subscribe_ack`).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
 /// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.
@@ -153,6 +153,9 @@ pub enum Frame {
         seq: u64,
         messages: Vec<WireMessage>,
     },
+    /// A claim on a client id, its answer, or a session handed over (`handover`): `body` is a
+    /// bincode `SessionMessage`. Reliable, not stored: a claim outlives no restart.
+    Session { seq: u64, body: Bytes },
 }
 
 fn config() -> impl bincode::config::Config {

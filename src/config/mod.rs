@@ -284,6 +284,12 @@ impl Config {
                 c.subscribe_ack_timeout_ms
             )));
         }
+        if !(1..=60_000).contains(&c.takeover_timeout_ms) {
+            return Err(err(format!(
+                "cluster.takeover_timeout_ms: must be from 1 to 60000 (got {})",
+                c.takeover_timeout_ms
+            )));
+        }
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
         }

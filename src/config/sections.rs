@@ -303,6 +303,12 @@ pub struct ClusterConfig {
     pub subscribe_ack: SubscribeAck,
     /// The longest a SUBACK waits for the other nodes (`subscribe_ack = "cluster"`).
     pub subscribe_ack_timeout_ms: u64,
+    /// The longest a connect waits for the other nodes to answer its claim on the client id,
+    /// and then for the session one of them holds.
+    pub takeover_timeout_ms: u64,
+    /// Whether a client may connect while a known node is unreachable (its session there, if
+    /// any, stays there), or is refused with "server unavailable".
+    pub allow_connect_during_partition: bool,
 }
 
 /// When a SUBACK goes out in a cluster (`cluster.subscribe_ack`).

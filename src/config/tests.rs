@@ -294,6 +294,22 @@ fn subscribe_ack_keys_are_checked_and_named() {
 }
 
 #[test]
+fn session_takeover_keys_are_checked_and_named() {
+    let c = Config::default_config();
+    assert_eq!(c.cluster.takeover_timeout_ms, 5000);
+    assert!(c.cluster.allow_connect_during_partition);
+    let c =
+        load_str("[cluster]\ntakeover_timeout_ms = 250\nallow_connect_during_partition = false\n")
+            .unwrap();
+    assert_eq!(c.cluster.takeover_timeout_ms, 250);
+    assert!(!c.cluster.allow_connect_during_partition);
+    for bad in [0, 60_001] {
+        let e = load_str(&format!("[cluster]\ntakeover_timeout_ms = {bad}\n")).unwrap_err();
+        assert!(e.to_string().contains("cluster.takeover_timeout_ms"), "{e}");
+    }
+}
+
+#[test]
 fn shared_subscription_strategy_takes_the_five_names() {
     assert_eq!(
         Config::default_config().mqtt.shared_subscription_strategy,

@@ -77,6 +77,13 @@ pub(super) async fn handshake<S: ClientStream>(
             Err(refusal) => Err(refusal),
         };
     }
+    if checked.is_ok() && !broker.admits_connect() {
+        checked = Err(Refusal::new(
+            reason::SERVER_UNAVAILABLE,
+            v3_return::SERVER_UNAVAILABLE,
+            "a cluster node is unreachable (cluster.allow_connect_during_partition = false)",
+        ));
+    }
     if let Err(refusal) = checked {
         if let Some(limit) = refusal.limit {
             broker

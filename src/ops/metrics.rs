@@ -278,6 +278,30 @@ impl Collector for StateCollector {
             "QoS 1/2 publishes refused because the store could not keep them (v5 0x97; 3.1.1: disconnected unacknowledged)",
             Metrics::get(&m.publishes_refused_store),
         )?;
+        counter(
+            &mut e,
+            "vibemq_session_takeovers_remote",
+            "Connections closed (0x8E) because their client id connected at another node",
+            Metrics::get(&m.takeovers_remote),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_sessions_migrated_out",
+            "Sessions handed over to the node their client connected to",
+            Metrics::get(&m.sessions_handed_over),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_sessions_migrated_in",
+            "Sessions taken in from another node for a client that connected here",
+            Metrics::get(&m.sessions_adopted),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_connects_refused_partition",
+            "CONNECTs refused while a cluster node was unreachable (cluster.allow_connect_during_partition = false)",
+            Metrics::get(&m.connects_refused_partition),
+        )?;
         if let Some(store) = b.store() {
             encode_store(&mut e, store)?;
         }
@@ -375,6 +399,12 @@ impl Collector for StateCollector {
             "vibemq_cluster_subscribe_ack_timeouts",
             "SUBACKs sent before every live node applied the new routes (cluster.subscribe_ack_timeout_ms)",
             Metrics::get(&cm.subscribe_ack_timeouts.count),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_takeover_timeouts",
+            "Session claims or handovers that went without a live peer's answer (cluster.takeover_timeout_ms)",
+            Metrics::get(&cm.takeover_timeouts),
         )?;
         counter(
             &mut e,

@@ -1,0 +1,343 @@
+//! Sessions that follow their client between nodes, the cluster's half: the claim a node
+//! makes on a client id when a connection for it arrives, the answers, and the session image
+//! the holder hands over, carried as reliable `Frame::Session` records over the peer links
+//! (each node's link to another carries its requests and its answers alike).
+//!
+//! The arbiter is the claim itself, not an owner node: a claim carries a `ClaimOrder` (the
+//! hybrid logical clock stamp of the connect at the node it reached, then that node's id),
+//! every node keeps the newest order it has seen per client id while claims are under way and
+//! per session afterwards, and answers an older claim "superseded". So two connects racing on
+//! two nodes end with the later one connected everywhere, without a leader or a quorum.
+//!
+//! A claim asks every live peer (linked and not suspended), bounded by
+//! `cluster.takeover_timeout_ms`. During a partition the nodes on the other side are not
+//! asked: with `cluster.allow_connect_during_partition = true` (the default) the client is
+//! served with what this side has (availability; a session on the other side stays there
+//! until its client returns to it or it expires), with `false` a connect while any known
+//! peer is unreachable is refused with "server unavailable" (consistency).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::Cluster;
+use crate::broker::Metrics;
+use crate::broker::handover::{Claim, ClaimOrder, Holding, SessionImage};
+
+/// How often a claimant waiting for an answer looks at the link it waits on.
+const HEALTH_CHECK: Duration = Duration::from_millis(100);
+
+/// What nodes tell each other about sessions (the body of `Frame::Session`, bincode).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SessionMessage {
+    /// A connection for `client` arrived at the sender.
+    Claim {
+        request: u64,
+        client: String,
+        order: ClaimOrder,
+        clean_start: bool,
+    },
+    /// What the receiver holds for the claim `request`.
+    Answer { request: u64, holding: Holding },
+    /// The claimant has made the session's subscriptions: hand the session over.
+    Release {
+        request: u64,
+        client: String,
+        order: ClaimOrder,
+    },
+    /// The session, or None (gone meanwhile, or a newer claim has it).
+    Image {
+        request: u64,
+        image: Option<SessionImage>,
+    },
+    /// From the holder, before it hands a session over: answer over your link to me, behind
+    /// everything you sent me before.
+    Barrier { request: u64 },
+    /// The answer to a `Barrier`: every frame this node sent before it has been processed.
+    Passed { request: u64 },
+}
+
+/// Requests under way and claims this node made that are not settled yet.
+#[derive(Default)]
+pub(crate) struct Handover {
+    next_request: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<SessionMessage>>>,
+    /// Client id -> the newest claim seen for it while this node's own claim is under way
+    /// (the claim's own order until a newer one arrives).
+    pending: Mutex<HashMap<Arc<str>, ClaimOrder>>,
+}
+
+impl Cluster {
+    fn takeover_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.takeover_timeout_ms)
+    }
+
+    /// Whether a new connection may attach now: with
+    /// `cluster.allow_connect_during_partition = false`, only while every known peer is live.
+    pub(crate) fn admits_connect(&self) -> bool {
+        self.config.allow_connect_during_partition
+            || self
+                .links
+                .read()
+                .values()
+                .all(|l| l.is_connected() && l.suspended_since().is_none())
+    }
+
+    /// Sends `message` to `node` over this node's link to it. False: no link, or its hold
+    /// bound is reached.
+    fn tell(&self, node: &str, message: &SessionMessage) -> bool {
+        let Some(link) = self.links.read().get(node).cloned() else {
+            return false;
+        };
+        match bincode::serde::encode_to_vec(message, bincode::config::standard()) {
+            Ok(body) => link.send_session(Bytes::from(body)),
+            Err(e) => {
+                tracing::warn!(peer = %node, error = %e, "session record not encodable");
+                false
+            }
+        }
+    }
+
+    /// Sends a request made by `make` to `node`; the answer arrives on the receiver.
+    fn ask(
+        &self,
+        node: &str,
+        make: impl FnOnce(u64) -> SessionMessage,
+    ) -> Option<(u64, oneshot::Receiver<SessionMessage>)> {
+        let request = self.handover.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.handover.waiting.lock().insert(request, tx);
+        if self.tell(node, &make(request)) {
+            Some((request, rx))
+        } else {
+            self.handover.waiting.lock().remove(&request);
+            None
+        }
+    }
+
+    /// Claims `client` for a connection attaching here: every live peer closes its
+    /// connection for it and says what session it holds (ending it for a clean start).
+    pub(crate) async fn claim_client(&self, client: &Arc<str>, clean_start: bool) -> Claim {
+        let order = ClaimOrder {
+            stamp: self.broker().map_or(0, |b| b.clock.now()),
+            node: self.node_id.to_string(),
+        };
+        self.handover
+            .pending
+            .lock()
+            .insert(client.clone(), order.clone());
+        let peers: Vec<Arc<str>> = self
+            .links
+            .read()
+            .iter()
+            .filter(|(_, l)| l.is_connected() && l.suspended_since().is_none())
+            .map(|(node, _)| node.clone())
+            .collect();
+        let mut asked = Vec::new();
+        for node in peers {
+            let message = |request| SessionMessage::Claim {
+                request,
+                client: client.to_string(),
+                order: order.clone(),
+                clean_start,
+            };
+            match self.ask(&node, message) {
+                Some((request, rx)) => asked.push((node, request, rx)),
+                None => self.note_unanswered(client, &node, "not sent"),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.takeover_timeout();
+        let mut claim = Claim {
+            order,
+            holders: Vec::new(),
+            superseded: false,
+        };
+        for (node, request, rx) in asked {
+            match self.answer_from(&node, rx, deadline).await {
+                Some(SessionMessage::Answer { holding, .. }) => match holding {
+                    Holding::Nothing => {}
+                    Holding::Superseded => claim.superseded = true,
+                    Holding::Session(subscriptions) => claim.holders.push((node, subscriptions)),
+                },
+                _ => {
+                    self.handover.waiting.lock().remove(&request);
+                    self.note_unanswered(client, &node, "no answer in time");
+                }
+            }
+        }
+        claim
+    }
+
+    /// Asks `node` to hand over the session it holds for `client` to claim `order`.
+    pub(crate) async fn release_from(
+        &self,
+        node: &Arc<str>,
+        client: &str,
+        order: &ClaimOrder,
+    ) -> Option<SessionImage> {
+        let message = |request| SessionMessage::Release {
+            request,
+            client: client.to_string(),
+            order: order.clone(),
+        };
+        let Some((request, rx)) = self.ask(node, message) else {
+            self.note_unanswered(client, node, "release not sent");
+            return None;
+        };
+        let deadline = tokio::time::Instant::now() + self.takeover_timeout();
+        match self.answer_from(node, rx, deadline).await {
+            Some(SessionMessage::Image { image, .. }) => image,
+            _ => {
+                self.handover.waiting.lock().remove(&request);
+                self.note_unanswered(client, node, "no session image in time");
+                None
+            }
+        }
+    }
+
+    /// The answer on `rx`, unless `deadline` passes first or the link to `node` stops
+    /// delivering (a frozen or cut-off node: waiting for it would hold every connect for the
+    /// whole timeout until the failure detector gives up on it).
+    async fn answer_from(
+        &self,
+        node: &str,
+        mut rx: oneshot::Receiver<SessionMessage>,
+        deadline: tokio::time::Instant,
+    ) -> Option<SessionMessage> {
+        loop {
+            let step = deadline.min(tokio::time::Instant::now() + HEALTH_CHECK);
+            match tokio::time::timeout_at(step, &mut rx).await {
+                Ok(answer) => return answer.ok(),
+                Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                Err(_) => {
+                    let healthy = self.links.read().get(node).is_some_and(|l| l.is_healthy());
+                    if !healthy {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The claim `order` attached its connection: false if a newer claim came meanwhile.
+    pub(crate) fn settle_claim(&self, client: &str, order: &ClaimOrder) -> bool {
+        let mut pending = self.handover.pending.lock();
+        let current = pending.get(client) == Some(order);
+        if pending.get(client).is_some_and(|o| o <= order) {
+            pending.remove(client);
+        }
+        current
+    }
+
+    /// A peer did not take part in a claim: counted, and logged (the client may find part of
+    /// its session missing, or be connected twice until the next claim).
+    fn note_unanswered(&self, client: &str, node: &str, why: &str) {
+        Metrics::add(&self.metrics.takeover_timeouts, 1);
+        tracing::warn!(client_id = %crate::limits::printable(client), peer = %node, why, "session claim went without a peer's answer");
+    }
+
+    /// A `Frame::Session` record from `peer`: decoded here, acted on in a task of its own
+    /// (closing a connection takes a while; the link reads on).
+    pub(crate) fn on_session_record(
+        self: &Arc<Self>,
+        peer: &Arc<str>,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let (message, _): (SessionMessage, usize) =
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map_err(|e| format!("session record: {e}"))?;
+        match message {
+            SessionMessage::Answer { request, .. }
+            | SessionMessage::Image { request, .. }
+            | SessionMessage::Passed { request } => {
+                if let Some(tx) = self.handover.waiting.lock().remove(&request) {
+                    let _ = tx.send(message);
+                }
+            }
+            SessionMessage::Claim {
+                request,
+                client,
+                order,
+                clean_start,
+            } => {
+                let (cluster, peer) = (self.clone(), peer.clone());
+                tokio::spawn(async move {
+                    let holding = cluster.answer_claim(&client, &order, clean_start).await;
+                    cluster.tell(&peer, &SessionMessage::Answer { request, holding });
+                });
+            }
+            SessionMessage::Release {
+                request,
+                client,
+                order,
+            } => {
+                let (cluster, peer) = (self.clone(), peer.clone());
+                tokio::spawn(async move {
+                    cluster.drain_from_peers(Some(&peer), &client).await;
+                    let image = cluster.broker().and_then(|b| b.hand_over(&client, &order));
+                    cluster.tell(&peer, &SessionMessage::Image { request, image });
+                });
+            }
+            SessionMessage::Barrier { request } => {
+                self.tell(peer, &SessionMessage::Passed { request });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until this node has processed every message the live peers (but `except`) sent
+    /// it before now: each is asked to answer over its link here, behind what it sent before.
+    /// The holder does this before cutting a session out: the other nodes routed the
+    /// session's subscriptions to the claimant too before the claimant asked for it, so what
+    /// they forwarded here before then is in the session, not lost behind it (the claimant's
+    /// own are ahead of its request on the same link). The claimant does it after adopting the
+    /// session: the copies those nodes sent it are in by then, and can be told apart. Bounded
+    /// like a claim; a peer that stops delivering is not waited for (counted).
+    pub(crate) async fn drain_from_peers(&self, except: Option<&str>, client: &str) {
+        let peers: Vec<Arc<str>> = self
+            .links
+            .read()
+            .iter()
+            .filter(|(node, l)| Some(&***node) != except && l.is_healthy())
+            .map(|(node, _)| node.clone())
+            .collect();
+        let deadline = tokio::time::Instant::now() + self.takeover_timeout();
+        let mut asked = Vec::new();
+        for node in peers {
+            match self.ask(&node, |request| SessionMessage::Barrier { request }) {
+                Some((request, rx)) => asked.push((node, request, rx)),
+                None => self.note_unanswered(client, &node, "barrier not sent"),
+            }
+        }
+        for (node, request, rx) in asked {
+            if self.answer_from(&node, rx, deadline).await.is_none() {
+                self.handover.waiting.lock().remove(&request);
+                self.note_unanswered(client, &node, "barrier not passed in time");
+            }
+        }
+    }
+
+    /// What this node holds for a claim from another node, once its connection is closed.
+    async fn answer_claim(&self, client: &str, order: &ClaimOrder, clean_start: bool) -> Holding {
+        let Some(broker) = self.broker() else {
+            return Holding::Nothing;
+        };
+        broker.clock.observe(order.stamp);
+        {
+            let mut pending = self.handover.pending.lock();
+            if let Some(mine) = pending.get_mut(client) {
+                if *mine > *order {
+                    return Holding::Superseded;
+                }
+                *mine = order.clone();
+            }
+        }
+        broker.hold_for_claim(client, clean_start, order).await
+    }
+}
