@@ -270,6 +270,14 @@ impl Broker {
                 _ => queued.push(delivery),
             }
         }
+        // A message in flight here already (a second image of the same session: a node
+        // restored from its store and a replica of it) stays as it is.
+        let in_flight_here: HashSet<MessageId> = st
+            .inflight
+            .iter()
+            .map(|f| MessageId::of(&f.delivery.message))
+            .collect();
+        queued.retain(|d| !in_flight_here.contains(&MessageId::of(&d.message)));
         let count = inflight.len() + queued.len();
         // What reached this node while both held routes, and is in the image too, goes.
         let copies = st

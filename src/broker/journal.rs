@@ -1,13 +1,15 @@
-//! A persistent session's line to the store: every change to what must outlive a restart
-//! (deliveries queued, sent, finished; subscriptions; inbound QoS 2 ids; its own record) is
-//! submitted here, under the session's lock, so the store sees one session's changes in the
-//! order they happened. Each call returns the op's ticket, which an acknowledgement waits for
-//! with `sync = "always"`. Sessions without a journal (clean ones, or persistence off) cost
-//! nothing here.
+//! A persistent session's record of every change to what must outlive its node: deliveries
+//! queued, sent, finished; subscriptions; inbound QoS 2 ids; its own record. Each change goes,
+//! under the session's lock (so in the order it happened), to the store when persistence is
+//! on, and to the nodes that keep a replica of the session when `cluster.session_replicas` is
+//! set (`replica`). Each call returns the store op's ticket, which an acknowledgement waits
+//! for with `sync = "always"` (0 without a store). Sessions without a journal (clean ones, or
+//! neither persistence nor replicas) cost nothing here.
 
 use std::sync::Arc;
 
 use super::Delivery;
+use super::replica::{ReplicaLine, ReplicaOp, stored_delivery};
 use super::session::{InflightState, PendingWill, SubscriptionRecord};
 use crate::codec::QoS;
 use crate::store::records::StoredWill;
@@ -15,26 +17,43 @@ use crate::store::{InflightMark, Op, SessionMeta, Store, StoredSubscription};
 
 #[derive(Debug)]
 pub struct Journal {
-    store: Arc<Store>,
+    store: Option<Arc<Store>>,
     client: Arc<str>,
-    /// The sequence number the next queued delivery is stored under.
+    /// The sequence number the next queued delivery is recorded under.
     next_seq: u64,
+    /// The session's replicas, when replication is on.
+    pub replicas: Option<ReplicaLine>,
 }
 
 impl Journal {
-    pub fn new(store: Arc<Store>, client: Arc<str>, next_seq: u64) -> Journal {
+    pub fn new(
+        store: Option<Arc<Store>>,
+        client: Arc<str>,
+        next_seq: u64,
+        replicas: Option<ReplicaLine>,
+    ) -> Journal {
         Journal {
             store,
             client,
             next_seq: next_seq.max(1),
+            replicas,
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    /// The store op's ticket (0 without a store).
+    fn submit(&self, op: impl FnOnce() -> Op) -> u64 {
+        self.store.as_ref().map_or(0, |s| s.submit(op()))
     }
 
-    /// Stores a delivery being queued, numbering it; QoS 0 only for an offline session
+    fn replicate(&self, op: impl FnOnce(&str) -> ReplicaOp) {
+        if let Some(line) = &self.replicas
+            && !line.nodes.is_empty()
+        {
+            line.send(&self.client, &op(&line.node_id));
+        }
+    }
+
+    /// Records a delivery being queued, numbering it; QoS 0 only for an offline session
     /// (`mqtt.queue_qos0_offline`): a connected one gets it now or never.
     pub fn queued(&mut self, d: &mut Delivery, online: bool) -> Option<u64> {
         if d.store_seq != 0 || (online && d.qos == QoS::AtMostOnce) {
@@ -42,30 +61,40 @@ impl Journal {
         }
         d.store_seq = self.next_seq;
         self.next_seq += 1;
-        Some(self.store.submit(Op::Queued {
+        self.replicate(|me| ReplicaOp::Queued {
+            seq: d.store_seq,
+            delivery: Box::new(stored_delivery(me, d)),
+        });
+        Some(self.submit(|| Op::Queued {
             client: self.client.clone(),
             seq: d.store_seq,
             delivery: d.clone(),
         }))
     }
 
-    /// A stored delivery went out with `packet_id`, or moved on in its QoS 2 handshake; the
-    /// op's ticket (0: the delivery is not stored).
+    /// A recorded delivery went out with `packet_id`, or moved on in its QoS 2 handshake;
+    /// the store op's ticket (0: the delivery is not recorded, or no store).
     pub fn sent(&self, d: &Delivery, packet_id: u16, state: InflightState) -> u64 {
         if d.store_seq == 0 {
             return 0;
         }
-        self.store.submit(Op::Sent {
+        let mark = InflightMark::new(packet_id, state);
+        self.replicate(|_| ReplicaOp::Sent {
+            seq: d.store_seq,
+            mark,
+        });
+        self.submit(|| Op::Sent {
             client: self.client.clone(),
             seq: d.store_seq,
-            mark: InflightMark::new(packet_id, state),
+            mark,
         })
     }
 
-    /// A stored delivery is finished with.
+    /// A recorded delivery is finished with.
     pub fn done(&self, d: &Delivery) {
         if d.store_seq != 0 {
-            self.store.submit(Op::Done {
+            self.replicate(|_| ReplicaOp::Done { seq: d.store_seq });
+            self.submit(|| Op::Done {
                 client: self.client.clone(),
                 seq: d.store_seq,
             });
@@ -73,15 +102,23 @@ impl Journal {
     }
 
     pub fn subscribed(&self, filter: &str, record: &SubscriptionRecord) -> u64 {
-        self.store.submit(Op::Subscribed {
+        let subscription = StoredSubscription::from_record(record);
+        self.replicate(|_| ReplicaOp::Subscribed {
+            filter: filter.to_string(),
+            subscription,
+        });
+        self.submit(|| Op::Subscribed {
             client: self.client.clone(),
             filter: filter.to_string(),
-            subscription: StoredSubscription::from_record(record),
+            subscription,
         })
     }
 
     pub fn unsubscribed(&self, filter: &str) -> u64 {
-        self.store.submit(Op::Unsubscribed {
+        self.replicate(|_| ReplicaOp::Unsubscribed {
+            filter: filter.to_string(),
+        });
+        self.submit(|| Op::Unsubscribed {
             client: self.client.clone(),
             filter: filter.to_string(),
         })
@@ -89,7 +126,8 @@ impl Journal {
 
     /// An inbound QoS 2 packet id received (`held`) or released.
     pub fn inbound_qos2(&self, packet_id: u16, held: bool) -> u64 {
-        self.store.submit(Op::InboundQos2 {
+        self.replicate(|_| ReplicaOp::InboundQos2 { packet_id, held });
+        self.submit(|| Op::InboundQos2 {
             client: self.client.clone(),
             packet_id,
             held,
@@ -98,7 +136,8 @@ impl Journal {
 
     /// The session's own record: its expiry, whether its connection is gone, and the will.
     pub fn meta(&self, expiry_interval: u32, connected: bool, will: Option<&PendingWill>) {
-        self.store.submit(Op::Meta {
+        self.replicate(|_| ReplicaOp::Expiry { expiry_interval });
+        self.submit(|| Op::Meta {
             client: self.client.clone(),
             meta: SessionMeta {
                 expiry_interval,
@@ -108,8 +147,9 @@ impl Journal {
         });
     }
 
-    /// The session ended: everything stored for it goes.
+    /// The session ended (or moved to another node): everything recorded for it goes.
     pub fn gone(&self) {
-        self.store.submit(Op::SessionGone(self.client.clone()));
+        self.replicate(|_| ReplicaOp::Gone);
+        self.submit(|| Op::SessionGone(self.client.clone()));
     }
 }

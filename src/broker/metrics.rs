@@ -60,6 +60,8 @@ pub struct Metrics {
     /// CONNECTs refused while a cluster node was unreachable
     /// (`cluster.allow_connect_during_partition = false`).
     pub connects_refused_partition: AtomicU64,
+    /// Whole sessions sent to a node that became one of their replicas (catch-up).
+    pub replica_snapshots: AtomicU64,
 }
 
 impl Metrics {

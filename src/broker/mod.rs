@@ -10,6 +10,7 @@ mod metrics;
 mod persist;
 pub mod pressure;
 pub mod queue;
+pub mod replica;
 mod retained;
 mod route_gate;
 mod router;
@@ -76,6 +77,24 @@ pub trait ClusterHook: Send + Sync {
     fn settle_claim(&self, client_id: &str, order: &ClaimOrder) -> bool;
     /// Whether a connection may attach now (`cluster.allow_connect_during_partition`).
     fn admits_connect(&self) -> bool;
+    /// `cluster.session_replicas`.
+    fn replica_count(&self) -> usize;
+    /// The nodes a session of `client_id` held here is replicated to now (with their runs).
+    fn replica_nodes(&self, client_id: &str) -> Vec<replica::ReplicaNode>;
+    /// The live members, with their runs: replicas are placed again when it changes.
+    fn live_runs(&self) -> Vec<replica::ReplicaNode>;
+    /// Sends a change of the session of `client_id` to its replicas on `nodes`: false if
+    /// it could not be queued for one of them.
+    fn replicate(
+        &self,
+        nodes: &[replica::ReplicaNode],
+        client_id: &str,
+        op: &replica::ReplicaOp,
+    ) -> bool;
+    /// A replica missed a change: the next reconciliation sends whole sessions again.
+    fn note_stale_replica(&self);
+    /// Whether a replica missed a change since the last call.
+    fn take_stale_replicas(&self) -> bool;
 }
 
 /// A future the cluster hands the broker.
@@ -445,14 +464,18 @@ impl Broker {
                 timer.abort();
             }
             st.expiry_interval = expiry_interval;
-            if let Some(store) = self.store()
-                && st.journal.is_none()
-                && expiry_interval > 0
-            {
-                st.journal = Some(journal::Journal::new(store.clone(), client_id.clone(), 1));
+            if st.journal.is_none() && expiry_interval > 0 {
+                let replicas = self.replica_line();
+                if self.store().is_some() || replicas.is_some() {
+                    let store = self.store().cloned();
+                    st.journal = Some(journal::Journal::new(store, client_id.clone(), 1, replicas));
+                }
             }
             if let Some(j) = &st.journal {
                 j.meta(expiry_interval, true, will);
+            }
+            if let Some(hook) = self.cluster.get() {
+                self.reconcile_session(&**hook, client_id, &mut st);
             }
             drop(st);
             session.set_online(true);

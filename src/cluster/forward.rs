@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::link::Queued;
 use super::wire::{self, WireMessage};
 use super::{Cluster, groups};
+use crate::broker::replica::{ReplicaNode, ReplicaOp};
 use crate::broker::{
     BoxFuture, Claim, ClaimOrder, ClusterHook, Forwarded, Message, Metrics, RouteGate, SessionImage,
 };
@@ -167,5 +168,33 @@ impl ClusterHook for Cluster {
 
     fn admits_connect(&self) -> bool {
         Cluster::admits_connect(self)
+    }
+
+    fn replica_count(&self) -> usize {
+        Cluster::replica_count(self)
+    }
+
+    fn replica_nodes(&self, client_id: &str) -> Vec<ReplicaNode> {
+        Cluster::replica_nodes(self, client_id)
+    }
+
+    fn live_runs(&self) -> Vec<ReplicaNode> {
+        Cluster::live_runs(self)
+    }
+
+    fn replicate(&self, nodes: &[ReplicaNode], client_id: &str, op: &ReplicaOp) -> bool {
+        Cluster::replicate(self, nodes, client_id, op)
+    }
+
+    fn note_stale_replica(&self) {
+        self.replicas
+            .stale
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take_stale_replicas(&self) -> bool {
+        self.replicas
+            .stale
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 }

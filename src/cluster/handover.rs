@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use super::Cluster;
 use crate::broker::Metrics;
 use crate::broker::handover::{Claim, ClaimOrder, Holding, SessionImage};
+use crate::broker::replica::ReplicaOp;
 
 /// How often a claimant waiting for an answer looks at the link it waits on.
 const HEALTH_CHECK: Duration = Duration::from_millis(100);
@@ -61,6 +62,8 @@ pub enum SessionMessage {
     Barrier { request: u64 },
     /// The answer to a `Barrier`: every frame this node sent before it has been processed.
     Passed { request: u64 },
+    /// A change to a session the sender holds and the receiver keeps a copy of (`replicas`).
+    Replica { client: String, op: ReplicaOp },
 }
 
 /// Requests under way and claims this node made that are not settled yet.
@@ -91,7 +94,7 @@ impl Cluster {
 
     /// Sends `message` to `node` over this node's link to it. False: no link, or its hold
     /// bound is reached.
-    fn tell(&self, node: &str, message: &SessionMessage) -> bool {
+    pub(super) fn tell(&self, node: &str, message: &SessionMessage) -> bool {
         let Some(link) = self.links.read().get(node).cloned() else {
             return false;
         };
@@ -102,6 +105,28 @@ impl Cluster {
                 false
             }
         }
+    }
+
+    /// Answers `node` over this node's link to it. A node that just joined may ask before
+    /// this node has a link to it (gossip has not told of it yet): the answer then waits for
+    /// the link, bounded like a claim.
+    fn answer(self: &Arc<Self>, node: &Arc<str>, message: SessionMessage) {
+        if self.links.read().contains_key(node) {
+            self.tell(node, &message);
+            return;
+        }
+        let (cluster, node) = (self.clone(), node.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + cluster.takeover_timeout();
+            while !cluster.links.read().contains_key(&node) {
+                if tokio::time::Instant::now() >= deadline {
+                    cluster.note_unanswered("-", &node, "no link to the asking node");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cluster.tell(&node, &message);
+        });
     }
 
     /// Sends a request made by `make` to `node`; the answer arrives on the receiver.
@@ -171,6 +196,12 @@ impl Cluster {
                 }
             }
         }
+        // A copy kept here of a session whose node died: this node is a holder too.
+        if !claim.superseded
+            && let Some(subscriptions) = self.claim_replica(client, &claim.order, clean_start)
+        {
+            claim.holders.push((self.node_id.clone(), subscriptions));
+        }
         claim
     }
 
@@ -181,6 +212,9 @@ impl Cluster {
         client: &str,
         order: &ClaimOrder,
     ) -> Option<SessionImage> {
+        if **node == *self.node_id {
+            return self.release_replica(client, order);
+        }
         let message = |request| SessionMessage::Release {
             request,
             client: client.to_string(),
@@ -269,7 +303,7 @@ impl Cluster {
                 let (cluster, peer) = (self.clone(), peer.clone());
                 tokio::spawn(async move {
                     let holding = cluster.answer_claim(&client, &order, clean_start).await;
-                    cluster.tell(&peer, &SessionMessage::Answer { request, holding });
+                    cluster.answer(&peer, SessionMessage::Answer { request, holding });
                 });
             }
             SessionMessage::Release {
@@ -280,13 +314,17 @@ impl Cluster {
                 let (cluster, peer) = (self.clone(), peer.clone());
                 tokio::spawn(async move {
                     cluster.drain_from_peers(Some(&peer), &client).await;
-                    let image = cluster.broker().and_then(|b| b.hand_over(&client, &order));
-                    cluster.tell(&peer, &SessionMessage::Image { request, image });
+                    let image = cluster
+                        .broker()
+                        .and_then(|b| b.hand_over(&client, &order))
+                        .or_else(|| cluster.release_replica(&client, &order));
+                    cluster.answer(&peer, SessionMessage::Image { request, image });
                 });
             }
             SessionMessage::Barrier { request } => {
-                self.tell(peer, &SessionMessage::Passed { request });
+                self.answer(peer, SessionMessage::Passed { request });
             }
+            SessionMessage::Replica { client, op } => self.apply_replica_op(peer, &client, op),
         }
         Ok(())
     }
@@ -338,6 +376,11 @@ impl Cluster {
                 *mine = order.clone();
             }
         }
-        broker.hold_for_claim(client, clean_start, order).await
+        match broker.hold_for_claim(client, clean_start, order).await {
+            Holding::Nothing => self
+                .claim_replica(client, order, clean_start)
+                .map_or(Holding::Nothing, Holding::Session),
+            holding => holding,
+        }
     }
 }

@@ -18,6 +18,7 @@ mod link_store;
 mod membership;
 pub mod peer_tls;
 mod progress;
+mod replicas;
 pub mod routes;
 mod seal;
 #[cfg(test)]
@@ -112,6 +113,13 @@ pub struct ClusterMetrics {
     /// Session claims or handovers a live peer did not answer within
     /// `cluster.takeover_timeout_ms`.
     pub takeover_timeouts: AtomicU64,
+    /// Changes to replicated sessions not sent to a replica (no link, or its hold bound
+    /// reached): that replica catches up from a whole copy when it is placed again.
+    pub replica_ops_dropped: AtomicU64,
+    /// Sessions brought back from a copy here after the node holding them died.
+    pub replicas_promoted: AtomicU64,
+    /// Copies dropped because their holder stayed gone past the session's expiry.
+    pub replicas_expired: AtomicU64,
 }
 
 /// One peer as seen from this node.
@@ -204,6 +212,8 @@ pub struct Cluster {
     routes_dirty: Notify,
     /// Session claims and handovers under way (`handover`).
     handover: handover::Handover,
+    /// Copies of sessions other nodes hold (`replicas`).
+    pub(crate) replicas: replicas::Replicas,
     /// Other nodes chitchat sees as live.
     members: AtomicUsize,
     routes_pending: AtomicUsize,
@@ -375,6 +385,20 @@ impl Cluster {
         // routes they kept for it, and skip it for messages meanwhile.
         broker.set_cluster(cluster.clone());
         broker.announce_restored_routes();
+        broker.keep_replicas();
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                if *cluster.shutdown.borrow() {
+                    return;
+                }
+                cluster.sweep_replicas();
+            }
+        });
 
         tokio::spawn(inbound::serve(
             peer_listener,
@@ -468,6 +492,7 @@ impl Cluster {
             shared_strategy: broker.config.mqtt.shared_subscription_strategy,
             routes_dirty: Notify::new(),
             handover: handover::Handover::default(),
+            replicas: replicas::Replicas::default(),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),
             metrics,

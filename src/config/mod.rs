@@ -290,6 +290,12 @@ impl Config {
                 c.takeover_timeout_ms
             )));
         }
+        if c.session_replicas > 8 {
+            return Err(err(format!(
+                "cluster.session_replicas: must be from 0 to 8 (got {})",
+                c.session_replicas
+            )));
+        }
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
         }

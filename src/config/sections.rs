@@ -309,6 +309,8 @@ pub struct ClusterConfig {
     /// Whether a client may connect while a known node is unreachable (its session there, if
     /// any, stays there), or is refused with "server unavailable".
     pub allow_connect_during_partition: bool,
+    /// How many other nodes keep a copy of each persistent session (0: none).
+    pub session_replicas: usize,
 }
 
 /// When a SUBACK goes out in a cluster (`cluster.subscribe_ack`).

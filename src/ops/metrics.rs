@@ -302,6 +302,12 @@ impl Collector for StateCollector {
             "CONNECTs refused while a cluster node was unreachable (cluster.allow_connect_during_partition = false)",
             Metrics::get(&m.connects_refused_partition),
         )?;
+        counter(
+            &mut e,
+            "vibemq_session_replica_snapshots",
+            "Whole sessions sent to a node that became one of their replicas (catch-up)",
+            Metrics::get(&m.replica_snapshots),
+        )?;
         if let Some(store) = b.store() {
             encode_store(&mut e, store)?;
         }
@@ -405,6 +411,37 @@ impl Collector for StateCollector {
             "vibemq_cluster_takeover_timeouts",
             "Session claims or handovers that went without a live peer's answer (cluster.takeover_timeout_ms)",
             Metrics::get(&cm.takeover_timeouts),
+        )?;
+        let (replicas, replica_deliveries) = c.replicas.counts();
+        gauge(
+            &mut e,
+            "vibemq_session_replicas",
+            "Copies of sessions held on other nodes that this node keeps",
+            replicas as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_session_replica_messages",
+            "QoS 1/2 messages queued or in flight in those copies",
+            replica_deliveries as i64,
+        )?;
+        counter(
+            &mut e,
+            "vibemq_session_replicas_promoted",
+            "Sessions brought back from a copy here after the node holding them died",
+            Metrics::get(&cm.replicas_promoted),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_session_replicas_expired",
+            "Copies dropped: their node stayed gone past the session's expiry",
+            Metrics::get(&cm.replicas_expired),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_replica_ops_dropped",
+            "Changes to replicated sessions not sent (no link, or cluster.hold_bytes reached)",
+            Metrics::get(&cm.replica_ops_dropped),
         )?;
         counter(
             &mut e,

@@ -1,0 +1,263 @@
+//! Session replicas, the replicas' half: where a holder's sessions are copied
+//! (`cluster.session_replicas` live nodes, picked by rendezvous hashing of the client id, so
+//! a session's copies spread over the cluster and move little when members change), keeping
+//! the copies this node holds for others (applying the holder's `ReplicaOp`s in order), and
+//! bringing a copy forward when its holder died: a claim for the client id finds it, as it
+//! finds a live node's session, and the copy is handed to the claimant the same way
+//! (`handover`). A copy whose holder is gone and whose client does not come back is dropped
+//! when the session would have expired.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::Cluster;
+use super::handover::SessionMessage;
+use crate::broker::Metrics;
+use crate::broker::handover::{ClaimOrder, SessionImage, Subscriptions};
+use crate::broker::replica::{ReplicaNode, ReplicaOp, ReplicaSnapshot};
+use crate::store::records::StoredDelivery;
+use crate::store::{InflightMark, StoredSubscription};
+
+/// A copy of a session held on another node.
+#[derive(Debug)]
+struct Replica {
+    /// The run of the holder when it sent the whole session: a holder back as a new run
+    /// (restarted) has lost what it held, so the copy counts as orphaned.
+    holder_generation: u64,
+    expiry_interval: u32,
+    subscriptions: BTreeMap<String, StoredSubscription>,
+    deliveries: BTreeMap<u64, (StoredDelivery, Option<InflightMark>)>,
+    inbound_qos2: BTreeSet<u16>,
+    /// The claim it was promised to, once its holder died and a claim came for it.
+    claimed: Option<ClaimOrder>,
+    /// Since when its holder is known to be gone (for the expiry sweep).
+    orphaned_at: Option<Instant>,
+}
+
+/// A copy's key: (client id, holder node).
+type CopyKey = (Arc<str>, Arc<str>);
+
+/// The copies this node holds.
+#[derive(Default)]
+pub(crate) struct Replicas {
+    held: Mutex<HashMap<CopyKey, Replica>>,
+    /// A session held here missed a change to one of its replicas (see `broker::replica`).
+    pub(crate) stale: std::sync::atomic::AtomicBool,
+}
+
+impl Replicas {
+    /// (copies held, QoS 1/2 deliveries in them).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let held = self.held.lock();
+        (held.len(), held.values().map(|r| r.deliveries.len()).sum())
+    }
+}
+
+fn rank(client: &str, node: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    client.hash(&mut h);
+    node.hash(&mut h);
+    h.finish()
+}
+
+impl Cluster {
+    pub(crate) fn replica_count(&self) -> usize {
+        self.config.session_replicas
+    }
+
+    /// Live peers (linked, not suspended) with their runs, by node id.
+    pub(crate) fn live_runs(&self) -> Vec<ReplicaNode> {
+        self.links
+            .read()
+            .iter()
+            .filter(|(_, l)| l.is_connected() && l.suspended_since().is_none())
+            .map(|(node, l)| (node.clone(), l.generation))
+            .collect()
+    }
+
+    /// The `cluster.session_replicas` live peers ranked highest for `client` (rendezvous).
+    pub(crate) fn replica_nodes(&self, client: &str) -> Vec<ReplicaNode> {
+        let mut live = self.live_runs();
+        live.sort_by_key(|(node, _)| std::cmp::Reverse(rank(client, node)));
+        live.truncate(self.config.session_replicas);
+        live.sort();
+        live
+    }
+
+    /// Sends one change of a session held here to its replicas.
+    pub(crate) fn replicate(&self, nodes: &[ReplicaNode], client: &str, op: &ReplicaOp) -> bool {
+        let message = SessionMessage::Replica {
+            client: client.to_string(),
+            op: op.clone(),
+        };
+        let mut all = true;
+        for (node, _) in nodes {
+            if !self.tell(node, &message) {
+                Metrics::add(&self.metrics.replica_ops_dropped, 1);
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Applies a change `holder` made to a session it holds.
+    pub(crate) fn apply_replica_op(&self, holder: &Arc<str>, client: &str, op: ReplicaOp) {
+        let key = (Arc::<str>::from(client), holder.clone());
+        let mut held = self.replicas.held.lock();
+        if let ReplicaOp::Snapshot(snapshot) = op {
+            let holder_generation = self.links.read().get(holder).map_or(0, |l| l.generation);
+            held.insert(key, replica_from(snapshot, holder_generation));
+            return;
+        }
+        if matches!(op, ReplicaOp::Gone) {
+            held.remove(&key);
+            return;
+        }
+        // Changes before a snapshot (a link made anew): the next snapshot brings them.
+        let Some(r) = held.get_mut(&key) else { return };
+        if r.holder_generation == 0 {
+            // Made before this node had a link to the holder.
+            r.holder_generation = self.links.read().get(holder).map_or(0, |l| l.generation);
+        }
+        match op {
+            ReplicaOp::Queued { seq, delivery } => {
+                r.deliveries.insert(seq, (*delivery, None));
+            }
+            ReplicaOp::Sent { seq, mark } => {
+                if let Some(d) = r.deliveries.get_mut(&seq) {
+                    d.1 = Some(mark);
+                }
+            }
+            ReplicaOp::Done { seq } => {
+                r.deliveries.remove(&seq);
+            }
+            ReplicaOp::Subscribed {
+                filter,
+                subscription,
+            } => {
+                r.subscriptions.insert(filter, subscription);
+            }
+            ReplicaOp::Unsubscribed { filter } => {
+                r.subscriptions.remove(&filter);
+            }
+            ReplicaOp::InboundQos2 { packet_id, held } => {
+                if held {
+                    r.inbound_qos2.insert(packet_id);
+                } else {
+                    r.inbound_qos2.remove(&packet_id);
+                }
+            }
+            ReplicaOp::Expiry { expiry_interval } => r.expiry_interval = expiry_interval,
+            ReplicaOp::Snapshot(_) | ReplicaOp::Gone => {}
+        }
+    }
+
+    /// Whether `holder`, as the run a copy was made from, is still live.
+    fn holder_alive(&self, holder: &str, generation: u64) -> bool {
+        self.links.read().get(holder).is_some_and(|l| {
+            l.is_connected()
+                && l.suspended_since().is_none()
+                && (generation == 0 || l.generation == generation)
+        })
+    }
+
+    /// A claim on `client`: a copy here whose holder died is promised to it (its
+    /// subscriptions returned), or, for a clean start, dropped.
+    pub(crate) fn claim_replica(
+        &self,
+        client: &str,
+        order: &ClaimOrder,
+        clean_start: bool,
+    ) -> Option<Subscriptions> {
+        let mut held = self.replicas.held.lock();
+        let orphans: Vec<CopyKey> = held
+            .iter()
+            .filter(|((c, holder), r)| {
+                &**c == client && !self.holder_alive(holder, r.holder_generation)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if clean_start {
+            for k in orphans {
+                held.remove(&k);
+            }
+            return None;
+        }
+        let r = held.get_mut(orphans.first()?)?;
+        if r.claimed.as_ref().is_some_and(|c| c > order) {
+            return None;
+        }
+        r.claimed = Some(order.clone());
+        Some(
+            r.subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), *s))
+                .collect(),
+        )
+    }
+
+    /// The copy promised to claim `order`, as a session image; it leaves this node.
+    pub(crate) fn release_replica(&self, client: &str, order: &ClaimOrder) -> Option<SessionImage> {
+        let mut held = self.replicas.held.lock();
+        let key = held
+            .iter()
+            .find(|((c, _), r)| &**c == client && r.claimed.as_ref() == Some(order))
+            .map(|(k, _)| k.clone())?;
+        let r = held.remove(&key)?;
+        drop(held);
+        Metrics::add(&self.metrics.replicas_promoted, 1);
+        tracing::info!(client_id = %crate::limits::printable(client), holder = %key.1, deliveries = r.deliveries.len(), "session brought back from its replica: its node is gone");
+        let (inflight, queued): (Vec<_>, Vec<_>) = r
+            .deliveries
+            .into_values()
+            .partition(|(_, mark)| mark.is_some());
+        Some(SessionImage {
+            subscriptions: r.subscriptions.into_iter().collect(),
+            deliveries: inflight.into_iter().chain(queued).collect(),
+            inbound_qos2: r.inbound_qos2.into_iter().collect(),
+        })
+    }
+
+    /// Drops the copies whose holder has been gone longer than their session's expiry.
+    pub(crate) fn sweep_replicas(&self) {
+        let now = Instant::now();
+        let mut held = self.replicas.held.lock();
+        let before = held.len();
+        held.retain(|(_, holder), r| {
+            if self.holder_alive(holder, r.holder_generation) {
+                r.orphaned_at = None;
+                return true;
+            }
+            let since = *r.orphaned_at.get_or_insert(now);
+            r.expiry_interval == u32::MAX
+                || now.duration_since(since).as_secs() < u64::from(r.expiry_interval)
+        });
+        let expired = before - held.len();
+        if expired > 0 {
+            self.metrics
+                .replicas_expired
+                .fetch_add(expired as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+fn replica_from(s: ReplicaSnapshot, holder_generation: u64) -> Replica {
+    Replica {
+        holder_generation,
+        expiry_interval: s.expiry_interval,
+        subscriptions: s.subscriptions.into_iter().collect(),
+        deliveries: s
+            .deliveries
+            .into_iter()
+            .map(|(seq, d, mark)| (seq, (d, mark)))
+            .collect(),
+        inbound_qos2: s.inbound_qos2.into_iter().collect(),
+        claimed: None,
+        orphaned_at: None,
+    }
+}
