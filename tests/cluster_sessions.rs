@@ -132,6 +132,93 @@ async fn an_offline_session_resumes_on_another_node_with_everything_queued() {
     back.expect_silence(Duration::from_millis(500)).await;
 }
 
+/// The sum of a metric over the nodes.
+async fn total(nodes: &[&ProcessNode], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes {
+        sum += n.metric(name).await;
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
+    let [mut n1, n2, n3] = three(Vec::new()).await;
+    run(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &n1.port(),
+            "-i",
+            "keeper",
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            "keep/#",
+            "-E",
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let mut p = RawClient::connect(addr(&n3), Protocol::V5, "keep-pub", true).await;
+    publish_acknowledged(&mut p, "keep/x", "k", 100).await;
+    // One other node keeps a copy (cluster.session_replicas = 1) with all 100 in it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let copies = total(&[&n2, &n3], "vibemq_session_replicas").await;
+        let messages = total(&[&n2, &n3], "vibemq_session_replica_messages").await;
+        if copies == 1.0 && messages == 100.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies {copies}, messages in them {messages}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n1.kill9().await;
+    // The client comes back at node2, whichever node kept the copy: all 100, in order.
+    let out = run(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &n2.port(),
+            "-i",
+            "keeper",
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            "keep/#",
+            "-C",
+            "100",
+            "-W",
+            "20",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    let expected: Vec<String> = (1..=100).map(|i| format!("k{i}")).collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        total(&[&n2, &n3], "vibemq_session_replicas_promoted_total").await,
+        1.0
+    );
+    // The session lives at node2 now, and is copied again to the node left (node3).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while n3.metric("vibemq_session_replicas").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new copy on node3"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_acknowledged(&mut p, "keep/x", "after", 1).await;
+    let mut again = RawClient::connect(addr(&n2), Protocol::V311, "keeper", false).await;
+    assert_eq!(&again.recv_publish().await.payload[..], b"after1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_connection_is_taken_over_from_another_node() {
     let [n1, n2, n3] = three(Vec::new()).await;
