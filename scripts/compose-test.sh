@@ -3,7 +3,8 @@
 # mosquitto clients on the host: subscribe on node1 (1883), publish on node2 (1884), retained
 # on node2 seen from node1, node2 killed and restarted keeping its retained message and a
 # persistent session (its volume), node2 stopped while node1 and node3 go on, node2 back, scaled up and
-# down through the service name's DNS, and node3 cut off the network and healed. Every step is
+# down through the service name's DNS, a session on node3 resumed at node1 after node3 is
+# killed, and node3 cut off the network and healed. Every step is
 # bounded; everything is torn down even when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,15 @@ healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$1")
 api() { compose exec -T node1 /usr/local/bin/vibemq probe /api/v1/cluster; }
 links_up() { [ "$(api | grep -o '"link":"up"' | wc -l)" -eq "$1" ]; }
 peer_status() { api | grep -o "\"node_id\":\"$1\"[^}]*" | grep -q "\"status\":\"$2\""; }
+# node1 or node2 keeps a copy of a session held elsewhere, with a message in it.
+copy_held() {
+    local n
+    for n in node1 node2; do
+        compose exec -T "$n" /usr/local/bin/vibemq probe /metrics \
+            | grep -q '^vibemq_session_replica_messages [1-9]' && return 0
+    done
+    return 1
+}
 # A message published on port $1 reaches the subscriber on node1 (retried: routes may still be
 # settling after a change in the cluster).
 delivered() {
@@ -97,6 +107,17 @@ wait_for "links_up 4" 90
 compose up -d --no-build --no-recreate --scale extra=0 extra
 wait_for "links_up 2" 90
 wait_for "delivered 1885" 30
+
+log "sessions: a session on node3 resumes at node1 after node3 is killed (from its copy on another node)"
+mosquitto_sub -p 1885 -c -i ct-roamer -q 1 -t 'ct-roam/#' -E
+mosquitto_pub -p 1884 -t ct-roam/x -m survives-its-node -q 1
+wait_for "copy_held" 30
+compose kill -s SIGKILL node3
+timeout 25 mosquitto_sub -p 1883 -c -i ct-roamer -q 1 -t 'ct-roam/#' -C 1 -W 20 | grep -qx survives-its-node \
+    || fail "the session's queued message did not come back at node1 after node3 was killed"
+compose start node3
+wait_for "healthy node3" 90
+wait_for "links_up 2" 60
 
 log "partition: node3 cut off the network, then healed"
 network="${project}_cluster"
