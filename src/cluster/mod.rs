@@ -386,19 +386,7 @@ impl Cluster {
         broker.set_cluster(cluster.clone());
         broker.announce_restored_routes();
         broker.keep_replicas();
-        let weak = Arc::downgrade(&cluster);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let Some(cluster) = weak.upgrade() else {
-                    return;
-                };
-                if *cluster.shutdown.borrow() {
-                    return;
-                }
-                cluster.sweep_replicas();
-            }
-        });
+        cluster.keep_sweeping_replicas();
 
         tokio::spawn(inbound::serve(
             peer_listener,

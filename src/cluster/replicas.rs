@@ -23,6 +23,9 @@ use crate::broker::replica::{ReplicaNode, ReplicaOp, ReplicaSnapshot};
 use crate::store::records::StoredDelivery;
 use crate::store::{InflightMark, StoredSubscription};
 
+/// How often copies whose holder is gone are checked against their session's expiry.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A copy of a session held on another node.
 #[derive(Debug)]
 struct Replica {
@@ -221,6 +224,23 @@ impl Cluster {
             deliveries: inflight.into_iter().chain(queued).collect(),
             inbound_qos2: r.inbound_qos2.into_iter().collect(),
         })
+    }
+
+    /// Sweeps the copies (`sweep_replicas`) every few seconds until the cluster stops.
+    pub(crate) fn keep_sweeping_replicas(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                if *cluster.shutdown.borrow() {
+                    return;
+                }
+                cluster.sweep_replicas();
+            }
+        });
     }
 
     /// Drops the copies whose holder has been gone longer than their session's expiry.
