@@ -214,6 +214,18 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The admin API says where the session is and where its copy is.
+    let (status, body) = common::http::get(n2.http_addr(), "/api/v1/clients").await;
+    assert_eq!(status, 200);
+    let clients = common::http::json(&body);
+    let keeper = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "keeper")
+        .expect("keeper listed at node2");
+    assert_eq!(keeper["node"], "node2");
+    assert_eq!(keeper["replicas"], serde_json::json!(["node3"]));
     publish_acknowledged(&mut p, "keep/x", "after", 1).await;
     let mut again = RawClient::connect(addr(&n2), Protocol::V311, "keeper", false).await;
     assert_eq!(&again.recv_publish().await.payload[..], b"after1");

@@ -222,9 +222,17 @@ fn clients_page(app: &AppState, q: &Page) -> Json<serde_json::Value> {
         .map(|s| {
             let st = s.state.lock();
             let conn = st.connection.as_ref();
+            // The nodes keeping a copy of the session (`cluster.session_replicas`).
+            let replicas: Vec<&str> = st
+                .journal
+                .as_ref()
+                .and_then(|j| j.replicas.as_ref())
+                .map(|line| line.nodes.iter().map(|(node, _)| &**node).collect())
+                .unwrap_or_default();
             json!({
                 "client_id": &*s.client_id,
                 "node": &*broker.node_id,
+                "replicas": replicas,
                 "connected": conn.is_some(),
                 "protocol": conn.map(|c| c.protocol.name()),
                 "peer": conn.and_then(|c| c.peer),
