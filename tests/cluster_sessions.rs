@@ -228,7 +228,32 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
     assert_eq!(keeper["replicas"], serde_json::json!(["node3"]));
     publish_acknowledged(&mut p, "keep/x", "after", 1).await;
     let mut again = RawClient::connect(addr(&n2), Protocol::V311, "keeper", false).await;
-    assert_eq!(&again.recv_publish().await.payload[..], b"after1");
+    let m = again.recv_publish().await;
+    assert_eq!(&m.payload[..], b"after1");
+    again.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+    again.disconnect().await;
+
+    // node1 comes back with its store, which still holds its old copy of the session: told
+    // that the session was resumed elsewhere, it discards it, so the client never gets those
+    // 100 messages a second time.
+    n1.start_again().await;
+    n1.wait_linked(2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while n1.metric("vibemq_sessions_discarded_stale_total").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node1 kept its stale copy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(n1.metric("vibemq_sessions").await, 0.0);
+    let (mut last, ack) = RawClient::connect_with(
+        addr(&n1),
+        common::connect_packet(Protocol::V311, "keeper", false),
+    )
+    .await;
+    assert!(ack.session_present);
+    last.expect_silence(Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,10 +140,35 @@ impl Broker {
     /// whole. No will is published (the client resumes it) and nothing counts as dropped.
     /// None if the session is not here any more, or a newer claim or connection has it.
     pub fn hand_over(&self, client_id: &str, order: &ClaimOrder) -> Option<SessionImage> {
+        let image = self.cut_out(client_id, |claim| claim == Some(order))?;
+        Metrics::add(&self.metrics.sessions_handed_over, 1);
+        Some(image)
+    }
+
+    /// The session of `client_id` was resumed elsewhere (claim `order`) from its copy while
+    /// this node was down or cut off: the copy here is stale and goes, unless a newer
+    /// connection has it (counted, and logged with the messages it held: nearly all of them
+    /// were delivered from the other copy; those acknowledged to their publishers within the
+    /// last moments before this node went may not have been).
+    pub fn discard_superseded(&self, client_id: &str, order: &ClaimOrder) {
+        let Some(image) = self.cut_out(client_id, |claim| claim.is_none_or(|c| c < order)) else {
+            return;
+        };
+        Metrics::add(&self.metrics.stale_sessions_discarded, 1);
+        tracing::warn!(client_id = %crate::limits::printable(client_id), resumed_at = %order.node, messages_held = image.deliveries.len(), "discarded this node's copy of a session resumed elsewhere while this node was away");
+    }
+
+    /// Takes the session of `client_id` out of this node whole, if it has no connection and
+    /// its claim passes `claim_ok`: no will, nothing counted, its routes and record gone.
+    fn cut_out(
+        &self,
+        client_id: &str,
+        claim_ok: impl FnOnce(Option<&ClaimOrder>) -> bool,
+    ) -> Option<SessionImage> {
         let session = self.sessions.get(client_id).map(|s| s.clone())?;
         let (image, filters) = {
             let mut st = session.state.lock();
-            if st.ended || st.connection.is_some() || st.claim.as_ref() != Some(order) {
+            if st.ended || st.connection.is_some() || !claim_ok(st.claim.as_ref()) {
                 return None;
             }
             st.ended = true;
@@ -188,7 +213,6 @@ impl Broker {
             self.remove_route_entry(&session.client_id, filter);
         }
         session.wake();
-        Metrics::add(&self.metrics.sessions_handed_over, 1);
         Some(image)
     }
 

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub connects_refused_partition: AtomicU64,
     /// Whole sessions sent to a node that became one of their replicas (catch-up).
     pub replica_snapshots: AtomicU64,
+    /// Stale copies of sessions resumed elsewhere while this node was away, discarded.
+    pub stale_sessions_discarded: AtomicU64,
 }
 
 impl Metrics {

@@ -64,6 +64,9 @@ pub enum SessionMessage {
     Passed { request: u64 },
     /// A change to a session the sender holds and the receiver keeps a copy of (`replicas`).
     Replica { client: String, op: ReplicaOp },
+    /// To a node back after being taken for dead: the session of `client` was resumed
+    /// elsewhere from its copy (claim `order`); the receiver's own copy is stale.
+    Moved { client: String, order: ClaimOrder },
 }
 
 /// Requests under way and claims this node made that are not settled yet.
@@ -325,6 +328,11 @@ impl Cluster {
                 self.answer(peer, SessionMessage::Passed { request });
             }
             SessionMessage::Replica { client, op } => self.apply_replica_op(peer, &client, op),
+            SessionMessage::Moved { client, order } => {
+                if let Some(broker) = self.broker() {
+                    broker.discard_superseded(&client, &order);
+                }
+            }
         }
         Ok(())
     }

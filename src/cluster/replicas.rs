@@ -7,7 +7,7 @@
 //! (`handover`). A copy whose holder is gone and whose client does not come back is dropped
 //! when the session would have expired.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,9 @@ use crate::broker::handover::{ClaimOrder, SessionImage, Subscriptions};
 use crate::broker::replica::{ReplicaNode, ReplicaOp, ReplicaSnapshot};
 use crate::store::records::StoredDelivery;
 use crate::store::{InflightMark, StoredSubscription};
+
+/// How many resumed sessions are remembered for their old holders' return.
+const MOVED_REMEMBERED: usize = 1_000_000;
 
 /// How often copies whose holder is gone are checked against their session's expiry.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -42,6 +45,10 @@ struct Replica {
     orphaned_at: Option<Instant>,
 }
 
+/// A session resumed from a copy here: (old holder, client id, the claim that resumed it,
+/// until when its old holder needs telling).
+type Moved = (Arc<str>, String, ClaimOrder, Option<Instant>);
+
 /// A copy's key: (client id, holder node).
 type CopyKey = (Arc<str>, Arc<str>);
 
@@ -49,6 +56,10 @@ type CopyKey = (Arc<str>, Arc<str>);
 #[derive(Default)]
 pub(crate) struct Replicas {
     held: Mutex<HashMap<CopyKey, Replica>>,
+    /// Sessions brought back from a copy here, to tell their old holder when it is back (it
+    /// may have kept, or read back from its store, a copy of its own): (holder, client, the
+    /// claim that resumed it, until when it matters).
+    moved: Mutex<VecDeque<Moved>>,
     /// A session held here missed a change to one of its replicas (see `broker::replica`).
     pub(crate) stale: std::sync::atomic::AtomicBool,
 }
@@ -213,6 +224,14 @@ impl Cluster {
             .map(|(k, _)| k.clone())?;
         let r = held.remove(&key)?;
         drop(held);
+        let until = (r.expiry_interval != u32::MAX)
+            .then(|| Instant::now() + std::time::Duration::from_secs(u64::from(r.expiry_interval)));
+        let mut moved = self.replicas.moved.lock();
+        if moved.len() >= MOVED_REMEMBERED {
+            moved.pop_front();
+        }
+        moved.push_back((key.1.clone(), client.to_string(), order.clone(), until));
+        drop(moved);
         Metrics::add(&self.metrics.replicas_promoted, 1);
         tracing::info!(client_id = %crate::limits::printable(client), holder = %key.1, deliveries = r.deliveries.len(), "session brought back from its replica: its node is gone");
         let (inflight, queued): (Vec<_>, Vec<_>) = r
@@ -243,9 +262,26 @@ impl Cluster {
         });
     }
 
-    /// Drops the copies whose holder has been gone longer than their session's expiry.
+    /// Drops the copies whose holder has been gone longer than their session's expiry, and
+    /// tells holders that are back which of their sessions were resumed elsewhere.
     pub(crate) fn sweep_replicas(&self) {
         let now = Instant::now();
+        self.replicas
+            .moved
+            .lock()
+            .retain(|(holder, client, order, until)| {
+                if until.is_some_and(|u| u <= now) {
+                    return false;
+                }
+                if !self.holder_alive(holder, 0) {
+                    return true;
+                }
+                let moved = SessionMessage::Moved {
+                    client: client.clone(),
+                    order: order.clone(),
+                };
+                !self.tell(holder, &moved)
+            });
         let mut held = self.replicas.held.lock();
         let before = held.len();
         held.retain(|(_, holder), r| {

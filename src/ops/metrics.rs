@@ -308,6 +308,12 @@ impl Collector for StateCollector {
             "Whole sessions sent to a node that became one of their replicas (catch-up)",
             Metrics::get(&m.replica_snapshots),
         )?;
+        counter(
+            &mut e,
+            "vibemq_sessions_discarded_stale",
+            "Copies of sessions resumed elsewhere while this node was away, discarded on its return",
+            Metrics::get(&m.stale_sessions_discarded),
+        )?;
         if let Some(store) = b.store() {
             encode_store(&mut e, store)?;
         }

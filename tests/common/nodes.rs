@@ -142,6 +142,13 @@ impl ProcessNode {
         self.wait_listening().await;
     }
 
+    /// A node stopped with `kill9` started again on its addresses and store (a new run).
+    pub async fn start_again(&mut self) {
+        let ports = [self.mqtt, self.gossip, self.peer, self.http];
+        self.child = Self::spawn_child(self.n, ports, self.seed, &self.env, &self.data);
+        self.wait_listening().await;
+    }
+
     pub async fn kill9(&mut self) {
         self.child.start_kill().expect("SIGKILL");
         self.child.wait().await.expect("reaped");
