@@ -49,7 +49,7 @@ impl Journal {
         if let Some(line) = &self.replicas
             && !line.nodes.is_empty()
         {
-            line.send(&self.client, &op(&line.node_id));
+            line.send(&self.client, op(&line.node_id));
         }
     }
 

@@ -89,7 +89,7 @@ pub trait ClusterHook: Send + Sync {
         &self,
         nodes: &[replica::ReplicaNode],
         client_id: &str,
-        op: &replica::ReplicaOp,
+        op: replica::ReplicaOp,
     ) -> bool;
     /// A replica missed a change: the next reconciliation sends whole sessions again.
     fn note_stale_replica(&self);

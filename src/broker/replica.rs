@@ -85,7 +85,7 @@ impl std::fmt::Debug for ReplicaLine {
 }
 
 impl ReplicaLine {
-    pub fn send(&self, client: &str, op: &ReplicaOp) {
+    pub fn send(&self, client: &str, op: ReplicaOp) {
         if !self.nodes.is_empty() && !self.hook.replicate(&self.nodes, client, op) {
             self.stale.store(true, Ordering::Relaxed);
             self.hook.note_stale_replica();
@@ -186,7 +186,7 @@ impl Broker {
             .cloned()
             .collect();
         if !gone.is_empty() {
-            hook.replicate(&gone, client_id, &ReplicaOp::Gone);
+            hook.replicate(&gone, client_id, ReplicaOp::Gone);
         }
         if !new.is_empty() {
             let snapshot = ReplicaSnapshot {
@@ -199,7 +199,7 @@ impl Broker {
                 deliveries: snapshot_deliveries(&self.node_id, st),
                 inbound_qos2: st.inbound_qos2.iter().copied().collect(),
             };
-            hook.replicate(&new, client_id, &ReplicaOp::Snapshot(snapshot));
+            hook.replicate(&new, client_id, ReplicaOp::Snapshot(snapshot));
             Metrics::add(&self.metrics.replica_snapshots, new.len() as u64);
         }
         if let Some(line) = st.journal.as_mut().and_then(|j| j.replicas.as_mut()) {

@@ -182,7 +182,7 @@ impl ClusterHook for Cluster {
         Cluster::live_runs(self)
     }
 
-    fn replicate(&self, nodes: &[ReplicaNode], client_id: &str, op: &ReplicaOp) -> bool {
+    fn replicate(&self, nodes: &[ReplicaNode], client_id: &str, op: ReplicaOp) -> bool {
         Cluster::replicate(self, nodes, client_id, op)
     }
 

@@ -69,6 +69,17 @@ pub enum SessionMessage {
     Moved { client: String, order: ClaimOrder },
 }
 
+/// A session record's body (bounded: everything in it is bounded by the session's limits).
+pub(super) fn encode(message: &SessionMessage) -> Option<Bytes> {
+    match bincode::serde::encode_to_vec(message, bincode::config::standard()) {
+        Ok(body) => Some(Bytes::from(body)),
+        Err(e) => {
+            tracing::warn!(error = %e, "session record not encodable");
+            None
+        }
+    }
+}
+
 /// Requests under way and claims this node made that are not settled yet.
 #[derive(Default)]
 pub(crate) struct Handover {
@@ -101,13 +112,7 @@ impl Cluster {
         let Some(link) = self.links.read().get(node).cloned() else {
             return false;
         };
-        match bincode::serde::encode_to_vec(message, bincode::config::standard()) {
-            Ok(body) => link.send_session(Bytes::from(body)),
-            Err(e) => {
-                tracing::warn!(peer = %node, error = %e, "session record not encodable");
-                false
-            }
-        }
+        encode(message).is_some_and(|body| link.send_session(body))
     }
 
     /// Answers `node` over this node's link to it. A node that just joined may ask before

@@ -104,14 +104,18 @@ impl Cluster {
     }
 
     /// Sends one change of a session held here to its replicas.
-    pub(crate) fn replicate(&self, nodes: &[ReplicaNode], client: &str, op: &ReplicaOp) -> bool {
+    pub(crate) fn replicate(&self, nodes: &[ReplicaNode], client: &str, op: ReplicaOp) -> bool {
         let message = SessionMessage::Replica {
             client: client.to_string(),
-            op: op.clone(),
+            op,
+        };
+        let Some(body) = super::handover::encode(&message) else {
+            return false;
         };
         let mut all = true;
         for (node, _) in nodes {
-            if !self.tell(node, &message) {
+            let link = self.links.read().get(node).cloned();
+            if !link.is_some_and(|l| l.send_session(body.clone())) {
                 Metrics::add(&self.metrics.replica_ops_dropped, 1);
                 all = false;
             }
