@@ -276,10 +276,11 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
         }
     });
 
-    // The subscriber: an online session taking what is queued for it, as a connection would.
+    // The subscriber: an online session taking what is queued for it, as a connection would
+    // (a client id of its own: one id is connected once cluster-wide).
     let control = ConnectionControl::new(1);
     let session = broker
-        .attach(&Arc::from("subscriber"), true, &control, 0, None)
+        .attach(&Arc::from(format!("subscriber-{i}")), true, &control, 0, None)
         .await
         .session;
     let options = SubscriptionOptions {
