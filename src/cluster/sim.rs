@@ -11,11 +11,16 @@
 //! - every QoS 1 message acknowledged to a publisher whose node did not crash afterwards
 //!   reached the subscriber of every node that never crashed, exactly once;
 //! - every node's view of every other node's routes equals that node's advertised set;
-//! - every node holds the same retained messages, the last write of each topic.
+//! - every node holds the same retained messages, the last write of each topic;
+//! - a client id that connected at one node after another throughout (`roam`) has, after one
+//!   more connect once the faults healed, its session in that one place, connected, with its
+//!   subscription.
 //!
 //! Each CI run covers seeds 1 to 200 in four tests; `VIBEMQ_SIM_SEED_BASE` and
 //! `VIBEMQ_SIM_SEEDS` run another range (by hand, as many as you like). A failing seed is
 //! printed with its fault schedule and the line that replays exactly that run.
+
+mod roam;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -142,6 +147,9 @@ struct World {
     received: Vec<HashMap<u64, Arrivals>>,
     /// The last write of each retained topic, by run.
     retained_last: BTreeMap<String, (u64, Bytes)>,
+    /// When and where the roaming client connects (`roam`), and where it attached so far.
+    roams: Vec<(Duration, usize)>,
+    roamed: Vec<usize>,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -280,7 +288,13 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
     // (a client id of its own: one id is connected once cluster-wide).
     let control = ConnectionControl::new(1);
     let session = broker
-        .attach(&Arc::from(format!("subscriber-{i}")), true, &control, 0, None)
+        .attach(
+            &Arc::from(format!("subscriber-{i}")),
+            true,
+            &control,
+            0,
+            None,
+        )
         .await
         .session;
     let options = SubscriptionOptions {
@@ -306,6 +320,10 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
             }
         }
     });
+
+    if i != CRASHABLE {
+        roam::spawn(i, broker.clone(), world.clone());
+    }
 
     // Membership and the publisher, in step.
     let started = turmoil::sim_elapsed().unwrap_or_default();
@@ -376,6 +394,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
         .tcp_capacity(1 << 20)
         .build();
     let world = Arc::new(Mutex::new(World::new()));
+    world.lock().roams = roam::schedule(seed);
     for i in 0..NODES {
         let w = world.clone();
         sim.host(name(i).as_str(), move || node(i, w.clone()));
@@ -562,9 +581,10 @@ fn check(w: &World, crashes: usize) -> Result<String, String> {
     let forwarded = sum(|m| crate::broker::Metrics::get(&m.frames_forwarded));
     let reconnects = sum(|m| crate::broker::Metrics::get(&m.link_reconnects));
     let timeouts = sum(|m| crate::broker::Metrics::get(&m.link_timeouts));
+    let roamed = roam::check(w)?;
     Ok(format!(
-        "{} acknowledged messages checked at {checked} subscribers, {crashes} crashes; \
-         frames {forwarded}, reconnects {reconnects}, timeouts {timeouts}",
+        "{} acknowledged messages checked at {checked} subscribers, {crashes} crashes, \
+         {roamed}; frames {forwarded}, reconnects {reconnects}, timeouts {timeouts}",
         expected.len()
     ))
 }
