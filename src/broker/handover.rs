@@ -176,12 +176,7 @@ impl Broker {
             if let Some(timer) = st.timer.take() {
                 timer.abort();
             }
-            let origin = self.node_id.to_string();
-            let stored = |d: &super::Delivery| {
-                let mut s = StoredDelivery::from_delivery(d);
-                s.message.origin.get_or_insert_with(|| origin.clone());
-                s
-            };
+            let stored = |d: &super::Delivery| super::replica::stored_delivery(&self.node_id, d);
             let mut deliveries = Vec::with_capacity(st.inflight.len() + st.queue.len());
             for f in st.inflight.drain(..) {
                 let mark = InflightMark::new(f.packet_id, f.state);
