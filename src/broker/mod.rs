@@ -362,16 +362,18 @@ impl Broker {
         expiry_interval: u32,
         will: Option<&PendingWill>,
     ) -> Attached {
-        let Some(cluster) = self.cluster.get().cloned() else {
-            return self
-                .attach_here(client_id, clean_start, control, expiry_interval, will)
-                .await;
-        };
         let started = tokio::time::Instant::now();
-        let claim = cluster.claim(client_id, clean_start).await;
+        let cluster = self.cluster.get().cloned();
+        let claim = match &cluster {
+            Some(cluster) => Some(cluster.claim(client_id, clean_start).await),
+            None => None,
+        };
         let mut attached = self
             .attach_here(client_id, clean_start, control, expiry_interval, will)
             .await;
+        let (Some(cluster), Some(claim)) = (cluster, claim) else {
+            return attached;
+        };
         attached.session.state.lock().claim = Some(claim.order.clone());
         if !claim.superseded {
             for (node, subscriptions) in &claim.holders {

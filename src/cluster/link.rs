@@ -396,52 +396,48 @@ impl Link {
     /// the peer applied it; it is not stored: after a restart gossip carries the routes).
     /// False when the hold bound is reached.
     pub fn send_route(&self, version: u64, key: &str, present: bool) -> bool {
-        let mut q = self.queue.lock();
         let cost = key.len() + 32 + FRAME_OVERHEAD;
-        if self.admit(&mut q, cost).is_none() {
-            return false;
-        }
-        let seq = q.next_seq();
-        let frame = Frame::Route {
+        let frame = |seq| Frame::Route {
             seq,
             version,
             key: key.to_string(),
             present,
         };
-        let bytes = match wire::frame_bytes(&frame) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                // Bounded by the topic limits; cannot happen, and gossip carries it anyway.
-                tracing::warn!(peer = %self.node_id, error = %e, "route push not sent");
-                return false;
-            }
-        };
-        q.last_route = seq;
-        q.push(Outgoing {
-            seq,
-            stored: false,
-            body: Body::Encoded(bytes),
-        });
-        drop(q);
-        self.wake.notify_one();
-        true
+        self.queue_reliable(cost, "route push", frame, |q, seq| q.last_route = seq)
     }
 
     /// Queues a session record (`handover`), reliable like a route push. False when the hold
     /// bound is reached.
     pub fn send_session(&self, body: Bytes) -> bool {
+        let cost = body.len() + FRAME_OVERHEAD;
+        let frame = |seq| Frame::Session { seq, body };
+        self.queue_reliable(cost, "session record", frame, |_, _| {})
+    }
+
+    /// Queues the reliable frame `frame` makes for the next sequence number (`cost` against
+    /// the hold bound; `noted` records it in the queue, under the same lock). False when the
+    /// hold bound is reached (or the frame, bounded by the limits, cannot be encoded: gossip
+    /// and the next claim carry what it said).
+    fn queue_reliable(
+        &self,
+        cost: usize,
+        what: &str,
+        frame: impl FnOnce(u64) -> Frame,
+        noted: impl FnOnce(&mut LinkQueue, u64),
+    ) -> bool {
         let mut q = self.queue.lock();
-        if self.admit(&mut q, body.len() + FRAME_OVERHEAD).is_none() {
+        if self.admit(&mut q, cost).is_none() {
             return false;
         }
         let seq = q.next_seq();
-        let bytes = match wire::frame_bytes(&Frame::Session { seq, body }) {
+        let bytes = match wire::frame_bytes(&frame(seq)) {
             Ok(bytes) => bytes,
             Err(e) => {
-                tracing::warn!(peer = %self.node_id, error = %e, "session record not sent");
+                tracing::warn!(peer = %self.node_id, error = %e, "{what} not sent");
                 return false;
             }
         };
+        noted(&mut q, seq);
         q.push(Outgoing {
             seq,
             stored: false,
