@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,20 +14,6 @@ use common::RawClient;
 use common::nodes::ProcessNode;
 use common::process::run;
 use vibemq::codec::{Ack, Packet, Properties, Protocol, QoS, Will, reason};
-
-async fn three(env: Vec<(String, String)>) -> [ProcessNode; 3] {
-    let n1 = ProcessNode::start_with(1, 0, common::process::free_port(), env.clone()).await;
-    let n2 = ProcessNode::start_with(2, n1.gossip, common::process::free_port(), env.clone()).await;
-    let n3 = ProcessNode::start_with(3, n1.gossip, common::process::free_port(), env).await;
-    for n in [&n1, &n2, &n3] {
-        n.wait_linked(2).await;
-    }
-    [n1, n2, n3]
-}
-
-fn addr(node: &ProcessNode) -> SocketAddr {
-    node.mqtt_addr().parse().unwrap()
-}
 
 fn persistent(id: &str, expiry: u32) -> vibemq::codec::Connect {
     let mut c = common::connect_packet(Protocol::V5, id, false);
@@ -51,7 +36,7 @@ async fn publish_acknowledged(p: &mut RawClient, topic: &str, prefix: &str, coun
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_session_resumes_on_another_node_with_everything_queued() {
-    let [n1, n2, n3] = three(Vec::new()).await;
+    let [n1, n2, n3] = ProcessNode::three(Vec::new()).await;
     // mosquitto_sub with a persistent session (-c) subscribes at node1 and goes.
     run(
         "mosquitto_sub",
@@ -72,7 +57,7 @@ async fn an_offline_session_resumes_on_another_node_with_everything_queued() {
     .await;
     // 100 QoS 1 messages published at node3 while the client is away, each acknowledged:
     // queued in its session on node1.
-    let mut p = RawClient::connect(addr(&n3), Protocol::V5, "roam-pub3", true).await;
+    let mut p = RawClient::connect(n3.addr(), Protocol::V5, "roam-pub3", true).await;
     publish_acknowledged(&mut p, "roam/x", "m", 100).await;
     // The client comes back at node2: all 100, in order.
     let out = run(
@@ -98,7 +83,7 @@ async fn an_offline_session_resumes_on_another_node_with_everything_queued() {
     let expected: Vec<String> = (1..=100).map(|i| format!("m{i}")).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
     // Once each: the session (still at node2) has nothing more for it.
-    let mut again = RawClient::connect(addr(&n2), Protocol::V311, "roamer", false).await;
+    let mut again = RawClient::connect(n2.addr(), Protocol::V311, "roamer", false).await;
     again.expect_silence(Duration::from_millis(500)).await;
     again.disconnect().await;
     assert_eq!(n1.metric("vibemq_sessions_migrated_out_total").await, 1.0);
@@ -111,14 +96,14 @@ async fn an_offline_session_resumes_on_another_node_with_everything_queued() {
 
     // The session lives at node2 now, subscriptions and all: a message published at node1
     // reaches it once, and the session is still there for the next visit.
-    let mut v5 = RawClient::connect_with(addr(&n2), persistent("roamer-v5", 600))
+    let mut v5 = RawClient::connect_with(n2.addr(), persistent("roamer-v5", 600))
         .await
         .0;
     v5.subscribe("roam5/#", QoS::AtLeastOnce).await;
     v5.disconnect().await;
-    let mut p = RawClient::connect(addr(&n1), Protocol::V5, "roam-pub", true).await;
+    let mut p = RawClient::connect(n1.addr(), Protocol::V5, "roam-pub", true).await;
     publish_acknowledged(&mut p, "roam5/y", "q", 5).await;
-    let (mut back, ack) = RawClient::connect_with(addr(&n3), persistent("roamer-v5", 600)).await;
+    let (mut back, ack) = RawClient::connect_with(n3.addr(), persistent("roamer-v5", 600)).await;
     assert_eq!(ack.code, 0);
     assert!(ack.session_present, "Session Present = 1 at another node");
     for i in 1..=5 {
@@ -143,7 +128,7 @@ async fn total(nodes: &[&ProcessNode], name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
-    let [mut n1, n2, n3] = three(Vec::new()).await;
+    let [mut n1, n2, n3] = ProcessNode::three(Vec::new()).await;
     run(
         "mosquitto_sub",
         &[
@@ -161,7 +146,7 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
         Duration::from_secs(20),
     )
     .await;
-    let mut p = RawClient::connect(addr(&n3), Protocol::V5, "keep-pub", true).await;
+    let mut p = RawClient::connect(n3.addr(), Protocol::V5, "keep-pub", true).await;
     publish_acknowledged(&mut p, "keep/x", "k", 100).await;
     // One other node keeps a copy (cluster.session_replicas = 1) with all 100 in it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -227,7 +212,7 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
     assert_eq!(keeper["node"], "node2");
     assert_eq!(keeper["replicas"], serde_json::json!(["node3"]));
     publish_acknowledged(&mut p, "keep/x", "after", 1).await;
-    let mut again = RawClient::connect(addr(&n2), Protocol::V311, "keeper", false).await;
+    let mut again = RawClient::connect(n2.addr(), Protocol::V311, "keeper", false).await;
     let m = again.recv_publish().await;
     assert_eq!(&m.payload[..], b"after1");
     again.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
@@ -248,7 +233,7 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
     }
     assert_eq!(n1.metric("vibemq_sessions").await, 0.0);
     let (mut last, ack) = RawClient::connect_with(
-        addr(&n1),
+        n1.addr(),
         common::connect_packet(Protocol::V311, "keeper", false),
     )
     .await;
@@ -258,8 +243,8 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_connection_is_taken_over_from_another_node() {
-    let [n1, n2, n3] = three(Vec::new()).await;
-    let mut watcher = RawClient::connect(addr(&n3), Protocol::V5, "watcher", true).await;
+    let [n1, n2, n3] = ProcessNode::three(Vec::new()).await;
+    let mut watcher = RawClient::connect(n3.addr(), Protocol::V5, "watcher", true).await;
     watcher.subscribe("wills/#", QoS::AtMostOnce).await;
     let mut c = persistent("mover", 600);
     c.will = Some(Will {
@@ -272,9 +257,9 @@ async fn a_live_connection_is_taken_over_from_another_node() {
             ..Properties::default()
         },
     });
-    let (mut old, _) = RawClient::connect_with(addr(&n1), c).await;
+    let (mut old, _) = RawClient::connect_with(n1.addr(), c).await;
     old.subscribe("live/#", QoS::AtLeastOnce).await;
-    let mut p = RawClient::connect(addr(&n3), Protocol::V5, "live-pub", true).await;
+    let mut p = RawClient::connect(n3.addr(), Protocol::V5, "live-pub", true).await;
     publish_acknowledged(&mut p, "live/a", "x", 3).await;
     // The old connection receives all three and acknowledges only the first.
     let first = old.recv_publish().await;
@@ -286,7 +271,7 @@ async fn a_live_connection_is_taken_over_from_another_node() {
         .collect();
     assert_eq!(unacked, vec![Bytes::from("x2"), Bytes::from("x3")]);
 
-    let (mut new, ack) = RawClient::connect_with(addr(&n2), persistent("mover", 600)).await;
+    let (mut new, ack) = RawClient::connect_with(n2.addr(), persistent("mover", 600)).await;
     assert_eq!(ack.code, 0);
     assert!(ack.session_present);
     // Told before the new connection's CONNACK: it is waiting already.
@@ -320,7 +305,7 @@ async fn a_live_connection_is_taken_over_from_another_node() {
     // A clean start at node3 ends the session (now at node2): its connection closes, and
     // nothing of it comes along.
     let (mut clean, ack) = RawClient::connect_with(
-        addr(&n3),
+        n3.addr(),
         common::connect_packet(Protocol::V5, "mover", true),
     )
     .await;
@@ -375,10 +360,10 @@ async fn messages_published_while_a_connection_moves_arrive_once() {
         "VIBEMQ_MQTT_MAX_QUEUED_MESSAGES".to_string(),
         "100000".to_string(),
     )];
-    let [n1, n2, n3] = three(env).await;
-    let (mut old, _) = RawClient::connect_with(addr(&n1), persistent("busy", 600)).await;
+    let [n1, n2, n3] = ProcessNode::three(env).await;
+    let (mut old, _) = RawClient::connect_with(n1.addr(), persistent("busy", 600)).await;
     old.subscribe("busy/#", QoS::AtLeastOnce).await;
-    let mut p = RawClient::connect(addr(&n3), Protocol::V5, "busy-pub", true).await;
+    let mut p = RawClient::connect(n3.addr(), Protocol::V5, "busy-pub", true).await;
     let publisher = tokio::spawn(async move {
         for i in 1..=COUNT {
             let id = (i % 60_000) as u16 + 1;
@@ -415,7 +400,7 @@ async fn messages_published_while_a_connection_moves_arrive_once() {
         before.extend(rest);
         before
     });
-    let (mut new, ack) = RawClient::connect_with(addr(&n2), persistent("busy", 600)).await;
+    let (mut new, ack) = RawClient::connect_with(n2.addr(), persistent("busy", 600)).await;
     assert!(ack.session_present);
     let on_old = tokio::time::timeout(Duration::from_secs(20), old_reader)
         .await
@@ -445,12 +430,12 @@ async fn messages_published_while_a_connection_moves_arrive_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_connects_racing_on_two_nodes_leave_exactly_one_connected() {
-    let [n1, _n2, n3] = three(Vec::new()).await;
+    let [n1, _n2, n3] = ProcessNode::three(Vec::new()).await;
     for round in 0..50 {
         let id = format!("racer-{round}");
         let (a, b) = tokio::join!(
-            RawClient::connect_with(addr(&n1), persistent(&id, 60)),
-            RawClient::connect_with(addr(&n3), persistent(&id, 60)),
+            RawClient::connect_with(n1.addr(), persistent(&id, 60)),
+            RawClient::connect_with(n3.addr(), persistent(&id, 60)),
         );
         // Every kick a claim makes is issued before its CONNACK: by now the loser has been
         // told, and a ping tells the survivor from it.
@@ -481,9 +466,9 @@ async fn connects_are_refused_while_a_node_is_away_when_partitions_are_not_allow
         "VIBEMQ_CLUSTER_ALLOW_CONNECT_DURING_PARTITION".to_string(),
         "false".to_string(),
     )];
-    let [n1, n2, _n3] = three(env).await;
+    let [n1, n2, _n3] = ProcessNode::three(env).await;
     // The CONNACK code; a connect waits up to a few seconds on a node that froze.
-    let n1_addr = addr(&n1);
+    let n1_addr = n1.addr();
     let attempt = move || async move {
         let mut c = RawClient::open(n1_addr, Protocol::V5).await;
         let connect = common::connect_packet(Protocol::V5, "careful", true);

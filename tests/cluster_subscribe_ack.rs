@@ -5,26 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::RawClient;
 use common::nodes::{LIMIT, ProcessNode};
 use vibemq::codec::{Packet, Protocol, QoS};
-
-async fn three(env: Vec<(String, String)>) -> [ProcessNode; 3] {
-    let n1 = ProcessNode::start_with(1, 0, common::process::free_port(), env.clone()).await;
-    let n2 = ProcessNode::start_with(2, n1.gossip, common::process::free_port(), env.clone()).await;
-    let n3 = ProcessNode::start_with(3, n1.gossip, common::process::free_port(), env).await;
-    for n in [&n1, &n2, &n3] {
-        n.wait_linked(2).await;
-    }
-    [n1, n2, n3]
-}
-
-fn addr(node: &ProcessNode) -> SocketAddr {
-    node.mqtt_addr().parse().unwrap()
-}
 
 /// Waits for the PUBACK of packet `id`.
 async fn puback(c: &mut RawClient, id: u16) {
@@ -36,9 +21,9 @@ async fn puback(c: &mut RawClient, id: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_published_anywhere_right_after_the_suback_arrives() {
-    let [n1, _n2, n3] = three(Vec::new()).await;
-    let mut sub = RawClient::connect(addr(&n1), Protocol::V5, "after-suback-sub", true).await;
-    let mut publisher = RawClient::connect(addr(&n3), Protocol::V5, "after-suback-pub", true).await;
+    let [n1, _n2, n3] = ProcessNode::three(Vec::new()).await;
+    let mut sub = RawClient::connect(n1.addr(), Protocol::V5, "after-suback-sub", true).await;
+    let mut publisher = RawClient::connect(n3.addr(), Protocol::V5, "after-suback-pub", true).await;
     const ROUNDS: u16 = 100;
     let mut missed = Vec::new();
     for round in 1..=ROUNDS {
@@ -74,8 +59,8 @@ async fn a_suback_goes_out_after_the_timeout_when_a_node_does_not_answer() {
         "VIBEMQ_CLUSTER_SUBSCRIBE_ACK_TIMEOUT_MS".to_string(),
         "300".to_string(),
     )];
-    let [n1, n2, n3] = three(env).await;
-    let mut sub = RawClient::connect(addr(&n1), Protocol::V311, "frozen-peer-sub", true).await;
+    let [n1, n2, n3] = ProcessNode::three(env).await;
+    let mut sub = RawClient::connect(n1.addr(), Protocol::V311, "frozen-peer-sub", true).await;
     // Frozen, its connections stay open: node1 still counts it live and waits for it.
     n2.freeze().await;
     let asked = tokio::time::Instant::now();
@@ -95,7 +80,7 @@ async fn a_suback_goes_out_after_the_timeout_when_a_node_does_not_answer() {
     );
     // node3 applied the route: its publishes arrive.
     let mut publisher =
-        RawClient::connect(addr(&n3), Protocol::V311, "frozen-peer-pub", true).await;
+        RawClient::connect(n3.addr(), Protocol::V311, "frozen-peer-pub", true).await;
     publisher
         .publish("frozen/a", b"y", QoS::AtLeastOnce, false, 1)
         .await;

@@ -178,6 +178,22 @@ impl ProcessNode {
         self.mqtt.to_string()
     }
 
+    /// Three nodes (node2 and node3 joining through node1) with `env`, all linked.
+    pub async fn three(env: Vec<(String, String)>) -> [ProcessNode; 3] {
+        let n1 = Self::start_with(1, 0, free_port(), env.clone()).await;
+        let n2 = Self::start_with(2, n1.gossip, free_port(), env.clone()).await;
+        let n3 = Self::start_with(3, n1.gossip, free_port(), env).await;
+        for n in [&n1, &n2, &n3] {
+            n.wait_linked(2).await;
+        }
+        [n1, n2, n3]
+    }
+
+    /// The MQTT address, for raw clients.
+    pub fn addr(&self) -> SocketAddr {
+        self.mqtt_addr().parse().unwrap()
+    }
+
     pub fn mqtt_addr(&self) -> String {
         format!("127.0.0.1:{}", self.mqtt)
     }
