@@ -21,6 +21,15 @@ fn persistent(id: &str, expiry: u32) -> vibemq::codec::Connect {
     c
 }
 
+/// mosquitto_sub with a persistent session (`-c`, QoS 1) for `id` on `filter` at `node`,
+/// then `then` (`-E`: subscribe and go; `-C N -W S`: take N messages); its output.
+async fn persistent_sub(node: &ProcessNode, id: &str, filter: &str, then: &[&str]) -> String {
+    let port = node.port();
+    let mut args = vec!["-p", &port, "-i", id, "-c", "-q", "1", "-t", filter];
+    args.extend_from_slice(then);
+    run("mosquitto_sub", &args, Duration::from_secs(30)).await
+}
+
 /// Publishes `count` QoS 1 messages `{prefix}{i}` to `topic` and waits for each PUBACK.
 async fn publish_acknowledged(p: &mut RawClient, topic: &str, prefix: &str, count: u16) {
     for i in 1..=count {
@@ -38,48 +47,13 @@ async fn publish_acknowledged(p: &mut RawClient, topic: &str, prefix: &str, coun
 async fn an_offline_session_resumes_on_another_node_with_everything_queued() {
     let [n1, n2, n3] = ProcessNode::three(Vec::new()).await;
     // mosquitto_sub with a persistent session (-c) subscribes at node1 and goes.
-    run(
-        "mosquitto_sub",
-        &[
-            "-p",
-            &n1.port(),
-            "-i",
-            "roamer",
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            "roam/#",
-            "-E",
-        ],
-        Duration::from_secs(20),
-    )
-    .await;
+    persistent_sub(&n1, "roamer", "roam/#", &["-E"]).await;
     // 100 QoS 1 messages published at node3 while the client is away, each acknowledged:
     // queued in its session on node1.
     let mut p = RawClient::connect(n3.addr(), Protocol::V5, "roam-pub3", true).await;
     publish_acknowledged(&mut p, "roam/x", "m", 100).await;
     // The client comes back at node2: all 100, in order.
-    let out = run(
-        "mosquitto_sub",
-        &[
-            "-p",
-            &n2.port(),
-            "-i",
-            "roamer",
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            "roam/#",
-            "-C",
-            "100",
-            "-W",
-            "20",
-        ],
-        Duration::from_secs(30),
-    )
-    .await;
+    let out = persistent_sub(&n2, "roamer", "roam/#", &["-C", "100", "-W", "20"]).await;
     let expected: Vec<String> = (1..=100).map(|i| format!("m{i}")).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
     // Once each: the session (still at node2) has nothing more for it.
@@ -129,23 +103,7 @@ async fn total(nodes: &[&ProcessNode], name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
     let [mut n1, n2, n3] = ProcessNode::three(Vec::new()).await;
-    run(
-        "mosquitto_sub",
-        &[
-            "-p",
-            &n1.port(),
-            "-i",
-            "keeper",
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            "keep/#",
-            "-E",
-        ],
-        Duration::from_secs(20),
-    )
-    .await;
+    persistent_sub(&n1, "keeper", "keep/#", &["-E"]).await;
     let mut p = RawClient::connect(n3.addr(), Protocol::V5, "keep-pub", true).await;
     publish_acknowledged(&mut p, "keep/x", "k", 100).await;
     // One other node keeps a copy (cluster.session_replicas = 1) with all 100 in it.
@@ -164,26 +122,7 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
     }
     n1.kill9().await;
     // The client comes back at node2, whichever node kept the copy: all 100, in order.
-    let out = run(
-        "mosquitto_sub",
-        &[
-            "-p",
-            &n2.port(),
-            "-i",
-            "keeper",
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            "keep/#",
-            "-C",
-            "100",
-            "-W",
-            "20",
-        ],
-        Duration::from_secs(30),
-    )
-    .await;
+    let out = persistent_sub(&n2, "keeper", "keep/#", &["-C", "100", "-W", "20"]).await;
     let expected: Vec<String> = (1..=100).map(|i| format!("k{i}")).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
     assert_eq!(
