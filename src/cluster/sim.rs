@@ -18,9 +18,13 @@
 //!
 //! Each CI run covers seeds 1 to 200 in four tests; `VIBEMQ_SIM_SEED_BASE` and
 //! `VIBEMQ_SIM_SEEDS` run another range (by hand, as many as you like). A failing seed is
-//! printed with its fault schedule and the line that replays exactly that run.
+//! printed with its fault schedule and the line that replays exactly that run;
+//! `VIBEMQ_SIM_TRACE=FILE` writes that run's events out (`trace`). Replaying needs tokio's
+//! own random choices (which of a channel's waiters wakes first, `select!`) seeded too: turmoil
+//! seeds them only under `--cfg tokio_unstable`, which `.cargo/config.toml` sets.
 
 mod roam;
+mod trace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -383,6 +387,7 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
 
 /// What one seed's run found wrong, if anything.
 fn run_seed(seed: u64) -> Result<String, String> {
+    let _trace = trace::to_file_if_asked();
     wire::seed_random(seed);
     let faults = schedule(seed);
     let mut sim = turmoil::Builder::new()
@@ -663,6 +668,11 @@ fn a_link_meant_for_an_earlier_run_of_the_peer_is_not_used_with_a_later_one() {
 
 #[test]
 fn a_seed_replays_exactly() {
+    #[cfg(not(tokio_unstable))]
+    panic!(
+        "built without --cfg tokio_unstable (.cargo/config.toml sets it; a RUSTFLAGS variable \
+         replaces it): tokio's random choices are not seeded, so no seed replays"
+    );
     let first = run_seed(7).expect("seed 7 passes");
     assert_eq!(run_seed(7).expect("seed 7 passes"), first);
 }
