@@ -9,49 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::keeper::Keeper;
-use common::nodes::{LIMIT, ProcessNode, bench};
-use common::process::run;
+use common::nodes::{ProcessNode, acked_by_publisher, load, wait_routed};
 use vibemq::codec::QoS;
-
-/// Publishes probes on `from` until `to` has received one from a peer: `from` knows `to`'s
-/// route for `topic`.
-async fn wait_routed(from: &ProcessNode, to: &ProcessNode, topic: &str) {
-    let port = from.port();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while to.metric("vibemq_cluster_messages_from_peers").await == 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node{} never routed {topic} to node{}",
-            from.n,
-            to.n
-        );
-        let probe = ["-p", &port, "-q", "1", "-t", topic, "-m", "probe"];
-        run("mosquitto_pub", &probe, LIMIT).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// vibemq-bench publishing on `node` with these extra arguments, run in the background.
-fn load(node: &ProcessNode, extra: &[&str]) -> tokio::task::JoinHandle<serde_json::Value> {
-    let mut args: Vec<String> = ["pub", "--host", &node.mqtt_addr(), "--drain", "0"]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        bench(&args, Duration::from_secs(90)).await
-    })
-}
-
-fn acked_by_publisher(summary: &serde_json::Value) -> Vec<u64> {
-    summary["acked_by_publisher"]
-        .as_array()
-        .unwrap_or_else(|| panic!("acknowledged per publisher in {summary}"))
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_a_killed_node_acknowledged_but_had_not_relayed_arrive_after_its_restart() {

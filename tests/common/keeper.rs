@@ -55,10 +55,16 @@ pub struct Keeper {
 
 impl Keeper {
     pub fn start(addr: SocketAddr, filter: &'static str, qos: QoS) -> Keeper {
+        Self::start_roaming(vec![addr], filter, qos)
+    }
+
+    /// As `start`, connecting to each of `addrs` in turn whenever a connection fails or
+    /// drops: a client that moves to another node of a cluster when its node dies.
+    pub fn start_roaming(addrs: Vec<SocketAddr>, filter: &'static str, qos: QoS) -> Keeper {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn(keep(
-            addr,
+            addrs,
             filter,
             qos,
             ACK_DELAY,
@@ -96,7 +102,7 @@ impl Keeper {
 }
 
 async fn keep(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     filter: &'static str,
     qos: QoS,
     ack_delay: Duration,
@@ -107,7 +113,10 @@ async fn keep(
     let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     let mut held_qos2 = std::collections::HashSet::new();
     let mut subscribed = false;
+    let mut attempt = 0;
     while !stopped() {
+        let addr = addrs[attempt % addrs.len()];
+        attempt += 1;
         let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;

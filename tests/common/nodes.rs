@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::process::free_port;
+use super::process::{free_port, run};
 
 pub const LIMIT: Duration = Duration::from_secs(20);
 pub const SECRET: &str = "dmliZW1xLXByb2Nlc3MtdGVzdC1zZWNyZXQtMzJiISE=";
@@ -68,8 +68,10 @@ impl ProcessNode {
     ) -> Child {
         let [mqtt, gossip, peer, http] = ports;
         let config = format!("{}/config/node{n}.toml", env!("CARGO_MANIFEST_DIR"));
+        // TEST_NODE_LOG=info (or debug) shows what the nodes did when a test fails.
+        let log_level = std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into());
         Command::new(env!("CARGO_BIN_EXE_vibemq"))
-            .args(["--config", &config, "--log-level", "warn"])
+            .args(["--config", &config, "--log-level", &log_level])
             .env("VIBEMQ_SERVER_BIND", format!("127.0.0.1:{mqtt}"))
             .env("VIBEMQ_HTTP_BIND", format!("127.0.0.1:{http}"))
             .env("VIBEMQ_CLUSTER_GOSSIP_ADDR", format!("127.0.0.1:{gossip}"))
@@ -305,4 +307,53 @@ pub async fn bench(args: &[&str], limit: Duration) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().expect("a summary line");
     super::http::json(last)
+}
+
+/// Publishes probes on `from` until `to` has received one from a peer: `from` knows `to`'s
+/// route for `topic`.
+pub async fn wait_routed(from: &ProcessNode, to: &ProcessNode, topic: &str) {
+    let port = from.port();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while to.metric("vibemq_cluster_messages_from_peers").await == 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node{} never routed {topic} to node{}",
+            from.n,
+            to.n
+        );
+        let probe = ["-p", &port, "-q", "1", "-t", topic, "-m", "probe"];
+        run("mosquitto_pub", &probe, LIMIT).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// vibemq-bench publishing on `node` with these extra arguments, run in the background.
+pub fn load(node: &ProcessNode, extra: &[&str]) -> tokio::task::JoinHandle<serde_json::Value> {
+    load_on(&[node], extra)
+}
+
+/// As `load`, its publishers spread over `nodes`.
+pub fn load_on(
+    nodes: &[&ProcessNode],
+    extra: &[&str],
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let hosts: Vec<String> = nodes.iter().map(|n| n.mqtt_addr()).collect();
+    let mut args: Vec<String> = ["pub", "--host", &hosts.join(","), "--drain", "0"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(&args, Duration::from_secs(90)).await
+    })
+}
+
+pub fn acked_by_publisher(summary: &serde_json::Value) -> Vec<u64> {
+    summary["acked_by_publisher"]
+        .as_array()
+        .unwrap_or_else(|| panic!("acknowledged per publisher in {summary}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
 }
