@@ -3,6 +3,7 @@
 //! messages and sessions, never in sockets or bytes: `mqtt` drives it, `cluster` will feed it.
 
 pub mod clock;
+mod copies_wait;
 pub mod handover;
 pub mod journal;
 mod message;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+pub use copies_wait::{CopiesWait, PeerWait, Unconfirmed};
 pub use handover::{Claim, ClaimOrder, SessionImage};
 pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
@@ -35,7 +37,7 @@ pub use router::{Audience, Fanned, GroupPick, Router};
 use session::PendingWill;
 pub use session::{ConnectionControl, Session};
 
-use crate::codec::{SubscriptionOptions, reason};
+use crate::codec::{QoS, SubscriptionOptions, reason};
 use crate::config::{Config, SlowSubscriber};
 use crate::limits::{Limit, LimitCounters};
 use crate::topic::{self, SharedFilter};
@@ -95,13 +97,16 @@ pub trait ClusterHook: Send + Sync {
     fn note_stale_replica(&self);
     /// Whether a replica missed a change since the last call.
     fn take_stale_replicas(&self) -> bool;
+    /// What an acknowledgement of a change made now to sessions here waits for: the
+    /// confirmation of the nodes that keep their copies (None: no copies anywhere).
+    fn copies_wait(&self) -> Option<CopiesWait>;
 }
 
 /// A future the cluster hands the broker.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What became of a publish that entered here.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Published {
     /// Sessions here, and nodes elsewhere, it was queued for.
     pub matched: usize,
@@ -109,6 +114,9 @@ pub struct Published {
     /// acknowledgement to its publisher waits for it with `persistence.sync = "always"`.
     /// 0: nothing was stored.
     pub ticket: u64,
+    /// With session copies on other nodes: their confirmation of the changes it made, which
+    /// an acknowledgement to its publisher waits for (`copies_wait`).
+    pub copies: Option<CopiesWait>,
 }
 
 /// What the cluster did with a message that entered here.
@@ -236,6 +244,7 @@ impl Broker {
             return Ok(Published {
                 matched: fanned.queued,
                 ticket: ticket.max(fanned.ticket),
+                copies: None,
             });
         };
         let local_groups = if self.router.has_shared() {
@@ -266,9 +275,15 @@ impl Broker {
         }
         // Subscribers on other nodes are subscribers too: a v5 publisher hears "no matching
         // subscribers" only when there are none anywhere.
+        // Sessions here (the publisher's own, for its QoS 2 state) may be copied elsewhere:
+        // the acknowledgement waits for the copies.
+        let copies = (message.qos != QoS::AtMostOnce)
+            .then(|| cluster.copies_wait())
+            .flatten();
         Ok(Published {
             matched: local.queued + forwarded.remote_nodes,
             ticket: ticket.max(local.ticket).max(forwarded.ticket),
+            copies,
         })
     }
 

@@ -1,5 +1,5 @@
 //! What a SUBACK waits for in a cluster with `cluster.subscribe_ack = "cluster"`: every live
-//! peer's acknowledgement of the route pushes queued for it up to the SUBSCRIBE, so that a
+//! peer's word that it applied the route pushes queued for it up to the SUBSCRIBE, so that a
 //! message published on any node after the SUBACK reaches the subscriber. The cluster makes the
 //! gate (`ClusterHook::route_gate`); the connection holds its SUBACK behind it, bounded by
 //! `cluster.subscribe_ack_timeout_ms`, after which the SUBACK goes anyway and the timeout is
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::message::now_ms;
 
-/// Each peer's acknowledgements and the sequence number they must reach, until `deadline`.
+/// How far each peer applied its link's frames and the sequence number that must reach, until `deadline`.
 #[derive(Clone)]
 pub struct RouteGate {
     pub waits: Vec<(watch::Receiver<u64>, u64)>,
@@ -22,7 +22,7 @@ pub struct RouteGate {
 }
 
 impl RouteGate {
-    /// Every peer has acknowledged (a link that went away is not waited for any more).
+    /// Every peer has applied them (a link that went away is not waited for any more).
     pub fn is_settled(&self) -> bool {
         self.waits
             .iter()
@@ -50,7 +50,18 @@ impl RouteGate {
     }
 }
 
-/// SUBACKs sent before every live node acknowledged the new routes.
+/// Whether a warning last given at `warned_at_ms` (0: never) may be given again now: once a
+/// minute at most, across threads; notes the time when it may.
+pub(crate) fn once_a_minute(warned_at_ms: &AtomicU64) -> bool {
+    let now = now_ms();
+    let last = warned_at_ms.load(Ordering::Relaxed);
+    (last == 0 || now >= last + 60_000)
+        && warned_at_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// SUBACKs sent before every live node applied the new routes.
 #[derive(Debug, Default)]
 pub struct SubscribeAckTimeouts {
     pub count: AtomicU64,
@@ -60,14 +71,7 @@ pub struct SubscribeAckTimeouts {
 impl SubscribeAckTimeouts {
     fn hit(&self, client_id: &str, waiting: usize) {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = now_ms();
-        let last = self.warned_at_ms.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + 60_000)
-            && self
-                .warned_at_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if once_a_minute(&self.warned_at_ms) {
             tracing::warn!(
                 client_id,
                 peers_waited_for = waiting,

@@ -108,6 +108,7 @@ pub(super) async fn serve(
         while let Some(frame) = wire::decode_frame(&mut rbuf)? {
             match frame {
                 Frame::Ack { upto } => link.ack(upto),
+                Frame::Applied { upto } => link.note_applied(upto),
                 Frame::Refused { reason } => return Err(format!("refused: {reason}")),
                 other => return Err(format!("unexpected frame from acceptor: {other:?}")),
             }

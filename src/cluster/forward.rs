@@ -197,4 +197,8 @@ impl ClusterHook for Cluster {
             .stale
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
+
+    fn copies_wait(&self) -> Option<crate::broker::CopiesWait> {
+        Cluster::copies_wait(self)
+    }
 }

@@ -43,6 +43,9 @@ pub enum SessionMessage {
         client: String,
         order: ClaimOrder,
         clean_start: bool,
+        /// Nodes that did not answer this claim's first round: the receiver takes them for
+        /// gone (a copy it keeps of their sessions may be claimed).
+        gone: Vec<String>,
     },
     /// What the receiver holds for the claim `request`.
     Answer { request: u64, holding: Holding },
@@ -67,6 +70,22 @@ pub enum SessionMessage {
     /// To a node back after being taken for dead: the session of `client` was resumed
     /// elsewhere from its copy (claim `order`); the receiver's own copy is stale.
     Moved { client: String, order: ClaimOrder },
+    /// From a node to its peers: it processed the frames `peer` sent it on link epoch `epoch`
+    /// up to `last` (see `recovery`).
+    Processed { peer: String, epoch: u64, last: u64 },
+    /// The messages the receiver still holds for the dead node `holder` after its mark
+    /// `after` (epoch, last) that one of `filters` matches.
+    Recover {
+        request: u64,
+        holder: String,
+        after: Option<(u64, u64)>,
+        filters: Vec<String>,
+    },
+    /// The answer to a `Recover`.
+    Recovered {
+        request: u64,
+        messages: Vec<super::wire::WireMessage>,
+    },
 }
 
 /// A session record's body (bounded: everything in it is bounded by the session's limits).
@@ -84,14 +103,14 @@ pub(super) fn encode(message: &SessionMessage) -> Option<Bytes> {
 #[derive(Default)]
 pub(crate) struct Handover {
     next_request: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<SessionMessage>>>,
+    pub(super) waiting: Mutex<HashMap<u64, oneshot::Sender<SessionMessage>>>,
     /// Client id -> the newest claim seen for it while this node's own claim is under way
     /// (the claim's own order until a newer one arrives).
     pending: Mutex<HashMap<Arc<str>, ClaimOrder>>,
 }
 
 impl Cluster {
-    fn takeover_timeout(&self) -> Duration {
+    pub(super) fn takeover_timeout(&self) -> Duration {
         Duration::from_millis(self.config.takeover_timeout_ms)
     }
 
@@ -118,7 +137,7 @@ impl Cluster {
     /// Answers `node` over this node's link to it. A node that just joined may ask before
     /// this node has a link to it (gossip has not told of it yet): the answer then waits for
     /// the link, bounded like a claim.
-    fn answer(self: &Arc<Self>, node: &Arc<str>, message: SessionMessage) {
+    pub(super) fn answer(self: &Arc<Self>, node: &Arc<str>, message: SessionMessage) {
         if self.links.read().contains_key(node) {
             self.tell(node, &message);
             return;
@@ -138,7 +157,7 @@ impl Cluster {
     }
 
     /// Sends a request made by `make` to `node`; the answer arrives on the receiver.
-    fn ask(
+    pub(super) fn ask(
         &self,
         node: &str,
         make: impl FnOnce(u64) -> SessionMessage,
@@ -165,52 +184,111 @@ impl Cluster {
             .pending
             .lock()
             .insert(client.clone(), order.clone());
-        let peers: Vec<Arc<str>> = self
-            .links
-            .read()
-            .iter()
-            .filter(|(_, l)| l.is_connected() && l.suspended_since().is_none())
-            .map(|(node, _)| node.clone())
-            .collect();
-        let mut asked = Vec::new();
-        for node in peers {
-            let message = |request| SessionMessage::Claim {
-                request,
-                client: client.to_string(),
-                order: order.clone(),
-                clean_start,
-            };
-            match self.ask(&node, message) {
-                Some((request, rx)) => asked.push((node, request, rx)),
-                None => self.note_unanswered(client, &node, "not sent"),
-            }
-        }
+        // The live peers are asked; the others, as this node sees them, are gone, and the
+        // claim says so: a peer that has not seen one of them go yet still gives up the copy it
+        // keeps of that node's session (a copy is otherwise promised only once its holder is
+        // gone in the keeper's own view).
+        let (peers, mut gone): (Vec<Arc<str>>, Vec<Arc<str>>) = {
+            let links = self.links.read();
+            let (live, down): (Vec<_>, Vec<_>) = links
+                .iter()
+                .partition(|(_, l)| l.is_connected() && l.suspended_since().is_none());
+            (
+                live.into_iter().map(|(n, _)| n.clone()).collect(),
+                down.into_iter().map(|(n, _)| n.clone()).collect(),
+            )
+        };
         let deadline = tokio::time::Instant::now() + self.takeover_timeout();
         let mut claim = Claim {
             order,
             holders: Vec::new(),
             superseded: false,
         };
+        let names = |nodes: &[Arc<str>]| nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let answered = self
+            .claim_round(
+                client,
+                clean_start,
+                peers.clone(),
+                &names(&gone),
+                deadline,
+                &mut claim,
+            )
+            .await;
+        // A peer that went silent during the claim may have died holding the session: the
+        // others are asked once more, told it is gone too.
+        let silent: Vec<Arc<str>> = peers
+            .into_iter()
+            .filter(|p| !answered.contains(p))
+            .collect();
+        if !silent.is_empty() && claim.holders.is_empty() && !claim.superseded {
+            gone.extend(silent);
+            self.claim_round(
+                client,
+                clean_start,
+                answered,
+                &names(&gone),
+                deadline,
+                &mut claim,
+            )
+            .await;
+        }
+        let gone = names(&gone);
+        // A copy kept here of a session whose node died: this node is a holder too.
+        if !claim.superseded
+            && let Some(subscriptions) =
+                self.claim_replica(client, &claim.order, clean_start, &gone)
+        {
+            claim.holders.push((self.node_id.clone(), subscriptions));
+        }
+        claim
+    }
+
+    /// Asks `peers` for what they hold for `client` under `claim`'s order, adding to it;
+    /// returns the peers that answered.
+    async fn claim_round(
+        &self,
+        client: &Arc<str>,
+        clean_start: bool,
+        peers: Vec<Arc<str>>,
+        gone: &[String],
+        deadline: tokio::time::Instant,
+        claim: &mut Claim,
+    ) -> Vec<Arc<str>> {
+        let mut asked = Vec::new();
+        for node in peers {
+            let message = |request| SessionMessage::Claim {
+                request,
+                client: client.to_string(),
+                order: claim.order.clone(),
+                clean_start,
+                gone: gone.to_vec(),
+            };
+            match self.ask(&node, message) {
+                Some((request, rx)) => asked.push((node, request, rx)),
+                None => self.note_unanswered(client, &node, "not sent"),
+            }
+        }
+        let mut answered = Vec::new();
         for (node, request, rx) in asked {
             match self.answer_from(&node, rx, deadline).await {
-                Some(SessionMessage::Answer { holding, .. }) => match holding {
-                    Holding::Nothing => {}
-                    Holding::Superseded => claim.superseded = true,
-                    Holding::Session(subscriptions) => claim.holders.push((node, subscriptions)),
-                },
+                Some(SessionMessage::Answer { holding, .. }) => {
+                    match holding {
+                        Holding::Nothing => {}
+                        Holding::Superseded => claim.superseded = true,
+                        Holding::Session(subscriptions) => {
+                            claim.holders.push((node.clone(), subscriptions))
+                        }
+                    }
+                    answered.push(node);
+                }
                 _ => {
                     self.handover.waiting.lock().remove(&request);
                     self.note_unanswered(client, &node, "no answer in time");
                 }
             }
         }
-        // A copy kept here of a session whose node died: this node is a holder too.
-        if !claim.superseded
-            && let Some(subscriptions) = self.claim_replica(client, &claim.order, clean_start)
-        {
-            claim.holders.push((self.node_id.clone(), subscriptions));
-        }
-        claim
+        answered
     }
 
     /// Asks `node` to hand over the session it holds for `client` to claim `order`.
@@ -221,7 +299,7 @@ impl Cluster {
         order: &ClaimOrder,
     ) -> Option<SessionImage> {
         if **node == *self.node_id {
-            return self.release_replica(client, order);
+            return self.release_replica_recovered(client, order).await;
         }
         let message = |request| SessionMessage::Release {
             request,
@@ -246,7 +324,7 @@ impl Cluster {
     /// The answer on `rx`, unless `deadline` passes first or the link to `node` stops
     /// delivering (a frozen or cut-off node: waiting for it would hold every connect for the
     /// whole timeout until the failure detector gives up on it).
-    async fn answer_from(
+    pub(super) async fn answer_from(
         &self,
         node: &str,
         mut rx: oneshot::Receiver<SessionMessage>,
@@ -279,7 +357,7 @@ impl Cluster {
 
     /// A peer did not take part in a claim: counted, and logged (the client may find part of
     /// its session missing, or be connected twice until the next claim).
-    fn note_unanswered(&self, client: &str, node: &str, why: &str) {
+    pub(super) fn note_unanswered(&self, client: &str, node: &str, why: &str) {
         Metrics::add(&self.metrics.takeover_timeouts, 1);
         tracing::warn!(client_id = %crate::limits::printable(client), peer = %node, why, "session claim went without a peer's answer");
     }
@@ -297,6 +375,7 @@ impl Cluster {
         match message {
             SessionMessage::Answer { request, .. }
             | SessionMessage::Image { request, .. }
+            | SessionMessage::Recovered { request, .. }
             | SessionMessage::Passed { request } => {
                 if let Some(tx) = self.handover.waiting.lock().remove(&request) {
                     let _ = tx.send(message);
@@ -307,10 +386,13 @@ impl Cluster {
                 client,
                 order,
                 clean_start,
+                gone,
             } => {
                 let (cluster, peer) = (self.clone(), peer.clone());
                 tokio::spawn(async move {
-                    let holding = cluster.answer_claim(&client, &order, clean_start).await;
+                    let holding = cluster
+                        .answer_claim(&client, &order, clean_start, &gone)
+                        .await;
                     cluster.answer(&peer, SessionMessage::Answer { request, holding });
                 });
             }
@@ -322,10 +404,10 @@ impl Cluster {
                 let (cluster, peer) = (self.clone(), peer.clone());
                 tokio::spawn(async move {
                     cluster.drain_from_peers(Some(&peer), &client).await;
-                    let image = cluster
-                        .broker()
-                        .and_then(|b| b.hand_over(&client, &order))
-                        .or_else(|| cluster.release_replica(&client, &order));
+                    let image = match cluster.broker().and_then(|b| b.hand_over(&client, &order)) {
+                        Some(image) => Some(image),
+                        None => cluster.release_replica_recovered(&client, &order).await,
+                    };
                     cluster.answer(&peer, SessionMessage::Image { request, image });
                 });
             }
@@ -338,6 +420,19 @@ impl Cluster {
                     broker.discard_superseded(&client, &order);
                 }
             }
+            SessionMessage::Processed {
+                peer: of,
+                epoch,
+                last,
+            } => {
+                self.note_processed(peer, &of, epoch, last);
+            }
+            SessionMessage::Recover {
+                request,
+                holder,
+                after,
+                filters,
+            } => self.answer_recover(peer, request, &holder, after, &filters),
         }
         Ok(())
     }
@@ -375,7 +470,13 @@ impl Cluster {
     }
 
     /// What this node holds for a claim from another node, once its connection is closed.
-    async fn answer_claim(&self, client: &str, order: &ClaimOrder, clean_start: bool) -> Holding {
+    async fn answer_claim(
+        &self,
+        client: &str,
+        order: &ClaimOrder,
+        clean_start: bool,
+        gone: &[String],
+    ) -> Holding {
         let Some(broker) = self.broker() else {
             return Holding::Nothing;
         };
@@ -391,7 +492,7 @@ impl Cluster {
         }
         match broker.hold_for_claim(client, clean_start, order).await {
             Holding::Nothing => self
-                .claim_replica(client, order, clean_start)
+                .claim_replica(client, order, clean_start, gone)
                 .map_or(Holding::Nothing, Holding::Session),
             holding => holding,
         }

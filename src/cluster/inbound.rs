@@ -11,7 +11,6 @@
 //! drops only frames this node cannot lose, and after a restart this node resumes the link
 //! where its store says, neither losing nor repeating a frame.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +25,9 @@ use super::seal::{self, Records};
 
 /// (dialer to acceptor, acceptor to dialer).
 type LinkKeys = ([u8; 32], [u8; 32]);
+use super::inbound_marks::Marks;
 use super::wire::{self, Frame, HandshakeIds};
 use crate::broker::{Held, Metrics};
-use crate::store::{Op, RelayMark, RelayOp, Store};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new connection waits for the one it replaces to stop.
@@ -86,6 +85,12 @@ struct Receiving {
     peer: Arc<str>,
     /// Last reliable sequence number processed.
     last: u64,
+    /// Last reliable publish processed (its sequence number): what the session copies'
+    /// nodes are told (`recovery`).
+    last_publish: u64,
+    /// Last route push or session record processed: the peer may wait for it (a SUBACK,
+    /// `broker::route_gate`; an acknowledgement, `broker::copies_wait`).
+    last_awaited: u64,
     /// Full subscribers the last delivery waits on: nothing more is processed until one has
     /// room.
     held: Held,
@@ -133,6 +138,7 @@ impl Receiving {
                     }
                     if seq != 0 {
                         self.last = seq;
+                        self.last_publish = seq;
                     }
                 }
                 Frame::Retained { seq, messages } => {
@@ -154,6 +160,7 @@ impl Receiving {
                     }
                     cluster.remote.apply_push(&self.peer, version, key, present);
                     self.last = seq;
+                    self.last_awaited = seq;
                 }
                 Frame::Session { seq, body } => {
                     if seq <= self.last {
@@ -161,6 +168,7 @@ impl Receiving {
                     }
                     cluster.on_session_record(&self.peer, &body)?;
                     self.last = seq;
+                    self.last_awaited = seq;
                 }
                 Frame::Heartbeat => {}
                 other => return Err(format!("unexpected frame from dialer: {other:?}")),
@@ -228,6 +236,8 @@ pub(crate) async fn receive(
     let mut state = Receiving {
         peer,
         last,
+        last_publish: last,
+        last_awaited: last,
         held: Held::default(),
     };
     let timeout = Duration::from_millis(cluster.config.link_timeout_ms);
@@ -236,25 +246,24 @@ pub(crate) async fn receive(
     let mut heard = Instant::now();
     let mut ticked = Instant::now();
     let mut acked = last;
-    let mut marks = Marks {
-        peer: state.peer.clone(),
-        epoch,
-        noted: last,
-        waiting: VecDeque::new(),
-        ackable: last,
-        progress: store.as_ref().map(|s| s.progress()),
-        store,
-    };
+    let mut applied = last;
+    let mut marks = Marks::new(cluster, state.peer.clone(), epoch, last, store);
     // Frames to write (plain), and the bytes on their way to the wire (sealed, with a secret).
     let mut pending = BytesMut::new();
     let mut out = BytesMut::new();
-    marks.processed(cluster, &mut state, &mut rbuf)?;
+    process(&mut marks, cluster, &mut state, &mut rbuf)?;
     loop {
-        marks.note(cluster, state.last);
-        let ackable = marks.ackable();
+        marks.note(cluster, state.last, state.last_publish);
+        let ackable = marks.ackable(cluster);
         if ackable != acked {
             wire::encode_frame(&Frame::Ack { upto: ackable }, &mut pending)?;
             acked = ackable;
+        }
+        // Route pushes and session records processed ahead of the acknowledgements: the
+        // peer's SUBACKs and its waits for session copies count on them.
+        if state.last_awaited > acked.max(applied) {
+            wire::encode_frame(&Frame::Applied { upto: state.last }, &mut pending)?;
+            applied = state.last;
         }
         if out.is_empty() && !pending.is_empty() {
             records.seal(&mut pending, &mut out)?;
@@ -272,16 +281,16 @@ pub(crate) async fn receive(
                     return Err("connection closed".into());
                 }
                 heard = Instant::now();
-                marks.processed(cluster, &mut state, &mut rbuf)?;
+                process(&mut marks, cluster, &mut state, &mut rbuf)?;
             }
             _ = state.held.room(), if held => {
                 if state.held.release_if_room() {
                     // The peer kept sending while we were not reading.
                     heard = Instant::now();
-                    marks.processed(cluster, &mut state, &mut rbuf)?;
+                    process(&mut marks, cluster, &mut state, &mut rbuf)?;
                 }
             }
-            _ = marks.stored(), if marks.is_waiting() => {}
+            _ = marks.ready(), if marks.is_waiting() => {}
             _ = heartbeat.tick() => {
                 if ticked.elapsed() >= timeout {
                     // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
@@ -304,89 +313,21 @@ pub(crate) async fn receive(
     }
 }
 
-/// How far one connection's processing is noted (in memory, and with persistence on in the
-/// store) and which of it may be acknowledged: with a store, only what is on disk.
-struct Marks {
-    peer: Arc<str>,
-    epoch: u64,
-    /// Last sequence number noted.
-    noted: u64,
-    /// Marks submitted to the store and not yet done, oldest first: (sequence, ticket).
-    waiting: VecDeque<(u64, u64)>,
-    /// Highest sequence number that may be acknowledged.
-    ackable: u64,
-    store: Option<Arc<Store>>,
-    progress: Option<watch::Receiver<u64>>,
-}
-
-impl Marks {
-    /// Processes what `rbuf` holds; what was processed is noted even when a frame fails, so
-    /// the next connection neither repeats nor skips it.
-    fn processed(
-        &mut self,
-        cluster: &Arc<Cluster>,
-        state: &mut Receiving,
-        rbuf: &mut BytesMut,
-    ) -> Result<(), String> {
-        // What the frames store (deliveries, retained writes) and the mark that says they
-        // were processed are committed together.
-        let store = self.store.clone();
-        let group = store.as_ref().map(|s| s.group());
-        let result = state.process(cluster, rbuf);
-        self.note(cluster, state.last);
-        drop(group);
-        result
-    }
-
-    fn note(&mut self, cluster: &Cluster, last: u64) {
-        if last == self.noted {
-            return;
-        }
-        self.noted = last;
-        cluster.set_processed(&self.peer, self.epoch, last);
-        match &self.store {
-            Some(store) => {
-                let ticket = store.submit(Op::Relay(RelayOp::Mark {
-                    peer: self.peer.clone(),
-                    mark: RelayMark {
-                        epoch: self.epoch,
-                        last,
-                    },
-                }));
-                self.waiting.push_back((last, ticket));
-            }
-            None => self.ackable = last,
-        }
-    }
-
-    /// The highest sequence number whose mark is on disk (or, without a store, processed).
-    /// A mark whose write failed is acknowledged all the same: this node holds what it
-    /// processed in memory, and the store's failure is counted and logged where it happens.
-    fn ackable(&mut self) -> u64 {
-        if let Some(store) = &self.store {
-            while let Some(&(seq, ticket)) = self.waiting.front()
-                && store.is_done(ticket)
-            {
-                self.ackable = seq;
-                self.waiting.pop_front();
-            }
-        }
-        self.ackable
-    }
-
-    fn is_waiting(&self) -> bool {
-        !self.waiting.is_empty()
-    }
-
-    /// Resolves once the oldest waiting mark is done.
-    async fn stored(&mut self) {
-        match (self.waiting.front(), &mut self.progress) {
-            (Some(&(_, ticket)), Some(progress)) => {
-                let _ = progress.wait_for(|done| *done >= ticket).await;
-            }
-            _ => std::future::pending().await,
-        }
-    }
+/// Processes what `rbuf` holds; what was processed is noted even when a frame fails, so the
+/// next connection neither repeats nor skips it. What the frames store (deliveries, retained
+/// writes) and the mark that says they were processed are committed together.
+fn process(
+    marks: &mut Marks,
+    cluster: &Arc<Cluster>,
+    state: &mut Receiving,
+    rbuf: &mut BytesMut,
+) -> Result<(), String> {
+    let store = marks.store();
+    let group = store.as_ref().map(|s| s.group());
+    let result = state.process(cluster, rbuf);
+    marks.note(cluster, state.last, state.last_publish);
+    drop(group);
+    result
 }
 
 async fn handshake(

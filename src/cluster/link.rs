@@ -151,6 +151,8 @@ struct LinkQueue {
     journal: Option<LinkJournal>,
     /// Sequence number of the last route push queued (0: none yet).
     last_route: u64,
+    /// Sequence number of the last session record queued (0: none yet).
+    last_session: u64,
 }
 
 impl LinkQueue {
@@ -166,6 +168,7 @@ impl LinkQueue {
             episode_drops: 0,
             journal,
             last_route: 0,
+            last_session: 0,
         }
     }
 
@@ -230,8 +233,11 @@ pub struct Link {
     /// When the failure detector declared the peer failed; None while it is live.
     suspended_since: Mutex<Option<Instant>>,
     pub(super) stop: watch::Sender<bool>,
-    /// The highest sequence number the peer has processed on this link.
+    /// The highest sequence number the peer has acknowledged on this link.
     acked: watch::Sender<u64>,
+    /// The highest sequence number the peer has processed (applied) on this link, at least
+    /// `acked`.
+    applied: watch::Sender<u64>,
 }
 
 impl Link {
@@ -304,6 +310,7 @@ impl Link {
             suspended_since: Mutex::new(None),
             stop: watch::channel(false).0,
             acked: watch::channel(0).0,
+            applied: watch::channel(0).0,
         })
     }
 
@@ -339,6 +346,12 @@ impl Link {
         } else {
             q.progress_at.elapsed()
         }
+    }
+
+    /// The peer is live as far as this link knows: connected and not declared failed (a
+    /// frozen peer stops being connected after `cluster.link_timeout_ms` of silence).
+    pub fn is_live(&self) -> bool {
+        self.is_connected() && self.suspended_since().is_none()
     }
 
     /// The link delivers: connected, not suspended, and acknowledging what it is sent.
@@ -411,7 +424,7 @@ impl Link {
     pub fn send_session(&self, body: Bytes) -> bool {
         let cost = body.len() + FRAME_OVERHEAD;
         let frame = |seq| Frame::Session { seq, body };
-        self.queue_reliable(cost, "session record", frame, |_, _| {})
+        self.queue_reliable(cost, "session record", frame, |q, seq| q.last_session = seq)
     }
 
     /// Queues the reliable frame `frame` makes for the next sequence number (`cost` against
@@ -448,17 +461,40 @@ impl Link {
         true
     }
 
-    /// What a SUBACK waits for on this link: the peer's acknowledgements, and the number of
-    /// the last route push queued, if the peer has not acknowledged it yet and the link is
-    /// live (a link that is down or suspended is not waited for: its peer is not live).
+    /// What a SUBACK waits for on this link: how far the peer applied what it was sent (its
+    /// `Applied` marks, which run ahead of acknowledgements held for disk or session copies),
+    /// and the number of the last route push queued, if the peer has not applied it yet and
+    /// the link is live (a link that is down or suspended is not waited for: its peer is not
+    /// live).
     pub fn route_wait(&self) -> Option<(watch::Receiver<u64>, u64)> {
         if !self.is_connected() || self.suspended_since().is_some() || *self.stop.borrow() {
             return None;
         }
         let last_route = self.queue.lock().last_route;
-        let acked = self.acked.subscribe();
-        let pending = *acked.borrow() < last_route;
-        pending.then_some((acked, last_route))
+        let applied = self.applied.subscribe();
+        let pending = *applied.borrow() < last_route;
+        pending.then_some((applied, last_route))
+    }
+
+    /// What an acknowledgement that must follow the session records queued so far waits for
+    /// on this link (see `broker::copies_wait`): None when the peer has applied them all, or
+    /// is not live (down, declared failed). A slow or stalled peer is waited for: a copy
+    /// confirms what is acknowledged, or its node is known gone first.
+    pub fn session_wait(self: &Arc<Self>) -> Option<crate::broker::PeerWait> {
+        if !self.is_live() || *self.stop.borrow() {
+            return None;
+        }
+        let last_session = self.queue.lock().last_session;
+        let acked = self.applied.subscribe();
+        if *acked.borrow() >= last_session {
+            return None;
+        }
+        let link = Arc::downgrade(self);
+        Some(crate::broker::PeerWait {
+            acked,
+            upto: last_session,
+            delivering: Arc::new(move || link.upgrade().is_some_and(|l| l.is_live())),
+        })
     }
 
     /// Room for `cost` more bytes within the hold bound; else the drop is counted in the
@@ -499,6 +535,31 @@ impl Link {
         }
         drop(q);
         self.wake.notify_one();
+    }
+
+    /// The QoS 1/2 publishes for the peer's own subscribers (not shared-group picks) that it
+    /// has not acknowledged, after the sequence number `after` when that mark is of this
+    /// link's epoch (else all of them): what a dead holder's session may not have had yet
+    /// (see `recovery`). Each with how long it has waited here, oldest first.
+    pub(super) fn unacknowledged_publishes(&self, after: Option<(u64, u64)>) -> Vec<(Bytes, u64)> {
+        let after = after
+            .filter(|(epoch, _)| *epoch == self.epoch)
+            .map_or(0, |(_, seq)| seq);
+        let q = self.queue.lock();
+        q.unacked
+            .iter()
+            .chain(q.unsent.iter())
+            .filter(|o| o.seq > after)
+            .filter_map(|o| match &o.body {
+                Body::Publish {
+                    normal: true,
+                    message,
+                    queued_at,
+                    ..
+                } => Some((message.clone(), queued_at.elapsed().as_millis() as u64)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The peer's link is given up on for good: what the store keeps of it goes too.
@@ -596,6 +657,16 @@ impl Link {
         self.acked.send_if_modified(|acked| {
             let moved = upto > *acked;
             *acked = (*acked).max(upto);
+            moved
+        });
+        self.note_applied(upto);
+    }
+
+    /// The peer processed everything up to `upto` (acknowledged or not).
+    pub(super) fn note_applied(&self, upto: u64) {
+        self.applied.send_if_modified(|applied| {
+            let moved = upto > *applied;
+            *applied = (*applied).max(upto);
             moved
         });
     }

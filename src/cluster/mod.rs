@@ -13,11 +13,14 @@ mod forward;
 mod groups;
 mod handover;
 mod inbound;
+mod inbound_marks;
 mod link;
 mod link_store;
 mod membership;
+mod metrics;
 pub mod peer_tls;
 mod progress;
+mod recovery;
 mod replicas;
 pub mod routes;
 mod seal;
@@ -30,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,6 +47,7 @@ use crate::codec::QoS;
 use crate::config::ClusterConfig;
 use crate::store::{RestoredLink, RestoredRelay, Store};
 use link::{Link, LinkTo};
+pub use metrics::ClusterMetrics;
 use progress::{RelayProgress, Turn};
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::WireMessage;
@@ -81,45 +85,6 @@ fn tcp_dialer(tls: Option<tokio_rustls::TlsConnector>) -> Dialer {
             }
         })
     })
-}
-
-/// Counters for operators (see README, Operations).
-#[derive(Debug, Default)]
-pub struct ClusterMetrics {
-    pub nodes_joined: AtomicU64,
-    pub nodes_left: AtomicU64,
-    pub nodes_failed: AtomicU64,
-    pub nodes_updated: AtomicU64,
-    pub frames_forwarded: AtomicU64,
-    pub frames_received: AtomicU64,
-    /// Frames dropped: a link past `cluster.hold_bytes`, no link to a node that has routes,
-    /// or a node given up on (failed past `cluster.hold_secs`, restarted, left) with frames
-    /// queued for it.
-    pub relay_dropped: AtomicU64,
-    pub link_reconnects: AtomicU64,
-    /// Connections closed for silence past `cluster.link_timeout_ms`.
-    pub link_timeouts: AtomicU64,
-    /// Peer connections closed because a sealed record failed to open (forged, altered,
-    /// replayed, reordered).
-    pub frames_rejected: AtomicU64,
-    pub auth_failures: AtomicU64,
-    /// Gossip datagrams refused for not being sealed with this cluster's secret.
-    pub gossip_rejected: Arc<AtomicU64>,
-    /// Sealed gossip datagrams replayed or stamped outside the replay window.
-    pub gossip_replayed: Arc<AtomicU64>,
-    /// SUBACKs sent before every live node acknowledged the new routes
-    /// (`cluster.subscribe_ack_timeout_ms`).
-    pub subscribe_ack_timeouts: Arc<crate::broker::SubscribeAckTimeouts>,
-    /// Session claims or handovers a live peer did not answer within
-    /// `cluster.takeover_timeout_ms`.
-    pub takeover_timeouts: AtomicU64,
-    /// Changes to replicated sessions not sent to a replica (no link, or its hold bound
-    /// reached): that replica catches up from a whole copy when it is placed again.
-    pub replica_ops_dropped: AtomicU64,
-    /// Sessions brought back from a copy here after the node holding them died.
-    pub replicas_promoted: AtomicU64,
-    /// Copies dropped because their holder stayed gone past the session's expiry.
-    pub replicas_expired: AtomicU64,
 }
 
 /// One peer as seen from this node.
@@ -212,6 +177,8 @@ pub struct Cluster {
     routes_dirty: Notify,
     /// Session claims and handovers under way (`handover`).
     handover: handover::Handover,
+    /// How far each peer processed the others' links to it (`recovery`).
+    processed_marks: recovery::ProcessedMarks,
     /// Copies of sessions other nodes hold (`replicas`).
     pub(crate) replicas: replicas::Replicas,
     /// Other nodes chitchat sees as live.
@@ -480,6 +447,7 @@ impl Cluster {
             shared_strategy: broker.config.mqtt.shared_subscription_strategy,
             routes_dirty: Notify::new(),
             handover: handover::Handover::default(),
+            processed_marks: recovery::ProcessedMarks::default(),
             replicas: replicas::Replicas::default(),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),

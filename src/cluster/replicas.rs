@@ -62,6 +62,12 @@ pub(crate) struct Replicas {
     moved: Mutex<VecDeque<Moved>>,
     /// A session held here missed a change to one of its replicas (see `broker::replica`).
     pub(crate) stale: std::sync::atomic::AtomicBool,
+    /// This node has sent session changes to replicas: acknowledgements wait for copies
+    /// from now on (`recovery`).
+    pub(crate) replicating: std::sync::atomic::AtomicBool,
+    /// The nodes this node has sent session changes to: acknowledgements wait for their
+    /// confirmation (`recovery`).
+    pub(crate) targets: parking_lot::RwLock<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Replicas {
@@ -105,6 +111,14 @@ impl Cluster {
 
     /// Sends one change of a session held here to its replicas.
     pub(crate) fn replicate(&self, nodes: &[ReplicaNode], client: &str, op: ReplicaOp) -> bool {
+        self.replicas.replicating.store(true, Ordering::Relaxed);
+        if nodes
+            .iter()
+            .any(|(node, _)| !self.replicas.targets.read().contains(node))
+        {
+            let mut targets = self.replicas.targets.write();
+            targets.extend(nodes.iter().map(|(node, _)| node.clone()));
+        }
         let message = SessionMessage::Replica {
             client: client.to_string(),
             op,
@@ -184,19 +198,23 @@ impl Cluster {
         })
     }
 
-    /// A claim on `client`: a copy here whose holder died is promised to it (its
-    /// subscriptions returned), or, for a clean start, dropped.
+    /// A claim on `client`: a copy here whose holder died (or did not answer the claim:
+    /// `gone`) is promised to it (its subscriptions returned), or, for a clean start,
+    /// dropped.
     pub(crate) fn claim_replica(
         &self,
         client: &str,
         order: &ClaimOrder,
         clean_start: bool,
+        gone: &[String],
     ) -> Option<Subscriptions> {
         let mut held = self.replicas.held.lock();
         let orphans: Vec<CopyKey> = held
             .iter()
             .filter(|((c, holder), r)| {
-                &**c == client && !self.holder_alive(holder, r.holder_generation)
+                &**c == client
+                    && (gone.iter().any(|g| **g == **holder)
+                        || !self.holder_alive(holder, r.holder_generation))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -219,8 +237,25 @@ impl Cluster {
         )
     }
 
-    /// The copy promised to claim `order`, as a session image; it leaves this node.
-    pub(crate) fn release_replica(&self, client: &str, order: &ClaimOrder) -> Option<SessionImage> {
+    /// The copy promised to claim `order`, as a session image, with what the other nodes
+    /// still held for its dead holder (`recovery`); it leaves this node.
+    pub(crate) async fn release_replica_recovered(
+        &self,
+        client: &str,
+        order: &ClaimOrder,
+    ) -> Option<SessionImage> {
+        let (holder, mut image) = self.release_replica(client, order)?;
+        self.recover_into(&holder, client, &mut image).await;
+        Some(image)
+    }
+
+    /// The copy promised to claim `order`, as a session image, and its holder; it leaves this
+    /// node.
+    fn release_replica(
+        &self,
+        client: &str,
+        order: &ClaimOrder,
+    ) -> Option<(Arc<str>, SessionImage)> {
         let mut held = self.replicas.held.lock();
         let key = held
             .iter()
@@ -242,11 +277,12 @@ impl Cluster {
             .deliveries
             .into_values()
             .partition(|(_, mark)| mark.is_some());
-        Some(SessionImage {
+        let image = SessionImage {
             subscriptions: r.subscriptions.into_iter().collect(),
             deliveries: inflight.into_iter().chain(queued).collect(),
             inbound_qos2: r.inbound_qos2.into_iter().collect(),
-        })
+        };
+        Some((key.1, image))
     }
 
     /// Sweeps the copies (`sweep_replicas`) every few seconds until the cluster stops.

@@ -21,7 +21,7 @@ use crate::codec::{Properties, QoS};
 /// MAC uses a key derived for it.
 /// 5: `Route` is reliable (sequenced and acknowledged), so a node knows when a peer has
 /// applied a route it pushed (`cluster.subscribe_ack`).
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
 /// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.
@@ -156,6 +156,11 @@ pub enum Frame {
     /// A claim on a client id, its answer, or a session handed over (`handover`): `body` is a
     /// bincode `SessionMessage`. Reliable, not stored: a claim outlives no restart.
     Session { seq: u64, body: Bytes },
+    /// Acceptor to dialer: every sequence number up to here is processed, though not all of
+    /// it acknowledged yet (with persistence on, what is not on disk; with session copies
+    /// elsewhere, what they did not confirm). Session copies count what was applied, so a
+    /// holder's wait for its copies never waits on that node's own acknowledgements.
+    Applied { upto: u64 },
 }
 
 fn config() -> impl bincode::config::Config {
@@ -414,6 +419,7 @@ mod tests {
                 message: encode_message(&sample()),
             },
             Frame::Ack { upto: 9 },
+            Frame::Applied { upto: 12 },
             Frame::Retained {
                 seq: 10,
                 messages: vec![sample()],

@@ -311,6 +311,21 @@ pub struct ClusterConfig {
     pub allow_connect_during_partition: bool,
     /// How many other nodes keep a copy of each persistent session (0: none).
     pub session_replicas: usize,
+    /// Whether acknowledgements wait for the session copies (`sync`) or not (`async`).
+    pub session_replication: SessionReplication,
+}
+
+/// When an acknowledgement goes out with session copies on other nodes
+/// (`cluster.session_replication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionReplication {
+    /// Once the nodes keeping copies applied what it acknowledges: nothing acknowledged is
+    /// lost with the holder.
+    Sync,
+    /// At once: faster, and a message acknowledged within about a link round trip of the
+    /// holder's death may be lost.
+    Async,
 }
 
 /// When a SUBACK goes out in a cluster (`cluster.subscribe_ack`).

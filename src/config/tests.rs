@@ -310,6 +310,16 @@ fn session_takeover_keys_are_checked_and_named() {
 }
 
 #[test]
+fn session_replication_is_sync_by_default_and_takes_two_names() {
+    let c = Config::default_config();
+    assert_eq!(c.cluster.session_replication, SessionReplication::Sync);
+    let c = load_str("[cluster]\nsession_replication = \"async\"\n").unwrap();
+    assert_eq!(c.cluster.session_replication, SessionReplication::Async);
+    let e = load_str("[cluster]\nsession_replication = \"eventually\"\n").unwrap_err();
+    assert!(e.to_string().contains("session_replication"), "{e}");
+}
+
+#[test]
 fn shared_subscription_strategy_takes_the_five_names() {
     assert_eq!(
         Config::default_config().mqtt.shared_subscription_strategy,

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::connection::{Close, Connection};
-use crate::broker::RouteGate;
+use crate::broker::{CopiesWait, RouteGate};
 use crate::codec::{Ack, Packet, QoS, reason};
 
 /// An acknowledgement waiting for the store op `ticket` (0: none of its own; it waits only
@@ -23,6 +23,8 @@ use crate::codec::{Ack, Packet, QoS, reason};
 pub(super) struct PendingAck {
     ticket: u64,
     gate: Option<RouteGate>,
+    /// With session copies elsewhere, their confirmation (a PUBACK or PUBREC).
+    copies: Option<CopiesWait>,
     kind: AckKind,
 }
 
@@ -58,6 +60,7 @@ impl PendingAcks {
 pub(super) struct AckWait {
     store: Option<(watch::Receiver<u64>, u64)>,
     gate: Option<RouteGate>,
+    copies: Option<CopiesWait>,
 }
 
 impl AckWait {
@@ -71,6 +74,9 @@ impl AckWait {
             let deadline = gate.deadline;
             let _ = tokio::time::timeout_at(deadline, gate.settled()).await;
         }
+        if let Some(mut copies) = self.copies {
+            copies.settled().await;
+        }
     }
 }
 
@@ -79,12 +85,20 @@ fn is_suback(kind: &AckKind) -> bool {
 }
 
 impl Connection {
-    /// Sends the acknowledgement of a publish once `ticket` is written (at once when 0 and
-    /// nothing waits before it).
-    pub(super) fn ack_publish_after(&mut self, ticket: u64, qos: QoS, packet_id: u16, code: u8) {
-        self.queue_ack(
+    /// Sends the acknowledgement of a publish once `ticket` is written and `copies` (if any)
+    /// confirmed (at once when neither and nothing waits before it).
+    pub(super) fn ack_publish_after(
+        &mut self,
+        ticket: u64,
+        copies: Option<CopiesWait>,
+        qos: QoS,
+        packet_id: u16,
+        code: u8,
+    ) {
+        self.queue_ack_after(
             ticket,
             None,
+            copies,
             AckKind::Publish {
                 qos,
                 packet_id,
@@ -114,7 +128,17 @@ impl Connection {
     }
 
     fn queue_ack(&mut self, ticket: u64, gate: Option<RouteGate>, kind: AckKind) {
-        if ticket == 0 && gate.is_none() && self.pending_acks.queue.is_empty() {
+        self.queue_ack_after(ticket, gate, None, kind);
+    }
+
+    fn queue_ack_after(
+        &mut self,
+        ticket: u64,
+        gate: Option<RouteGate>,
+        copies: Option<CopiesWait>,
+        kind: AckKind,
+    ) {
+        if ticket == 0 && gate.is_none() && copies.is_none() && self.pending_acks.queue.is_empty() {
             // Nothing to wait for: the usual case without persistence.
             let _ = self.send_ack(kind, true);
             return;
@@ -122,9 +146,12 @@ impl Connection {
         if is_suback(&kind) {
             self.pending_acks.subacks += 1;
         }
-        self.pending_acks
-            .queue
-            .push_back(PendingAck { ticket, gate, kind });
+        self.pending_acks.queue.push_back(PendingAck {
+            ticket,
+            gate,
+            copies,
+            kind,
+        });
     }
 
     /// What to wait on for the oldest pending acknowledgement, if any.
@@ -136,6 +163,7 @@ impl Connection {
                 .store()
                 .map(|store| (store.progress(), front.ticket)),
             gate: front.gate.clone(),
+            copies: front.copies.clone(),
         })
     }
 
@@ -154,11 +182,17 @@ impl Connection {
             {
                 break;
             }
+            if front.copies.as_ref().is_some_and(|c| !c.is_settled()) {
+                break;
+            }
             let written =
                 front.ticket == 0 || store.as_ref().is_none_or(|s| s.written(front.ticket));
             let pending = self.pending_acks.queue.pop_front().expect("front exists");
             if let Some(gate) = &pending.gate {
                 gate.release(&self.client_id);
+            }
+            if let Some(copies) = &pending.copies {
+                copies.release();
             }
             if is_suback(&pending.kind) {
                 self.pending_acks.subacks -= 1;

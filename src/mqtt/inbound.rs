@@ -205,6 +205,7 @@ impl Connection {
             return Ok(());
         }
         let mut ticket = 0;
+        let mut copies = None;
         if p.qos == QoS::ExactlyOnce {
             let mut st = self.session.state.lock();
             if st.inbound_qos2.contains(&p.packet_id) {
@@ -243,6 +244,7 @@ impl Connection {
         {
             Ok(published) => {
                 ticket = ticket.max(published.ticket);
+                copies = published.copies;
                 match published.matched {
                     0 => reason::NO_MATCHING_SUBSCRIBERS,
                     _ => reason::SUCCESS,
@@ -259,7 +261,7 @@ impl Connection {
             }
         }
         if p.qos != QoS::AtMostOnce {
-            self.ack_publish_after(ticket, p.qos, p.packet_id, code);
+            self.ack_publish_after(ticket, copies, p.qos, p.packet_id, code);
         }
         Ok(())
     }
@@ -270,7 +272,7 @@ impl Connection {
     /// 4.11 allows.
     fn ack_publish(&mut self, p: &Publish, code: u8) {
         if p.qos != QoS::AtMostOnce {
-            self.ack_publish_after(0, p.qos, p.packet_id, code);
+            self.ack_publish_after(0, None, p.qos, p.packet_id, code);
         }
     }
 

@@ -439,6 +439,24 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_session_messages_recovered",
+            "Messages a dead node had not taken into a session yet, recovered from the other nodes' links to it when the session came back from a copy here",
+            Metrics::get(&cm.recovered_messages),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_session_recovery_dropped",
+            "Such messages past the bound of one recovery answer (128 MiB): dropped",
+            Metrics::get(&cm.recovery_dropped),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_session_replication_unconfirmed",
+            "Acknowledgements (to a publisher, or to a peer for relayed messages) given before every session copy confirmed what they acknowledge: a copy's node stopped answering",
+            Metrics::get(&cm.replication_unconfirmed.count),
+        )?;
+        counter(
+            &mut e,
             "vibemq_session_replicas_expired",
             "Copies dropped: their node stayed gone past the session's expiry",
             Metrics::get(&cm.replicas_expired),
