@@ -114,7 +114,7 @@ async fn a_shared_group_with_members_on_two_nodes_gets_each_message_once() {
             .match_topic("jobs/1")
             .groups
             .first()
-            .is_some_and(|(_, nodes)| nodes.len() == 2)
+            .is_some_and(|g| g.nodes.len() == 2 && g.connected.len() == 2)
     })
     .await;
     let mut p = RawClient::connect(n2.mqtt_addr(), Protocol::V311, "p", true).await;

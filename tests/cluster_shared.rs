@@ -2,7 +2,8 @@
 //! one group member on each node, raw MQTT 5 clients: every message reaches exactly one member,
 //! and each strategy's choice shows (one member per publisher with `hash_clientid`, the
 //! publisher's own node with `local_first`, one member until it leaves with `sticky`, all of them
-//! with `random`).
+//! with `random`), and a member that is offline (its session kept) has no turns while another
+//! member is connected.
 
 mod common;
 
@@ -232,4 +233,83 @@ async fn random_reaches_every_member_and_each_message_once() {
     assert_each_once(&got, &sent);
     // Each of three members misses all of 60 random picks with odds of about 1 in 10^10.
     assert_eq!(got.len(), 3, "{got:?}");
+}
+
+/// Connects `id` at `node` with a session that outlives the connection, and subscribes it to
+/// the group: whether the server had its session (Session Present), and the client.
+async fn persistent_member(node: &Node, id: &str) -> (bool, RawClient) {
+    let mut connect = connect_packet(Protocol::V5, id, false);
+    connect.properties.session_expiry_interval = Some(300);
+    let (mut m, ack) = RawClient::connect_with(node.mqtt_addr(), connect).await;
+    assert_eq!(ack.code, 0);
+    assert_eq!(m.subscribe(GROUP, QoS::AtLeastOnce).await, vec![1]);
+    (ack.session_present, m)
+}
+
+/// Waits until `node` sees a member of the group connected at `peer` (`true`) or none.
+async fn sees_connected(node: &Node, peer: &str, connected: bool) {
+    let cluster = node.cluster().expect("cluster enabled").clone();
+    eventually("a member at the peer seen as connected or not", || {
+        cluster.remote.match_topic("jobs/x").groups.iter().any(|g| {
+            g.nodes.iter().any(|n| &**n == peer)
+                && g.connected.iter().any(|n| &**n == peer) == connected
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_gets_no_turns_while_another_is_connected() {
+    let nodes = three_with(SharedStrategy::RoundRobin).await;
+    let mut m1 = RawClient::connect(nodes[0].mqtt_addr(), Protocol::V5, "m1", true).await;
+    assert_eq!(m1.subscribe(GROUP, QoS::AtLeastOnce).await, vec![1]);
+    let (_, m2) = persistent_member(&nodes[1], "m2").await;
+    let mut m3 = RawClient::connect(nodes[2].mqtt_addr(), Protocol::V5, "m3", true).await;
+    assert_eq!(m3.subscribe(GROUP, QoS::AtLeastOnce).await, vec![1]);
+    // m2 goes offline; its session, and with it its membership, stays on node2.
+    m2.disconnect().await;
+    sees_connected(&nodes[0], "node2", false).await;
+    let mut publisher = RawClient::connect(nodes[0].mqtt_addr(), Protocol::V5, "p", true).await;
+    let while_away = payloads("away", 30);
+    publish_all(&mut publisher, &while_away).await;
+    let got = drain(&mut [("m1", &mut m1), ("m3", &mut m3)], while_away.len()).await;
+    assert_each_once(&got, &while_away);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["m1", "m3"], "{got:?}");
+    // Back: nothing waited in its session, and it has turns again.
+    let (present, mut m2) = persistent_member(&nodes[1], "m2").await;
+    assert!(present, "m2's session was kept while it was away");
+    m2.expect_silence(Duration::from_millis(500)).await;
+    sees_connected(&nodes[0], "node2", true).await;
+    let back = payloads("back", 30);
+    publish_all(&mut publisher, &back).await;
+    let got = drain(
+        &mut [("m1", &mut m1), ("m2", &mut m2), ("m3", &mut m3)],
+        back.len(),
+    )
+    .await;
+    assert_each_once(&got, &back);
+    assert_eq!(got.len(), 3, "every member has turns again: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_departing_member_did_not_acknowledge_goes_to_a_member_at_another_node() {
+    let nodes = three_with(SharedStrategy::LocalFirst).await;
+    let mut m1 = RawClient::connect(nodes[0].mqtt_addr(), Protocol::V5, "m1", true).await;
+    assert_eq!(m1.subscribe(GROUP, QoS::AtLeastOnce).await, vec![1]);
+    let mut m3 = RawClient::connect(nodes[2].mqtt_addr(), Protocol::V5, "m3", true).await;
+    assert_eq!(m3.subscribe(GROUP, QoS::AtLeastOnce).await, vec![1]);
+    sees_connected(&nodes[0], "node3", true).await;
+    // local_first: m1, on the publisher's node, gets them all and acknowledges none.
+    let mut publisher = RawClient::connect(nodes[0].mqtt_addr(), Protocol::V5, "p", true).await;
+    let sent = payloads("unacked", 5);
+    publish_all(&mut publisher, &sent).await;
+    for expected in &sent {
+        assert_eq!(&m1.recv_publish().await.payload[..], expected.as_bytes());
+    }
+    // m1 leaves, its session with it: no member is left on node1, so m3 gets them.
+    m1.disconnect().await;
+    let got = drain(&mut [("m3", &mut m3)], sent.len()).await;
+    assert_each_once(&got, &sent);
+    let handed = &nodes[0].broker().metrics.shared_handed_to_node;
+    assert_eq!(vibemq::broker::Metrics::get(handed), 5);
 }

@@ -105,7 +105,7 @@ impl Broker {
             Metrics::add(&self.metrics.takeovers_remote, 1);
             previous.kick(reason::SESSION_TAKEN_OVER);
             let _ = tokio::time::timeout(TAKEOVER_WAIT, previous.closed()).await;
-            session.set_online(false);
+            self.set_online(&session, false);
             let (generation, expiry, will_delay) = {
                 let st = session.state.lock();
                 if let Some(j) = &st.journal {

@@ -51,6 +51,9 @@ pub struct Metrics {
     /// QoS 1/2 publishes refused because the store could not keep them (v5 0x97; a 3.1.1
     /// client is disconnected without its acknowledgement).
     pub publishes_refused_store: AtomicU64,
+    /// Shared-subscription deliveries a departing member did not receive, handed to a
+    /// member connected at another node (no member here could take them).
+    pub shared_handed_to_node: AtomicU64,
     /// Connections closed (0x8E) because their client id connected at another node.
     pub takeovers_remote: AtomicU64,
     /// Sessions handed over to another node where their client connected.

@@ -16,6 +16,7 @@ mod retained;
 mod route_gate;
 mod router;
 pub mod session;
+mod shared_leave;
 pub mod shared_pick;
 
 use std::future::Future;
@@ -56,6 +57,12 @@ pub trait ClusterHook: Send + Sync {
     /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here, or lost
     /// its last; the cluster reads the router's current state (`Router::has_route`).
     fn route_changed(&self, key: &str);
+    /// Whether shared group `key` has a member connected here may have changed; the cluster
+    /// reads the router's current state (`Router::group_connected`) and advertises it.
+    fn group_presence_changed(&self, key: &str);
+    /// Sends `message` to one node where a member of shared group `key` is connected and
+    /// whose link delivers now, for that group alone; false when there is no such node.
+    fn hand_to_group(&self, message: &Arc<Message>, key: &str) -> bool;
     /// What a SUBACK for subscriptions to `keys` (just made) waits for: every live peer's
     /// acknowledgement of the route pushes queued up to now. None: nothing to wait for, or
     /// `cluster.subscribe_ack = "local"`.
@@ -362,6 +369,33 @@ impl Broker {
         }
     }
 
+    /// Tells the cluster that shared group `key` may have gained or lost its last connected
+    /// member here (other nodes then give it turns, or stop).
+    fn report_group_presence(&self, key: &str) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.group_presence_changed(key);
+        }
+    }
+
+    /// Marks `session` connected here or not, and reports its shared groups' presence.
+    pub(crate) fn set_online(&self, session: &Session, online: bool) {
+        session.set_online(online);
+        if self.cluster.get().is_none() {
+            return;
+        }
+        let groups: Vec<String> = session
+            .state
+            .lock()
+            .subscriptions
+            .keys()
+            .filter(|k| matches!(topic::parse_shared(k), Ok(Some(_))))
+            .cloned()
+            .collect();
+        for key in groups {
+            self.report_group_presence(&key);
+        }
+    }
+
     /// Attaches connection `control` to the session for `client_id`, taking it over from any
     /// connection that has it, and starting a new session when asked or when none exists.
     /// `expiry_interval` and `will` are the connection's: with persistence on, a session that
@@ -495,7 +529,7 @@ impl Broker {
                 self.reconcile_session(&**hook, client_id, &mut st);
             }
             drop(st);
-            session.set_online(true);
+            self.set_online(&session, true);
             return Attached {
                 session,
                 session_present,
@@ -539,7 +573,7 @@ impl Broker {
             j.meta(detach.expiry_interval, false, st.will.as_ref());
         }
         drop(st);
-        session.set_online(false);
+        self.set_online(session, false);
 
         let kept = self.reassign_shared(session, shared);
         if ends {
@@ -553,35 +587,6 @@ impl Broker {
         if !ends {
             self.arm_timers(session, generation, detach.expiry_interval, will_delay);
         }
-    }
-
-    /// Hands shared-subscription deliveries `session` did not receive to other members of
-    /// their groups; gives back those no other member could take.
-    fn reassign_shared(
-        &self,
-        session: &Session,
-        deliveries: Vec<message::Delivery>,
-    ) -> Vec<message::Delivery> {
-        let mut kept = Vec::new();
-        let mut handed = Vec::new();
-        for d in deliveries {
-            // Only a stored delivery needs its record removed once handed on.
-            let stored = (d.store_seq != 0).then(|| d.clone());
-            match self
-                .router
-                .reassign_shared(&session.client_id, d, &self.metrics)
-            {
-                Some(back) => kept.push(back),
-                None => handed.extend(stored),
-            }
-        }
-        if !handed.is_empty() {
-            let st = session.state.lock();
-            for d in &handed {
-                st.finished(d);
-            }
-        }
-        kept
     }
 
     /// Arms the one timer a disconnected session has: the will delay (when it is shorter
@@ -714,6 +719,9 @@ impl Broker {
         if outcome.route_added {
             self.report_route(filter);
         }
+        if shared.is_some() {
+            self.report_group_presence(filter);
+        }
         ticket
     }
 
@@ -740,6 +748,9 @@ impl Broker {
             .route_removed
         {
             self.report_route(filter);
+        }
+        if shared.is_some() {
+            self.report_group_presence(filter);
         }
     }
 }

@@ -280,6 +280,17 @@ impl Router {
         out
     }
 
+    /// Whether shared group `key` (`$share/{group}/{filter}`) has a member connected here.
+    pub fn group_connected(&self, key: &str) -> bool {
+        let Ok(Some(shared)) = crate::topic::parse_shared(key) else {
+            return false;
+        };
+        let trie = self.trie.read();
+        trie.get(shared.filter)
+            .and_then(|set| set.shared.get(shared.group))
+            .is_some_and(|g| g.members.iter().any(|m| m.session.is_online()))
+    }
+
     /// Whether `key` (a filter, or `$share/{group}/{filter}`) has subscribers here.
     pub fn has_route(&self, key: &str) -> bool {
         let shared = crate::topic::parse_shared(key).ok().flatten();

@@ -1,13 +1,15 @@
 //! The broker's way into the cluster (`ClusterHook`): which nodes a message published here
 //! goes to (those whose routes match, every node for a retained write, one node per shared
 //! group), queued on their links with the store ticket its publisher's acknowledgement waits
-//! for; and route changes pushed to every peer ahead of gossip.
+//! for; and route changes (with the marks of shared groups with a member connected here)
+//! pushed to every peer ahead of gossip.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::link::Queued;
+use super::routes::{NodeList, RemoteGroup};
 use super::wire::{self, WireMessage};
 use super::{Cluster, groups};
 use crate::broker::replica::{ReplicaNode, ReplicaOp};
@@ -101,15 +103,71 @@ impl ClusterHook for Cluster {
         self.local.update(
             key,
             || broker.router.has_route(key),
-            |version, present| {
-                for link in self.links.read().values() {
-                    if !link.send_route(version, key, present) {
-                        Metrics::add(&self.metrics.relay_dropped, 1);
-                    }
-                }
-            },
+            |version, present| self.push_route(version, key, present),
         );
         self.routes_dirty.notify_one();
+    }
+
+    fn group_presence_changed(&self, key: &str) {
+        let Some(broker) = self.broker() else { return };
+        let mark = super::routes::connected_mark(key);
+        self.local.update_if_changed(
+            &mark,
+            || broker.router.group_connected(key),
+            |version, present| self.push_route(version, &mark, present),
+        );
+        self.routes_dirty.notify_one();
+    }
+
+    fn hand_to_group(&self, message: &Arc<Message>, key: &str) -> bool {
+        let Some(group) = self
+            .remote
+            .match_topic(&message.topic)
+            .groups
+            .into_iter()
+            .find(|g| &*g.key == key)
+        else {
+            return false;
+        };
+        let links = self.links.read();
+        let ready: NodeList = group
+            .connected
+            .into_iter()
+            .filter(|n| links.get(n).is_some_and(|l| l.is_healthy()))
+            .collect();
+        if ready.is_empty() {
+            return false;
+        }
+        let chooser = groups::Chooser {
+            strategy: self.shared_strategy,
+            local_id: &self.node_id,
+            publisher: message.publisher.as_deref(),
+        };
+        let only_ready = RemoteGroup {
+            key: group.key,
+            connected: ready.clone(),
+            nodes: ready,
+        };
+        let picks = groups::pick_nodes(
+            &mut self.group_turns.lock(),
+            &chooser,
+            Vec::new(),
+            vec![only_ready],
+            |_| true,
+        );
+        let Some((_, Some(node))) = picks.into_iter().next() else {
+            return false;
+        };
+        let (Some(link), Some(wire)) = (
+            links.get(&node),
+            WireMessage::from_message(message, &self.node_id),
+        ) else {
+            return false;
+        };
+        let encoded = wire::encode_message(&wire);
+        let reliable = message.qos != QoS::AtMostOnce;
+        let (queued, _) = link.send_publish(reliable, false, vec![key.to_string()], encoded);
+        queued != Queued::Dropped
     }
 
     fn route_gate(&self, keys: &[&str]) -> Option<RouteGate> {
@@ -200,5 +258,17 @@ impl ClusterHook for Cluster {
 
     fn copies_wait(&self) -> Option<crate::broker::CopiesWait> {
         Cluster::copies_wait(self)
+    }
+}
+
+impl Cluster {
+    /// Pushes a change of this node's route `key` to every peer, counting a link that
+    /// cannot take it (gossip repairs it).
+    fn push_route(&self, version: u64, key: &str, present: bool) {
+        for link in self.links.read().values() {
+            if !link.send_route(version, key, present) {
+                Metrics::add(&self.metrics.relay_dropped, 1);
+            }
+        }
     }
 }

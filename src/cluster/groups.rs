@@ -1,12 +1,13 @@
 //! Shared subscriptions across nodes: which node delivers each message of a group. The
 //! publishing node gives each matching group one node by `mqtt.shared_subscription_strategy`
-//! (see `broker::shared_pick`), preferring nodes that can deliver now; the chosen node then
-//! picks one of its members the same way (the router's job).
+//! (see `broker::shared_pick`), preferring nodes that can deliver now (a member of the group
+//! connected there, by its `connected_mark` route, and a link that delivers); the chosen node
+//! then picks one of its members the same way (the router's job).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::routes::NodeList;
+use super::routes::RemoteGroup;
 use crate::broker::shared_pick::{Candidate, GroupTurn, SharedStrategy};
 
 /// How the publishing node chooses: the strategy, its own id (its key among the candidates)
@@ -18,15 +19,16 @@ pub struct Chooser<'a> {
 }
 
 /// Gives each matching shared group one node: None is this node (`local` says whether a
-/// member of the group is connected here), `can_deliver` says whether a node's link delivers.
+/// member of the group is connected here); another node can deliver when a member is
+/// connected there and `link_delivers` says its link delivers.
 /// Nodes that can deliver now are preferred; when none can, the choice goes among all, so the
 /// message waits in a queue rather than being lost. `turns` keeps each group's turn.
 pub fn pick_nodes(
     turns: &mut HashMap<Arc<str>, GroupTurn>,
     chooser: &Chooser<'_>,
     local: Vec<(Arc<str>, bool)>,
-    remote: Vec<(Arc<str>, NodeList)>,
-    can_deliver: impl Fn(&str) -> bool,
+    remote: Vec<RemoteGroup>,
+    link_delivers: impl Fn(&str) -> bool,
 ) -> Vec<(Arc<str>, Option<Arc<str>>)> {
     if local.is_empty() && remote.is_empty() {
         return Vec::new();
@@ -37,9 +39,14 @@ pub fn pick_nodes(
         .into_iter()
         .map(|(g, online)| (g, vec![(None, online)]))
         .collect();
-    for (key, nodes) in remote {
+    for RemoteGroup {
+        key,
+        nodes,
+        connected,
+    } in remote
+    {
         let candidates = nodes.into_iter().map(|n| {
-            let ok = can_deliver(&n);
+            let ok = connected.contains(&n) && link_delivers(&n);
             (Some(n), ok)
         });
         match groups.iter_mut().find(|(g, _)| *g == key) {
@@ -78,9 +85,19 @@ pub fn pick_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::routes::NodeList;
 
     fn nodes(names: &[&str]) -> NodeList {
         names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    /// Group `key` with members on `names`, a member connected on each.
+    fn on(key: &Arc<str>, names: &[&str]) -> RemoteGroup {
+        RemoteGroup {
+            key: key.clone(),
+            nodes: nodes(names),
+            connected: nodes(names),
+        }
     }
 
     const IN_TURN: Chooser<'static> = Chooser {
@@ -99,10 +116,7 @@ mod tests {
                 &mut turns,
                 &IN_TURN,
                 vec![(g.clone(), true)],
-                vec![
-                    (g.clone(), nodes(&["n2"])),
-                    (h.clone(), nodes(&["n2", "n3"])),
-                ],
+                vec![on(&g, &["n2"]), on(&h, &["n2", "n3"])],
                 |_| true,
             );
             picked.push(picks);
@@ -125,7 +139,7 @@ mod tests {
                 &mut turns,
                 &IN_TURN,
                 vec![(g.clone(), false)],
-                vec![(g.clone(), nodes(&["n2", "n3"]))],
+                vec![on(&g, &["n2", "n3"])],
                 |n| n == "n3",
             );
             assert_eq!(picks[0].1.as_deref(), Some("n3"));
@@ -135,10 +149,46 @@ mod tests {
             &mut turns,
             &IN_TURN,
             vec![(g.clone(), false)],
-            vec![(g.clone(), nodes(&["n2"]))],
+            vec![on(&g, &["n2"])],
             |_| false,
         );
         assert!(picks.len() == 1);
+    }
+
+    #[test]
+    fn nodes_whose_members_are_all_offline_get_no_turns_unless_none_is_connected() {
+        let mut turns = HashMap::new();
+        let g: Arc<str> = "$share/g/t".into();
+        let offline_on_n2 = RemoteGroup {
+            key: g.clone(),
+            nodes: nodes(&["n2", "n3"]),
+            connected: nodes(&["n3"]),
+        };
+        let picked: Vec<Option<Arc<str>>> = (0..4)
+            .map(|_| {
+                pick_nodes(
+                    &mut turns,
+                    &IN_TURN,
+                    vec![(g.clone(), true)],
+                    vec![offline_on_n2.clone()],
+                    |_| true,
+                )[0]
+                .1
+                .clone()
+            })
+            .collect();
+        assert!(
+            picked.iter().all(|p| p.as_deref() != Some("n2")),
+            "n2's member is offline: {picked:?}"
+        );
+        assert!(picked.contains(&None) && picked.iter().any(|p| p.as_deref() == Some("n3")));
+        // Every member offline everywhere: the message still goes to one of them, queued.
+        let all_offline = RemoteGroup {
+            connected: NodeList::new(),
+            ..offline_on_n2
+        };
+        let picks = pick_nodes(&mut turns, &IN_TURN, vec![], vec![all_offline], |_| true);
+        assert!(picks[0].1.is_some());
     }
 
     #[test]
@@ -150,7 +200,7 @@ mod tests {
                     turns,
                     chooser,
                     vec![(g.clone(), online_here)],
-                    vec![(g.clone(), nodes(&["n2", "n3"]))],
+                    vec![on(&g, &["n2", "n3"])],
                     |_| true,
                 )[0]
                 .1

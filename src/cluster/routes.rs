@@ -5,6 +5,9 @@
 //! exact key). The text is cut into gossip values of at most `CHUNK_BYTES` wherever the cut
 //! falls, so no single route, however long, makes a value too large for a datagram. `RemoteRoutes` merges every other node's routes into one trie, combining each
 //! node's gossiped set with changes pushed over peer links that gossip has not caught up with.
+//! Beside a shared group's key a node advertises a mark (`connected_mark`) while one of the
+//! group's members is connected there, so other nodes give their group messages to nodes
+//! whose members can take them now, not to one whose members are all offline.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +17,41 @@ use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
 use crate::topic::{Trie, parse_shared};
+
+/// The route a node advertises beside a shared group's key (`$share/{group}/{filter}`) while
+/// a member of that group is connected there: the key behind a `+`. A level holding `+` and
+/// more is not a valid filter, so no subscription can advertise it.
+pub fn connected_mark(group_key: &str) -> String {
+    format!("+{group_key}")
+}
+
+/// What a route key is.
+enum RouteKind<'a> {
+    /// A filter with ordinary subscribers.
+    Ordinary,
+    /// A shared group with members (`key`), delivered by exact key.
+    Group { key: &'a str, filter: &'a str },
+    /// A shared group with a member connected now (`connected_mark` of `key`).
+    Connected { key: &'a str, filter: &'a str },
+}
+
+fn kind(route: &str) -> RouteKind<'_> {
+    let (key, marked) = match route.strip_prefix('+') {
+        Some(key) => (key, true),
+        None => (route, false),
+    };
+    match parse_shared(key) {
+        Ok(Some(shared)) if marked => RouteKind::Connected {
+            key,
+            filter: shared.filter,
+        },
+        Ok(Some(shared)) => RouteKind::Group {
+            key,
+            filter: shared.filter,
+        },
+        _ => RouteKind::Ordinary,
+    }
+}
 
 /// Most bytes of route text one gossip value carries (chitchat cannot send a value that does
 /// not fit one datagram, and stops at the first such value).
@@ -34,8 +72,32 @@ impl LocalRoutes {
     /// `then` gets the new version and state, also under the lock, so pushes leave in version
     /// order.
     pub fn update(&self, key: &str, truth: impl FnOnce() -> bool, then: impl FnOnce(u64, bool)) {
+        self.set(key, truth, then, true);
+    }
+
+    /// As `update`, but nothing (no new version, no push) when `truth` agrees with what is
+    /// advertised: for marks that flip back and forth as clients come and go.
+    pub fn update_if_changed(
+        &self,
+        key: &str,
+        truth: impl FnOnce() -> bool,
+        then: impl FnOnce(u64, bool),
+    ) {
+        self.set(key, truth, then, false);
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        truth: impl FnOnce() -> bool,
+        then: impl FnOnce(u64, bool),
+        even_unchanged: bool,
+    ) {
         let mut keys = self.keys.lock();
         let present = truth();
+        if !even_unchanged && keys.contains(key) == present {
+            return;
+        }
         if present {
             keys.insert(key.to_string());
         } else {
@@ -89,9 +151,9 @@ fn text_len(keys: &BTreeSet<String>) -> usize {
     keys.iter().map(|k| k.len() + 1).sum()
 }
 
-/// The routes, ordinary filters widened until their text (with the shared keys, which stay
-/// exact) fits `budget` bytes. Each result matches at least every topic its originals
-/// matched, and every shared group keeps its exact key.
+/// The routes, ordinary filters widened until their text (with the shared keys and their
+/// connected marks, which stay exact) fits `budget` bytes. Each result matches at least every
+/// topic its originals matched, and every shared group keeps its exact key.
 pub fn summarize(keys: &BTreeSet<String>, budget: usize) -> BTreeSet<String> {
     if text_len(keys) <= budget {
         return keys.clone();
@@ -99,7 +161,7 @@ pub fn summarize(keys: &BTreeSet<String>, budget: usize) -> BTreeSet<String> {
     let (shared, ordinary): (BTreeSet<String>, BTreeSet<String>) = keys
         .iter()
         .cloned()
-        .partition(|k| matches!(parse_shared(k), Ok(Some(_))));
+        .partition(|k| !matches!(kind(k), RouteKind::Ordinary));
     let budget = budget.saturating_sub(text_len(&shared));
     let deepest = ordinary
         .iter()
@@ -166,19 +228,66 @@ pub fn parse_chunks<'a>(chunks: impl IntoIterator<Item = &'a str>) -> HashSet<St
 /// Node ids, usually a few.
 pub type NodeList = SmallVec<[Arc<str>; 4]>;
 
+/// A shared group other nodes have members in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteGroup {
+    /// `$share/{group}/{filter}`.
+    pub key: Arc<str>,
+    /// Nodes with members in it.
+    pub nodes: NodeList,
+    /// Those of `nodes` where a member is connected now.
+    pub connected: NodeList,
+}
+
 /// What the remote nodes want for one topic.
 #[derive(Debug, Default, PartialEq)]
 pub struct RemoteMatch {
     /// Nodes with ordinary subscribers.
     pub nodes: NodeList,
-    /// Shared groups (`$share/{group}/{filter}`) and the nodes with members in them.
-    pub groups: Vec<(Arc<str>, NodeList)>,
+    /// Shared groups and the nodes with members in them.
+    pub groups: Vec<RemoteGroup>,
 }
 
 #[derive(Default)]
 struct Entry {
     nodes: NodeList,
+    /// Group key -> nodes with members.
     groups: HashMap<Arc<str>, NodeList>,
+    /// Group key -> nodes with a member connected.
+    connected: HashMap<Arc<str>, NodeList>,
+}
+
+impl Entry {
+    /// The node list `route` (a key stored at this entry) adds its node to.
+    fn list_for(&mut self, route: &RouteKind<'_>) -> &mut NodeList {
+        match route {
+            RouteKind::Ordinary => &mut self.nodes,
+            RouteKind::Group { key, .. } => self.groups.entry(Arc::from(*key)).or_default(),
+            RouteKind::Connected { key, .. } => self.connected.entry(Arc::from(*key)).or_default(),
+        }
+    }
+
+    /// Takes `node` off the list `route` names, dropping a group's list once empty.
+    fn remove(&mut self, route: &RouteKind<'_>, node: &Arc<str>) {
+        let (lists, key) = match route {
+            RouteKind::Ordinary => {
+                self.nodes.retain(|n| n != node);
+                return;
+            }
+            RouteKind::Group { key, .. } => (&mut self.groups, *key),
+            RouteKind::Connected { key, .. } => (&mut self.connected, *key),
+        };
+        if let Some(nodes) = lists.get_mut(key) {
+            nodes.retain(|n| n != node);
+            if nodes.is_empty() {
+                lists.remove(key);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.groups.is_empty() && self.connected.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -205,35 +314,30 @@ pub struct RemoteRoutes {
 }
 
 impl RemoteIndex {
-    fn add(&mut self, node: &Arc<str>, key: &str) {
-        let shared = parse_shared(key).ok().flatten();
-        let filter = shared.as_ref().map_or(key, |s| s.filter);
-        let entry = self.trie.get_or_insert_with(filter, Entry::default);
-        let nodes = match shared {
-            None => &mut entry.nodes,
-            Some(_) => entry.groups.entry(Arc::from(key)).or_default(),
+    fn add(&mut self, node: &Arc<str>, route: &str) {
+        let kind = kind(route);
+        let filter = match kind {
+            RouteKind::Ordinary => route,
+            RouteKind::Group { filter, .. } | RouteKind::Connected { filter, .. } => filter,
         };
+        let nodes = self
+            .trie
+            .get_or_insert_with(filter, Entry::default)
+            .list_for(&kind);
         if !nodes.contains(node) {
             nodes.push(node.clone());
         }
     }
 
-    fn remove(&mut self, node: &Arc<str>, key: &str) {
-        let shared = parse_shared(key).ok().flatten();
-        let filter = shared.as_ref().map_or(key, |s| s.filter);
+    fn remove(&mut self, node: &Arc<str>, route: &str) {
+        let kind = kind(route);
+        let filter = match kind {
+            RouteKind::Ordinary => route,
+            RouteKind::Group { filter, .. } | RouteKind::Connected { filter, .. } => filter,
+        };
         self.trie.edit(filter, |entry| {
-            match shared {
-                None => entry.nodes.retain(|n| n != node),
-                Some(_) => {
-                    if let Some(nodes) = entry.groups.get_mut(key) {
-                        nodes.retain(|n| n != node);
-                        if nodes.is_empty() {
-                            entry.groups.remove(key);
-                        }
-                    }
-                }
-            }
-            entry.nodes.is_empty() && entry.groups.is_empty()
+            entry.remove(&kind, node);
+            entry.is_empty()
         });
     }
 
@@ -367,7 +471,11 @@ impl RemoteRoutes {
                 }
             }
             for (key, nodes) in &entry.groups {
-                out.groups.push((key.clone(), nodes.clone()));
+                out.groups.push(RemoteGroup {
+                    key: key.clone(),
+                    nodes: nodes.clone(),
+                    connected: entry.connected.get(key).cloned().unwrap_or_default(),
+                });
             }
         });
         out
@@ -482,7 +590,8 @@ mod tests {
         nodes.sort();
         assert_eq!(nodes, ["n1", "n2"]);
         assert_eq!(m.groups.len(), 1);
-        assert_eq!(&*m.groups[0].0, "$share/g/a/#");
+        assert_eq!(&*m.groups[0].key, "$share/g/a/#");
+        assert!(m.groups[0].connected.is_empty(), "no member connected");
 
         // A push newer than gossip takes effect; an older gossip snapshot does not undo it.
         r.apply_push(&n2, 2, "x/#".into(), true);

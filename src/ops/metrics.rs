@@ -280,6 +280,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_shared_deliveries_handed_to_node",
+            "Shared-subscription deliveries a departing member did not receive, handed to a member connected at another node",
+            Metrics::get(&m.shared_handed_to_node),
+        )?;
+        counter(
+            &mut e,
             "vibemq_session_takeovers_remote",
             "Connections closed (0x8E) because their client id connected at another node",
             Metrics::get(&m.takeovers_remote),
