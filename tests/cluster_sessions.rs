@@ -2,7 +2,10 @@
 //! offline on one node resumes on another with Session Present and everything queued
 //! (mosquitto clients, and a raw v5 client), a live connection is taken over from another
 //! node (0x8E, its unacknowledged message resent with DUP, no will), a clean start elsewhere
-//! ends the old session, two connects racing on two nodes end with exactly one connected, and
+//! ends the old session, a session outlives kill -9 of its node and of its copy's node
+//! together (the copy read back from the store) while a stored copy of a session that ended
+//! meanwhile is dropped, two connects racing on two nodes end with
+//! exactly one connected, and
 //! `cluster.allow_connect_during_partition = false` refuses connects while a node is away.
 
 mod common;
@@ -178,6 +181,143 @@ async fn a_session_outlives_kill_9_of_the_node_that_held_it() {
     .await;
     assert!(ack.session_present);
     last.expect_silence(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outlives_kill_9_of_its_node_and_its_copys_node_together() {
+    let [mut n1, n2, n3] = ProcessNode::three(Vec::new()).await;
+    persistent_sub(&n1, "twice", "twice/#", &["-E"]).await;
+    let mut p = RawClient::connect(n3.addr(), Protocol::V5, "twice-pub", true).await;
+    let mut others = [n2, n3];
+    let written_before = [
+        others[0].metric("vibemq_store_ops_written").await,
+        others[1].metric("vibemq_store_ops_written").await,
+    ];
+    publish_acknowledged(&mut p, "twice/x", "t", 100).await;
+    drop(p);
+    // Which of node2 and node3 keeps the copy, with all 100 in it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let at = loop {
+        let mut found = None;
+        for (i, n) in others.iter().enumerate() {
+            if n.metric("vibemq_session_replica_messages").await == 100.0 {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no copy with 100");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Its store has taken the copy's records (sync = "always" commits them at once).
+    let copy_node = &others[at];
+    while copy_node.metric("vibemq_store_ops_written").await < written_before[at] + 100.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy's records were not written"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The holder and the copy's node die together; only the copy's node comes back, from
+    // its store. The client connects at the third node.
+    n1.kill9().await;
+    others[at].kill9().await;
+    others[at].start_again().await;
+    let third = 1 - at;
+    others[at].wait_linked(1).await;
+    others[third].wait_linked(1).await;
+    let out = persistent_sub(
+        &others[third],
+        "twice",
+        "twice/#",
+        &["-C", "100", "-W", "20"],
+    )
+    .await;
+    let expected: Vec<String> = (1..=100).map(|i| format!("t{i}")).collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        others[at]
+            .metric("vibemq_session_replicas_promoted_total")
+            .await,
+        1.0,
+        "brought back from the copy read back from the store"
+    );
+}
+
+/// Which of `nodes` keeps a copy (`vibemq_session_replicas` = 1), waiting for one.
+async fn copy_holder(nodes: &[&ProcessNode]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.metric("vibemq_session_replicas").await == 1.0 {
+                return i;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no copy anywhere");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_copy_of_a_session_that_ended_meanwhile_is_dropped_not_resumed() {
+    // node1 gives up on a failed node after a second (cluster.hold_secs), with what it held
+    // for it.
+    let env = vec![("VIBEMQ_CLUSTER_HOLD_SECS".to_string(), "1".to_string())];
+    let [mut n1, n2, n3] = ProcessNode::three(env).await;
+    persistent_sub(&n1, "ended", "ended/#", &["-E"]).await;
+    let mut others = [n2, n3];
+    let at = copy_holder(&[&others[0], &others[1]]).await;
+    // The copy's node goes down with the copy on its disk; meanwhile the session ends (a
+    // clean start at its node), and node1 gives up on telling the copy's node.
+    others[at].kill9().await;
+    let (clean, ack) = RawClient::connect_with(
+        n1.addr(),
+        common::connect_packet(Protocol::V311, "ended", true),
+    )
+    .await;
+    assert!(!ack.session_present);
+    clean.disconnect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = common::http::get(n1.http_addr(), "/api/v1/cluster").await;
+        let members = common::http::json(&body)["members"]
+            .as_array()
+            .map(Vec::len);
+        if members == Some(2) {
+            break; // itself and the third node: the link to the dead one is gone
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node1 did not give up on the dead node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    others[at].start_again().await;
+    others[at].wait_linked(2).await;
+    // Its holder, alive, does not send it again: the copy read back is stale and dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while others[at]
+        .metric("vibemq_session_replicas_stale_dropped_total")
+        .await
+        != 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stale copy was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(others[at].metric("vibemq_session_replicas").await, 0.0);
+    // So when the node the client last used dies, the old session does not come back.
+    n1.kill9().await;
+    let third = 1 - at;
+    let (_, ack) = RawClient::connect_with(
+        others[third].addr(),
+        common::connect_packet(Protocol::V311, "ended", false),
+    )
+    .await;
+    assert!(!ack.session_present, "an ended session came back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,9 @@ pub struct ClusterMetrics {
     pub replicas_promoted: AtomicU64,
     /// Copies dropped because their holder stayed gone past the session's expiry.
     pub replicas_expired: AtomicU64,
+    /// Copies read back from the store and dropped because their holder, alive, did not
+    /// send them again (it no longer holds that session).
+    pub replicas_stale_dropped: AtomicU64,
     /// Messages a dead holder had not taken yet, recovered from the links to it when its
     /// session came back from a copy here.
     pub recovered_messages: AtomicU64,

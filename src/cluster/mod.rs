@@ -21,6 +21,7 @@ mod metrics;
 pub mod peer_tls;
 mod progress;
 mod recovery;
+mod replica_store;
 mod replicas;
 pub mod routes;
 mod seal;
@@ -448,7 +449,9 @@ impl Cluster {
             routes_dirty: Notify::new(),
             handover: handover::Handover::default(),
             processed_marks: recovery::ProcessedMarks::default(),
-            replicas: replicas::Replicas::default(),
+            replicas: replicas::Replicas::with_copies(replica_store::restored_copies(
+                id.relay.copies,
+            )),
             members: AtomicUsize::new(0),
             routes_pending: AtomicUsize::new(0),
             metrics,

@@ -5,7 +5,8 @@
 //! bringing a copy forward when its holder died: a claim for the client id finds it, as it
 //! finds a live node's session, and the copy is handed to the claimant the same way
 //! (`handover`). A copy whose holder is gone and whose client does not come back is dropped
-//! when the session would have expired.
+//! when the session would have expired. With persistence on, the copies are on disk too
+//! (`replica_store`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -26,23 +27,31 @@ use crate::store::{InflightMark, StoredSubscription};
 /// How many resumed sessions are remembered for their old holders' return.
 const MOVED_REMEMBERED: usize = 1_000_000;
 
+/// How long a copy read back from the store waits, with its holder alive, for the holder to
+/// send the session again (it does within about a second of seeing this node back); past
+/// it, the holder no longer holds that session and the copy is stale.
+const RESTORED_CONFIRM: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often copies whose holder is gone are checked against their session's expiry.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A copy of a session held on another node.
 #[derive(Debug)]
-struct Replica {
+pub(super) struct Replica {
     /// The run of the holder when it sent the whole session: a holder back as a new run
     /// (restarted) has lost what it held, so the copy counts as orphaned.
-    holder_generation: u64,
-    expiry_interval: u32,
-    subscriptions: BTreeMap<String, StoredSubscription>,
-    deliveries: BTreeMap<u64, (StoredDelivery, Option<InflightMark>)>,
-    inbound_qos2: BTreeSet<u16>,
+    pub(super) holder_generation: u64,
+    pub(super) expiry_interval: u32,
+    pub(super) subscriptions: BTreeMap<String, StoredSubscription>,
+    pub(super) deliveries: BTreeMap<u64, (StoredDelivery, Option<InflightMark>)>,
+    pub(super) inbound_qos2: BTreeSet<u16>,
     /// The claim it was promised to, once its holder died and a claim came for it.
-    claimed: Option<ClaimOrder>,
+    pub(super) claimed: Option<ClaimOrder>,
     /// Since when its holder is known to be gone (for the expiry sweep).
-    orphaned_at: Option<Instant>,
+    pub(super) orphaned_at: Option<Instant>,
+    /// Read back from the store and not sent again by its holder since: from when its
+    /// holder was seen alive (None: not yet), for `RESTORED_CONFIRM`.
+    pub(super) restored: Option<Option<Instant>>,
 }
 
 /// A session resumed from a copy here: (old holder, client id, the claim that resumed it,
@@ -71,6 +80,17 @@ pub(crate) struct Replicas {
 }
 
 impl Replicas {
+    /// Starting with the copies the store kept: (client, holder, copy).
+    pub(super) fn with_copies(copies: Vec<(Arc<str>, Arc<str>, Replica)>) -> Replicas {
+        let replicas = Replicas::default();
+        replicas.held.lock().extend(
+            copies
+                .into_iter()
+                .map(|(client, holder, r)| ((client, holder), r)),
+        );
+        replicas
+    }
+
     /// (copies held, QoS 1/2 deliveries in them).
     pub(crate) fn counts(&self) -> (usize, usize) {
         let held = self.held.lock();
@@ -143,11 +163,21 @@ impl Cluster {
         let mut held = self.replicas.held.lock();
         if let ReplicaOp::Snapshot(snapshot) = op {
             let holder_generation = self.links.read().get(holder).map_or(0, |l| l.generation);
-            held.insert(key, replica_from(snapshot, holder_generation));
+            let replica = replica_from(snapshot, holder_generation);
+            if let Some(old) = held
+                .get(&key)
+                .filter(|old| old.holder_generation != holder_generation)
+            {
+                self.forget_copy(holder, old.holder_generation, client);
+            }
+            self.store_copy(holder, client, &replica);
+            held.insert(key, replica);
             return;
         }
         if matches!(op, ReplicaOp::Gone) {
-            held.remove(&key);
+            if let Some(old) = held.remove(&key) {
+                self.forget_copy(holder, old.holder_generation, client);
+            }
             return;
         }
         // Changes before a snapshot (a link made anew): the next snapshot brings them.
@@ -155,7 +185,12 @@ impl Cluster {
         if r.holder_generation == 0 {
             // Made before this node had a link to the holder.
             r.holder_generation = self.links.read().get(holder).map_or(0, |l| l.generation);
+            if r.holder_generation != 0 {
+                self.forget_copy(holder, 0, client);
+                self.store_copy(holder, client, r);
+            }
         }
+        self.store_copy_op(holder, r.holder_generation, client, &op);
         match op {
             ReplicaOp::Queued { seq, delivery } => {
                 r.deliveries.insert(seq, (*delivery, None));
@@ -220,7 +255,9 @@ impl Cluster {
             .collect();
         if clean_start {
             for k in orphans {
-                held.remove(&k);
+                if let Some(r) = held.remove(&k) {
+                    self.forget_copy(&k.1, r.holder_generation, client);
+                }
             }
             return None;
         }
@@ -263,6 +300,7 @@ impl Cluster {
             .map(|(k, _)| k.clone())?;
         let r = held.remove(&key)?;
         drop(held);
+        self.forget_copy(&key.1, r.holder_generation, client);
         let until = (r.expiry_interval != u32::MAX)
             .then(|| Instant::now() + std::time::Duration::from_secs(u64::from(r.expiry_interval)));
         let mut moved = self.replicas.moved.lock();
@@ -324,16 +362,36 @@ impl Cluster {
             });
         let mut held = self.replicas.held.lock();
         let before = held.len();
-        held.retain(|(_, holder), r| {
+        let mut stale = 0;
+        held.retain(|(client, holder), r| {
             if self.holder_alive(holder, r.holder_generation) {
                 r.orphaned_at = None;
-                return true;
+                let Some(alive_since) = r.restored.as_mut() else {
+                    return true;
+                };
+                if now.duration_since(*alive_since.get_or_insert(now)) < RESTORED_CONFIRM {
+                    return true;
+                }
+                tracing::info!(client_id = %crate::limits::printable(client), holder = %holder, "copy read back from the store dropped: its holder no longer holds the session");
+                self.forget_copy(holder, r.holder_generation, client);
+                stale += 1;
+                return false;
+            }
+            if let Some(alive_since) = r.restored.as_mut() {
+                *alive_since = None;
             }
             let since = *r.orphaned_at.get_or_insert(now);
-            r.expiry_interval == u32::MAX
-                || now.duration_since(since).as_secs() < u64::from(r.expiry_interval)
+            let keep = r.expiry_interval == u32::MAX
+                || now.duration_since(since).as_secs() < u64::from(r.expiry_interval);
+            if !keep {
+                self.forget_copy(holder, r.holder_generation, client);
+            }
+            keep
         });
-        let expired = before - held.len();
+        self.metrics
+            .replicas_stale_dropped
+            .fetch_add(stale, Ordering::Relaxed);
+        let expired = before - held.len() - stale as usize;
         if expired > 0 {
             self.metrics
                 .replicas_expired
@@ -355,5 +413,6 @@ fn replica_from(s: ReplicaSnapshot, holder_generation: u64) -> Replica {
         inbound_qos2: s.inbound_qos2.into_iter().collect(),
         claimed: None,
         orphaned_at: None,
+        restored: None,
     }
 }

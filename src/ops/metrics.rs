@@ -469,6 +469,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_session_replicas_stale_dropped",
+            "Copies read back from the store and dropped: their holder is alive and did not send them again (the session is no longer there)",
+            Metrics::get(&cm.replicas_stale_dropped),
+        )?;
+        counter(
+            &mut e,
             "vibemq_cluster_replica_ops_dropped",
             "Changes to replicated sessions not sent (no link, or cluster.hold_bytes reached)",
             Metrics::get(&cm.replica_ops_dropped),

@@ -29,6 +29,11 @@ pub use records::{InflightMark, SessionMeta, StoredSubscription};
 pub use relay::{LinkRecord, RelayMark, RelayOp, RestoredLink, RestoredRelay, StoredFrame};
 pub use restore::{Restored, RestoredSession};
 
+/// Sessions stored under ids starting so are copies of other nodes' sessions that the
+/// cluster keeps (`cluster::replica_store`); no MQTT client id holds U+0000. Restoring hands
+/// them to the cluster (`RestoredRelay::copies`), not to the broker.
+pub const COPY_PREFIX: &str = "\u{0}copy\u{0}";
+
 /// One change to what is stored, in the order it happened.
 #[derive(Debug)]
 pub enum Op {

@@ -223,4 +223,6 @@ pub struct RestoredRelay {
     pub run: u64,
     pub links: Vec<RestoredLink>,
     pub marks: Vec<(Arc<str>, RelayMark)>,
+    /// Copies of other nodes' sessions kept here (`super::COPY_PREFIX`).
+    pub copies: Vec<super::RestoredSession>,
 }

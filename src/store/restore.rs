@@ -150,5 +150,11 @@ pub fn read_all(db: &Db) -> Result<Restored, String> {
             out.sessions[i].inbound_qos2.push(u16::from_be_bytes(id));
         }
     }
+    // Copies of other nodes' sessions go to the cluster.
+    let (copies, own): (Vec<_>, Vec<_>) = std::mem::take(&mut out.sessions)
+        .into_iter()
+        .partition(|s| s.client.starts_with(super::COPY_PREFIX));
+    out.sessions = own;
+    out.relay.copies = copies;
     Ok(out)
 }
