@@ -1,7 +1,8 @@
 //! A shared group with a member on each of three real `vibemq` processes (persistence on, as
 //! config/nodeN.toml ships), QoS 1 messages published on node 1 while node 3 is killed with
 //! kill -9 and later restarted: every acknowledged message reaches exactly one member (a second
-//! copy only as an MQTT redelivery, flagged DUP).
+//! copy only as an MQTT redelivery, flagged DUP); and messages queued for a member's node
+//! that froze and then died go to the members on the other nodes.
 
 mod common;
 
@@ -23,8 +24,9 @@ fn addr(node: &ProcessNode) -> SocketAddr {
     node.mqtt_addr().parse().unwrap()
 }
 
-/// A member with a persistent session: subscribed once, then reading and acknowledging until
-/// `stop` or until its connection closes. Returns (payload, DUP flag) of what it got.
+/// A member with a persistent session (or a clean one, `clean`): subscribed once, then
+/// reading and acknowledging until `stop` or until its connection closes. Returns (payload,
+/// DUP flag) of what it got.
 async fn member(
     node: &ProcessNode,
     name: &str,
@@ -32,7 +34,18 @@ async fn member(
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<HashSet<String>>>,
 ) -> JoinHandle<Vec<(String, bool)>> {
-    let mut c = RawClient::connect(addr(node), Protocol::V311, name, false).await;
+    member_with(node, name, subscribe, false, stop, seen).await
+}
+
+async fn member_with(
+    node: &ProcessNode,
+    name: &str,
+    subscribe: bool,
+    clean: bool,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<HashSet<String>>>,
+) -> JoinHandle<Vec<(String, bool)>> {
+    let mut c = RawClient::connect(addr(node), Protocol::V311, name, clean).await;
     if subscribe {
         assert_eq!(c.subscribe(GROUP, QoS::AtLeastOnce).await, vec![1]);
     }
@@ -135,4 +148,69 @@ async fn a_shared_group_across_three_nodes_gets_each_message_once_through_a_node
     for (m, n) in &counts {
         assert!(*n > 0, "{m} got no turn: {counts:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_queued_for_a_node_that_froze_and_died_reach_the_other_members() {
+    // Node 1 gives up on a failed node a second after declaring it failed (cluster.hold_secs).
+    let env = vec![("VIBEMQ_CLUSTER_HOLD_SECS".to_string(), "1".to_string())];
+    let peer = || common::process::free_port();
+    let n1 = ProcessNode::start_with(1, 0, peer(), env.clone()).await;
+    let n2 = ProcessNode::start_with(2, n1.gossip, peer(), env.clone()).await;
+    let mut n3 = ProcessNode::start_with(3, n1.gossip, peer(), env).await;
+    for n in [&n1, &n2, &n3] {
+        n.wait_linked(2).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    // Clean sessions: nothing of them is copied to node3, so no PUBACK waits for it.
+    let m1 = member_with(&n1, "f1", true, true, stop.clone(), seen.clone()).await;
+    let m2 = member_with(&n2, "f2", true, true, stop.clone(), seen.clone()).await;
+    let m3 = member_with(&n3, "f3", true, true, stop.clone(), seen.clone()).await;
+    let mut publisher = RawClient::connect(addr(&n1), Protocol::V311, "fp", true).await;
+    // Node 3 stops dead before anything is published: what node 1 queues for it never
+    // reaches its member. Then it dies.
+    n3.freeze().await;
+    const SENT: usize = 60;
+    for i in 0..SENT {
+        let id = i as u16 + 1;
+        publisher
+            .publish(
+                "work/y",
+                format!("f-{i}").as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                id,
+            )
+            .await;
+        match tokio::time::timeout(LIMIT, publisher.recv()).await {
+            Ok(Packet::PubAck(a)) => assert_eq!(a.packet_id, id),
+            other => panic!("message {i}: expected its PUBACK, got {other:?}"),
+        }
+    }
+    n3.kill9().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while seen.lock().unwrap().len() < SENT && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Room for a second copy to show, were one on its way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (g1, g2, g3) = (m1.await.unwrap(), m2.await.unwrap(), m3.await.unwrap());
+    assert!(g3.is_empty(), "node3 was frozen before the first: {g3:?}");
+    let mut all: Vec<&String> = g1.iter().chain(&g2).map(|(p, _)| p).collect();
+    all.sort();
+    let mut want: Vec<String> = (0..SENT).map(|i| format!("f-{i}")).collect();
+    want.sort();
+    assert_eq!(
+        all,
+        want.iter().collect::<Vec<_>>(),
+        "each acknowledged message once, at m1 or m2"
+    );
+    assert!(
+        n1.metric("vibemq_cluster_group_messages_rescued_total")
+            .await
+            > 0.0,
+        "some were queued for node3 and went elsewhere"
+    );
 }

@@ -358,6 +358,20 @@ impl Broker {
         self.router.publish(&message, Audience::ALL, &self.metrics)
     }
 
+    /// Gives `message` to a connected member of shared group `group` on this node; false
+    /// when none is connected here.
+    pub fn deliver_to_local_group(&self, message: &Arc<Message>, group: &str) -> bool {
+        if !self.router.group_connected(group) {
+            return false;
+        }
+        let groups = [Arc::<str>::from(group)];
+        let audience = Audience {
+            normal: false,
+            groups: GroupPick::Only(&groups),
+        };
+        self.router.publish(message, audience, &self.metrics) > 0
+    }
+
     /// What a SUBACK for subscriptions to `keys` waits for in a cluster (see `RouteGate`).
     pub fn route_gate(&self, keys: &[&str]) -> Option<RouteGate> {
         self.cluster.get()?.route_gate(keys)

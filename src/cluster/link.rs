@@ -777,6 +777,9 @@ impl Backlog for Link {
     }
 }
 
+mod group_frames;
+pub(super) use group_frames::GroupFrame;
+
 #[cfg(test)]
 #[path = "link_tests.rs"]
 mod tests;

@@ -304,3 +304,28 @@ async fn a_link_read_back_resends_its_frames_and_numbers_past_any_seen() {
     store.close();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn group_publishes_not_yet_written_are_taken_off_and_the_rest_stay() {
+    let l = link(bounds(1 << 20, 1 << 20));
+    let g = || vec!["$share/g/t".to_string()];
+    send(&l, true, false, g(), Bytes::from_static(b"written"));
+    let mut out = BytesMut::new();
+    assert_eq!(l.take_batch(&mut out, none), 1);
+    send(&l, true, false, g(), Bytes::from_static(b"group only"));
+    send(&l, true, true, g(), Bytes::from_static(b"also normal"));
+    send(&l, true, true, Vec::new(), Bytes::from_static(b"normal"));
+    send(&l, false, false, g(), Bytes::from_static(b"qos 0"));
+    // Reliable ones for a group: unwritten ones, and with `written` the unacknowledged too.
+    let unsent: Vec<u64> = l.group_frames(false).iter().map(|f| f.seq).collect();
+    assert_eq!(unsent, [2, 3]);
+    let all = l.group_frames(true);
+    assert_eq!(all.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(!all[1].normal && all[2].normal);
+    let (before, bytes) = (l.depth(), l.queued_bytes());
+    let taken = l.take_unsent(&[1, 2].into_iter().collect());
+    assert_eq!(taken, [2].into_iter().collect(), "a written one stays");
+    assert_eq!(l.depth(), before - 1);
+    assert!(l.queued_bytes() < bytes);
+    assert_eq!(seqs(&l), (vec![3, 4, 0], vec![1]));
+}

@@ -40,6 +40,8 @@ pub struct ClusterMetrics {
     pub replica_ops_dropped: AtomicU64,
     /// Sessions brought back from a copy here after the node holding them died.
     pub replicas_promoted: AtomicU64,
+    /// Shared-group messages queued for a failed node that went to a member elsewhere.
+    pub group_messages_rescued: AtomicU64,
     /// Copies dropped because their holder stayed gone past the session's expiry.
     pub replicas_expired: AtomicU64,
     /// Copies read back from the store and dropped because their holder, alive, did not

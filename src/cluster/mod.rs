@@ -10,6 +10,7 @@
 mod dial;
 mod discovery;
 mod forward;
+mod group_rescue;
 mod groups;
 mod handover;
 mod inbound;
@@ -580,7 +581,12 @@ impl Cluster {
                 link.forget();
             }
         }
-        let dropped = link.map_or(0, |l| l.close());
+        // What goes to other group members is not dropped.
+        let rescued = match &link {
+            Some(l) if !*self.shutdown.borrow() => self.rescue_all_group_messages(l),
+            _ => 0,
+        };
+        let dropped = link.map_or(0, |l| l.close()).saturating_sub(rescued);
         for link in self.links.read().values() {
             link.resync_origin(node);
         }
@@ -593,13 +599,15 @@ impl Cluster {
     /// its reconnect attempts for `cluster.hold_secs`, so messages for its subscribers wait
     /// for it. Returns how many frames wait.
     fn suspend_node(&self, node: &Arc<str>) -> usize {
-        match self.links.read().get(node) {
-            Some(link) => {
-                link.set_suspended(true);
-                link.depth()
-            }
-            None => 0,
+        let Some(link) = self.links.read().get(node).cloned() else {
+            return 0;
+        };
+        link.set_suspended(true);
+        let rescued = self.rescue_unsent_group_messages(&link);
+        if rescued > 0 {
+            tracing::info!(node = %node, rescued, "shared-group messages queued for the failed node went to members elsewhere");
         }
+        link.depth()
     }
 
     /// Takes back the link to a node that returned as the same relay run: a suspended one

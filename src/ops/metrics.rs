@@ -469,6 +469,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_cluster_group_messages_rescued",
+            "Shared-group messages queued for a failed node that went to a member elsewhere",
+            Metrics::get(&cm.group_messages_rescued),
+        )?;
+        counter(
+            &mut e,
             "vibemq_session_replicas_stale_dropped",
             "Copies read back from the store and dropped: their holder is alive and did not send them again (the session is no longer there)",
             Metrics::get(&cm.replicas_stale_dropped),
