@@ -157,8 +157,20 @@ impl ProcessNode {
     }
 
     /// SIGSTOP: the process stops dead (a VM pause, a long GC); its sockets stay open.
+    /// Returns once every thread of it is stopped: on a loaded machine a thread can run on
+    /// for a moment after the signal is sent.
     pub async fn freeze(&self) {
         self.signal("-STOP").await;
+        let pid = self.child.id().expect("running");
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while !all_threads_stopped(pid) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node{} did not stop",
+                self.n
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// SIGCONT after `freeze`.
@@ -356,4 +368,18 @@ pub fn acked_by_publisher(summary: &serde_json::Value) -> Vec<u64> {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect()
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
 }
