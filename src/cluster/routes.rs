@@ -621,6 +621,42 @@ mod tests {
     }
 
     #[test]
+    fn connected_marks_say_where_a_group_has_a_member_online_and_stay_exact() {
+        let r = RemoteRoutes::default();
+        let (n2, n3): (Arc<str>, Arc<str>) = ("n2".into(), "n3".into());
+        r.add_node(&n2);
+        r.add_node(&n3);
+        let key = "$share/g/a/+";
+        r.apply_gossip(&n2, 1, set(&[key, &connected_mark(key)]));
+        r.apply_gossip(&n3, 1, set(&[key]));
+        let m = r.match_topic("a/b");
+        assert!(m.nodes.is_empty(), "a mark is no ordinary route");
+        assert_eq!(m.groups.len(), 1);
+        assert_eq!(m.groups[0].nodes.len(), 2);
+        assert_eq!(m.groups[0].connected.as_slice(), std::slice::from_ref(&n2));
+        // n2's member goes offline, n3's comes online.
+        r.apply_push(&n2, 2, connected_mark(key), false);
+        r.apply_push(&n3, 2, connected_mark(key), true);
+        let m = r.match_topic("a/b");
+        assert_eq!(m.groups[0].connected.as_slice(), std::slice::from_ref(&n3));
+        // No subscription spells a mark: "+$share" is no valid filter level.
+        assert!(!crate::topic::valid_filter(&connected_mark(key)));
+        // Past the budget, marks stay exact as the group keys do.
+        let mut keys: BTreeSet<String> = (0..20_000)
+            .map(|i| format!("fleet/{}/device-{i}/telemetry", i % 50))
+            .collect();
+        keys.insert(connected_mark(key));
+        assert!(summarize(&keys, CHUNK_BYTES * MAX_CHUNKS).contains(&connected_mark(key)));
+        // A local mark is pushed only when it changes.
+        let l = LocalRoutes::default();
+        let mut pushes = 0;
+        for online in [true, true, false, false, true] {
+            l.update_if_changed(&connected_mark(key), || online, |_, _| pushes += 1);
+        }
+        assert_eq!(pushes, 3);
+    }
+
+    #[test]
     fn local_routes_version_every_change() {
         let l = LocalRoutes::default();
         let mut pushed = Vec::new();
