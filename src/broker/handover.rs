@@ -335,7 +335,9 @@ impl Broker {
                 j.inbound_qos2(id, true);
             }
         }
-        st.moved_in.get_or_insert_with(HashSet::new).extend(seen);
+        st.moved_in
+            .get_or_insert_with(Default::default)
+            .extend(seen);
         drop(st);
         session.wake();
         Metrics::add(&self.metrics.sessions_adopted, 1);

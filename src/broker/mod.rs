@@ -533,7 +533,12 @@ impl Broker {
                 let replicas = self.replica_line();
                 if self.store().is_some() || replicas.is_some() {
                     let store = self.store().cloned();
-                    st.journal = Some(journal::Journal::new(store, client_id.clone(), 1, replicas));
+                    st.journal = Some(Box::new(journal::Journal::new(
+                        store,
+                        client_id.clone(),
+                        1,
+                        replicas,
+                    )));
                 }
             }
             if let Some(j) = &st.journal {

@@ -103,12 +103,12 @@ impl Broker {
             st.inbound_qos2 = r.inbound_qos2.into_iter().collect();
             st.expiry_interval = meta.expiry_interval;
             st.will = will;
-            st.journal = Some(Journal::new(
+            st.journal = Some(Box::new(Journal::new(
                 Some(store.clone()),
                 r.client.clone(),
                 r.next_seq,
                 None,
-            ));
+            )));
             // Its record now says "disconnected", from now: a second crash counts from here.
             if let Some(j) = &st.journal {
                 j.meta(meta.expiry_interval, false, st.will.as_ref());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::queue::{DeliveryQueue, QueueBounds};
 use super::{Delivery, Metrics};
@@ -49,7 +49,8 @@ pub struct SubscriptionRecord {
 /// A will waiting for its delay to pass or its session to end.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
-    pub will: Will,
+    /// Boxed: a will is large (its properties) and sits in every session that has one.
+    pub will: Box<Will>,
     pub delay: u32,
 }
 
@@ -64,7 +65,10 @@ pub struct ConnectionControl {
     pub connected_at_ms: u64,
     kick_reason: AtomicU8,
     kicked: Notify,
-    closed_tx: watch::Sender<bool>,
+    /// Set by `mark_closed`; `closed_notify` wakes those waiting for it. (Not a watch
+    /// channel: its shared state is several hundred bytes, in every connection.)
+    closed: AtomicBool,
+    closed_notify: Notify,
 }
 
 impl ConnectionControl {
@@ -84,7 +88,8 @@ impl ConnectionControl {
             connected_at_ms: super::now_ms(),
             kick_reason: AtomicU8::new(0),
             kicked: Notify::new(),
-            closed_tx: watch::channel(false).0,
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
         })
     }
 
@@ -108,13 +113,20 @@ impl ConnectionControl {
 
     /// Called by the connection when it has finished closing.
     pub fn mark_closed(&self) {
-        self.closed_tx.send_replace(true);
+        self.closed.store(true, Ordering::SeqCst);
+        self.closed_notify.notify_waiters();
     }
 
     /// Waits until `mark_closed` (or returns at once if it already happened).
     pub async fn closed(&self) {
-        let mut rx = self.closed_tx.subscribe();
-        let _ = rx.wait_for(|closed| *closed).await;
+        let notified = self.closed_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a `mark_closed` in between still wakes it.
+        notified.as_mut().enable();
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -147,13 +159,14 @@ pub struct SessionState {
     /// Deliveries dropped since the current overflow episode began (0: none running).
     episode_drops: u64,
     /// The store's record of this session, when it is persistent and persistence is on.
-    pub journal: Option<super::journal::Journal>,
+    /// Boxed: most sessions are not stored.
+    pub journal: Option<Box<super::journal::Journal>>,
     /// In a cluster: the claim of the connection that last attached, or of the node that
     /// asked for the session since (see `handover`); an older claim is refused.
     pub claim: Option<super::handover::ClaimOrder>,
     /// Just after the session moved here: the messages it came with (see
     /// `handover::MessageId`), so that copies still on their way here are not queued twice.
-    pub moved_in: Option<std::collections::HashSet<super::handover::MessageId>>,
+    pub moved_in: Option<Box<std::collections::HashSet<super::handover::MessageId>>>,
 }
 
 pub struct Session {

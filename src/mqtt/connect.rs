@@ -425,7 +425,7 @@ async fn establish(
         .as_ref()
         .filter(|_| broker.store().is_some())
         .map(|will| crate::broker::session::PendingWill {
-            will: will.clone(),
+            will: Box::new(will.clone()),
             delay: will.properties.will_delay_interval.unwrap_or(0),
         });
     let attached = broker
@@ -458,7 +458,7 @@ async fn establish(
         client_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
         out_aliases: HashMap::new(),
         in_aliases: HashMap::new(),
-        will: c.will,
+        will: c.will.map(Box::new),
         expiry_interval,
         connect_expiry_zero: requested_expiry == 0,
         wbuf: BytesMut::new(),

@@ -89,7 +89,8 @@ pub(super) struct Connection {
     pub client_alias_max: u16,
     pub out_aliases: HashMap<Arc<str>, u16>,
     pub in_aliases: HashMap<u16, String>,
-    pub will: Option<Will>,
+    /// Boxed: most clients set no will, and a will is large (its properties).
+    pub will: Option<Box<Will>>,
     /// Session Expiry Interval in force (u32::MAX: never).
     pub expiry_interval: u32,
     /// CONNECT asked for expiry 0; DISCONNECT may then not set a non-zero one (MQTT-3.14.2-2).
@@ -131,7 +132,7 @@ impl PublishLimits {
     }
 }
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection to the end: `open`, then its serving future.
 pub(super) async fn run<S: ClientStream>(
     stream: S,
     peer: SocketAddr,
@@ -139,16 +140,30 @@ pub(super) async fn run<S: ClientStream>(
     shutdown: watch::Receiver<bool>,
     admission: super::listener::Admission,
 ) {
-    Metrics::add(&broker.metrics.connections_total, 1);
-    broker
-        .metrics
-        .connections_current
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(serving) = Box::pin(open(stream, peer, broker, shutdown, admission)).await {
+        serving.await;
+    }
+}
+
+/// The CONNECT handshake of one accepted connection. Connected, it returns the future that
+/// serves the connection to its end, for the caller to give a task of its own: that future
+/// is all an idle connection's task holds (the handshake, which is larger, is over by then).
+/// Refused or gone, it closes the stream and returns None.
+pub(super) async fn open<S: ClientStream>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    admission: super::listener::Admission,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let counted = Counted::new(&broker);
     let mut stream = stream;
-    // Small to start: an idle client costs little; the loop grows it for busy ones.
-    let mut rbuf = BytesMut::with_capacity(MIN_READ);
+    let mut rbuf = BytesMut::new();
     match super::connect::handshake(&mut stream, &mut rbuf, peer, &broker, admission).await {
-        super::connect::Handshake::Connected(conn) => conn.serve(stream, rbuf, shutdown).await,
+        super::connect::Handshake::Connected(conn) => {
+            let (reader, writer) = stream.into_halves();
+            return Some(Box::new(conn).serve(reader, writer, rbuf, shutdown, counted));
+        }
         super::connect::Handshake::Refused => {
             let (mut reader, mut writer) = stream.into_halves();
             let _ = tokio::time::timeout(CLOSE_FLUSH, writer.shutdown()).await;
@@ -158,10 +173,30 @@ pub(super) async fn run<S: ClientStream>(
             let _ = stream.shutdown().await;
         }
     }
-    broker
-        .metrics
-        .connections_current
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    None
+}
+
+/// Counts a connection in `connections_current` from accept to close.
+pub(super) struct Counted(Arc<Broker>);
+
+impl Counted {
+    fn new(broker: &Arc<Broker>) -> Counted {
+        Metrics::add(&broker.metrics.connections_total, 1);
+        broker
+            .metrics
+            .connections_current
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(broker.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .connections_current
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Connection {
@@ -170,105 +205,130 @@ impl Connection {
         (!self.keep_alive.is_zero()).then(|| Instant::now() + self.keep_alive.mul_f32(1.5))
     }
 
-    async fn serve<S: ClientStream>(
-        mut self,
-        stream: S,
+    /// The connection's life after CONNACK. Written as a function returning an `async move`
+    /// block that uses its captures in place: an `async fn` keeps each argument twice (as
+    /// passed and as a local), and this future is what every idle connection's task holds.
+    #[allow(clippy::manual_async_fn)] // the point is not to be an `async fn` (see above)
+    fn serve<R, W>(
+        mut self: Box<Self>,
+        mut reader: R,
+        mut writer: W,
         mut rbuf: BytesMut,
         mut shutdown: watch::Receiver<bool>,
-    ) {
-        let (mut reader, mut writer) = stream.into_halves();
-        let session = self.session.clone();
-        let control = self.control.clone();
-        let mut deadline = self.next_deadline();
-        let mut read_size = MIN_READ;
-        let max_in = self.broker.config.mqtt.max_packet_size as usize;
-        // Acknowledgements waiting for the store at once, before this side stops reading.
-        let max_pending_acks = usize::from(self.broker.config.mqtt.max_inflight);
-        // Packets that arrived together with CONNECT.
-        let mut close = self.process_input(&mut rbuf, max_in).err();
-        while close.is_none() {
-            if let Err(c) = self.fill_output() {
-                close = Some(c);
-                break;
+        counted: Counted,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        async move {
+            let session = self.session.clone();
+            let control = self.control.clone();
+            let mut deadline = self.next_deadline();
+            let mut read_size = MIN_READ;
+            let max_in = self.broker.config.mqtt.max_packet_size as usize;
+            // Acknowledgements waiting for the store at once, before this side stops reading.
+            let max_pending_acks = usize::from(self.broker.config.mqtt.max_inflight);
+            // Packets that arrived together with CONNECT.
+            let mut close = self.process_input(&mut rbuf, max_in).err();
+            if *shutdown.borrow_and_update() {
+                close = Some(Close::Shutdown);
             }
-            let held = !self.held_by.is_empty();
-            let throttled = self.throttled_until;
-            let ack_wait = self.ack_wait();
-            let acks_wait = ack_wait.is_some();
-            let acks_full = self.pending_acks.len() >= max_pending_acks;
-            rbuf.reserve(read_size);
-            // One timer serves both: the end of a throttle pause, else the keep-alive
-            // deadline. Input this side is not reading (held back, throttled) cannot time the
-            // client out.
-            let timer = match (throttled, held) {
-                (Some(until), _) => Some(until),
-                (None, true) => None,
-                (None, false) => deadline,
-            };
-            let sleep = async {
-                match timer {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            while close.is_none() {
+                if let Err(c) = self.fill_output() {
+                    close = Some(c);
+                    break;
                 }
-            };
-            tokio::select! {
-                biased;
-                _ = control.kicked() => {
-                    close = Some(Close::Kicked(control.kick_reason().unwrap_or(reason::SESSION_TAKEN_OVER)));
+                // An idle connection keeps no buffers: input is read into a per-thread buffer
+                // and only what is left of a partial packet is kept here; output is encoded into
+                // a buffer allocated when there is something to send.
+                if rbuf.is_empty() && rbuf.capacity() > 0 {
+                    rbuf = BytesMut::new();
                 }
-                _ = crate::stopped(&mut shutdown) => close = Some(Close::Shutdown),
-                written = writer.write(&self.wbuf), if !self.wbuf.is_empty() => match written {
-                    Ok(n) => {
-                        Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
-                        self.wbuf.advance(n);
-                        if self.wbuf.is_empty() && self.wbuf.capacity() > OUT_HIGH_WATER {
-                            // A burst is over: give its buffer back.
-                            self.wbuf = BytesMut::new();
+                if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                    self.wbuf = BytesMut::new();
+                }
+                let held = !self.held_by.is_empty();
+                let throttled = self.throttled_until;
+                // Boxed: only connections with acknowledgements pending pay for the wait.
+                let ack_wait = self.ack_wait().map(|wait| Box::pin(wait.ready()));
+                let acks_wait = ack_wait.is_some();
+                let acks_full = self.pending_acks.len() >= max_pending_acks;
+                // One timer serves both: the end of a throttle pause, else the keep-alive
+                // deadline. Input this side is not reading (held back, throttled) cannot time the
+                // client out.
+                let timer = match (throttled, held) {
+                    (Some(until), _) => Some(until),
+                    (None, true) => None,
+                    (None, false) => deadline,
+                };
+                let sleep = async {
+                    match timer {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = control.kicked() => {
+                        close = Some(Close::Kicked(control.kick_reason().unwrap_or(reason::SESSION_TAKEN_OVER)));
+                    }
+                    // `changed` rather than `crate::stopped`: half the size in every connection's
+                    // task. The flag only ever turns true; a dropped sender is a shutdown too.
+                    changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() {
+                        close = Some(Close::Shutdown);
+                    },
+                    written = writer.write(&self.wbuf), if !self.wbuf.is_empty() => match written {
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+                            self.wbuf.advance(n);
+                        }
+                        Err(e) => close = Some(Close::Io(e)),
+                    },
+                    _ = self.held_by.room(), if held => {
+                        // One of them having room is enough: the next message goes on, and a
+                        // session still full then is dropped for, not waited for.
+                        if self.held_by.release_if_room() {
+                            // The client was sending all along; we were not reading.
+                            deadline = self.next_deadline();
+                            close = self.process_input(&mut rbuf, max_in).err();
                         }
                     }
-                    Err(e) => close = Some(Close::Io(e)),
-                },
-                _ = self.held_by.room(), if held => {
-                    // One of them having room is enough: the next message goes on, and a
-                    // session still full then is dropped for, not waited for.
-                    if self.held_by.release_if_room() {
-                        // The client was sending all along; we were not reading.
-                        deadline = self.next_deadline();
-                        close = self.process_input(&mut rbuf, max_in).err();
+                    _ = async {
+                        if let Some(ready) = ack_wait {
+                            ready.await;
+                        }
+                    }, if acks_wait => {
+                        close = self.flush_durable().err();
                     }
-                }
-                _ = async {
-                    if let Some(wait) = ack_wait {
-                        wait.ready().await;
-                    }
-                }, if acks_wait => {
-                    close = self.flush_durable().err();
-                }
-                read = reader.read_buf(&mut rbuf), if self.wbuf.len() < READ_PAUSE && !held && throttled.is_none() && !acks_full => match read {
-                    Ok(0) => close = Some(Close::PeerClosed),
-                    Ok(n) => {
-                        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
-                        // Read in larger pieces while the client sends a lot, smaller when not.
-                        read_size = if n >= read_size { (read_size * 2).min(MAX_READ) } else { (read_size / 2).max(MIN_READ) };
-                        deadline = self.next_deadline();
-                        close = self.process_input(&mut rbuf, max_in).err();
-                    }
-                    Err(e) => close = Some(Close::Io(e)),
-                },
-                _ = session.woken() => {}
-                _ = sleep => {
-                    if throttled.is_some() {
-                        self.throttled_until = None;
-                        deadline = self.next_deadline();
-                        close = self.process_input(&mut rbuf, max_in).err();
-                    } else {
-                        close = Some(Close::KeepAliveTimeout);
+                    read = read_pooled(&mut reader, &mut rbuf, read_size), if self.wbuf.len() < READ_PAUSE && !held && throttled.is_none() && !acks_full => match read {
+                        Ok(0) => close = Some(Close::PeerClosed),
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                            // Read in larger pieces while the client sends a lot, smaller when not.
+                            read_size = if n >= read_size { (read_size * 2).min(MAX_READ) } else { (read_size / 2).max(MIN_READ) };
+                            deadline = self.next_deadline();
+                            close = self.process_input(&mut rbuf, max_in).err();
+                        }
+                        Err(e) => close = Some(Close::Io(e)),
+                    },
+                    _ = session.woken() => {}
+                    _ = sleep => {
+                        if throttled.is_some() {
+                            self.throttled_until = None;
+                            deadline = self.next_deadline();
+                            close = self.process_input(&mut rbuf, max_in).err();
+                        } else {
+                            close = Some(Close::KeepAliveTimeout);
+                        }
                     }
                 }
             }
+            // Boxed: closing runs once, at the end, and inline its future would make every
+            // connection's task that much larger.
+            Box::pin(self.finish(close.expect("loop ends with a reason"), reader, writer)).await;
+            drop(counted);
         }
-        self.finish(close.expect("loop ends with a reason"), reader, writer)
-            .await;
     }
 
     /// Decodes and handles every complete packet in `rbuf`.
@@ -317,7 +377,7 @@ impl Connection {
     }
 
     async fn finish(
-        mut self,
+        mut self: Box<Self>,
         close: Close,
         mut reader: impl tokio::io::AsyncRead + Unpin,
         mut writer: impl tokio::io::AsyncWrite + Unpin,
@@ -392,6 +452,35 @@ impl Connection {
             drain(&mut reader).await;
         }
     }
+}
+
+thread_local! {
+    /// Each worker thread's read buffer: connections read into it and keep only the bytes
+    /// they got, so an idle connection holds no read buffer of its own.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; MAX_READ].into_boxed_slice());
+}
+
+/// Reads at most `want` bytes (up to `MAX_READ`) and appends them to `rbuf`; the count, 0 at
+/// the end of the stream. The bytes land in the thread's `READ_SCRATCH` first, so nothing is
+/// allocated until the client sends something.
+async fn read_pooled<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    want: usize,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        READ_SCRATCH.with_borrow_mut(|scratch| {
+            let mut into = tokio::io::ReadBuf::new(&mut scratch[..want.min(MAX_READ)]);
+            std::pin::Pin::new(&mut *reader)
+                .poll_read(cx, &mut into)
+                .map_ok(|()| {
+                    rbuf.extend_from_slice(into.filled());
+                    into.filled().len()
+                })
+        })
+    })
+    .await
 }
 
 /// Whether the server ends the connection and tells the client why.

@@ -206,13 +206,25 @@ impl Opening {
         admission: Admission,
     ) {
         let broker = self.broker;
+        // After CONNACK the connection gets a task of its own holding only its serving
+        // future: served here, every connection's task would be as large as the largest path
+        // through this one (the TLS handshake, the CONNECT handshake) for its whole life.
         if !self.kind.uses_websocket() {
-            return super::connection::run(stream, peer, broker, self.shutdown, admission).await;
+            let opened = super::connection::open(stream, peer, broker, self.shutdown, admission);
+            if let Some(serving) = opened.await {
+                tokio::spawn(serving);
+            }
+            return;
         }
         let max_packet = broker.config.mqtt.max_packet_size as usize;
         match tokio::time::timeout_at(deadline, super::websocket::accept(stream, max_packet)).await
         {
-            Ok(Ok(ws)) => super::connection::run(ws, peer, broker, self.shutdown, admission).await,
+            Ok(Ok(ws)) => {
+                let opened = super::connection::open(ws, peer, broker, self.shutdown, admission);
+                if let Some(serving) = opened.await {
+                    tokio::spawn(serving);
+                }
+            }
             Ok(Err(why)) => {
                 Metrics::add(&broker.metrics.websocket_upgrade_failures, 1);
                 tracing::info!(%peer, listener = self.kind.name(), "WebSocket upgrade refused: {}", why.0);

@@ -198,13 +198,13 @@ impl StoredWill {
 
     pub fn into_pending(self) -> PendingWill {
         PendingWill {
-            will: Will {
+            will: Box::new(Will {
                 topic: self.topic,
                 payload: self.payload,
                 qos: QoS::from_u8(self.qos).unwrap_or(QoS::AtMostOnce),
                 retain: self.retain,
                 properties: self.properties.into_properties(),
-            },
+            }),
             delay: self.delay,
         }
     }
