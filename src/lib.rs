@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod fd_limit;
 pub mod limits;
 pub mod mqtt;
 pub mod ops;

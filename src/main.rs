@@ -159,6 +159,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log);
+    vibemq::fd_limit::raise_and_log(config.server.max_connections as u64);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

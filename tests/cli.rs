@@ -214,3 +214,75 @@ async fn sigterm_tells_v5_clients_and_exits_cleanly() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Started under a low soft open-file limit (a container's usual 1,024, here 256), the binary
+/// raises it to the hard limit, says so, and warns when even that is below
+/// `server.max_connections` plus its own files.
+#[test]
+fn start_up_raises_the_open_file_limit_and_warns_when_it_is_too_low() {
+    use std::io::{BufRead, BufReader};
+    let (_, hard) = rlimit::Resource::NOFILE.get().expect("read the limit");
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap_or(1 << 20);
+    let expected = hard.min(nr_open);
+    let bin = env!("CARGO_BIN_EXE_vibemq");
+    let script = format!("ulimit -Sn 256 && exec {bin} --bind 127.0.0.1:0");
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("VIBEMQ_HTTP_BIND", "127.0.0.1:0")
+        // More connections than any limit can hold: the warning must come.
+        .env("VIBEMQ_SERVER_MAX_CONNECTIONS", (expected + 1).to_string())
+        .env("VIBEMQ_LOG_FORMAT", "text")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start vibemq");
+    let pid = child.id();
+    // The log goes to stdout or stderr depending on the format: read both, bounded.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("VibeMQ started")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => break,
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join("\n");
+    assert!(log.contains("VibeMQ started"), "did not start: {log}");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("limits listed");
+    let soft: u64 = open_files
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(soft, expected, "{open_files}");
+    assert!(
+        log.contains("raised the open-file limit") && log.contains("from=256"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the open-file limit is below server.max_connections"),
+        "{log}"
+    );
+}

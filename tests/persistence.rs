@@ -329,6 +329,8 @@ async fn start_fails(dir: &Path) -> String {
     let node = Command::new(env!("CARGO_BIN_EXE_vibemq"))
         .args(["--bind", &format!("127.0.0.1:{}", free_port())])
         .args(["--http-bind", "127.0.0.1:0"])
+        // Under any open-file limit: the error is the only line (no warning about the limit).
+        .args(["--max-connections", "1000"])
         .env("VIBEMQ_PERSISTENCE_ENABLED", "true")
         .env("VIBEMQ_PERSISTENCE_DIR", dir.join("data"))
         .stdout(Stdio::null())

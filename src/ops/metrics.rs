@@ -29,6 +29,10 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fm
         .encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
+fn vibemq_open_files_limit() -> i64 {
+    i64::try_from(crate::fd_limit::current()).unwrap_or(i64::MAX)
+}
+
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     e.encode_descriptor(name, help, None, MetricType::Gauge)?
         .encode_gauge(&v)
@@ -126,6 +130,12 @@ impl Collector for StateCollector {
             "vibemq_connections",
             "Client connections open now",
             Metrics::get(&m.connections_current) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_open_files_limit",
+            "The process's open-file limit after start-up raised it (0: not raised, an embedded node)",
+            vibemq_open_files_limit(),
         )?;
         counter(
             &mut e,
