@@ -25,6 +25,12 @@ if ! have mosquitto && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Connection-scale scenarios need one descriptor per client in the broker and in vibemq-bench:
+# a size that does not fit under the hard limit is not run, and the report says so.
+HARD_FILES=$(ulimit -Hn)
+fits() { [ "$HARD_FILES" = unlimited ] || [ $(( $1 + 1100 )) -le "$HARD_FILES" ]; }
+# Many loopback source addresses: one address reaches one broker port from ~28,000 ports only.
+SOURCES=127.0.0.2-127.0.0.20
 
 cargo build --release --quiet --bin vibemq --bin vibemq-bench
 VIBEMQ=target/release/vibemq
@@ -199,9 +205,10 @@ run_conn() {
     wait_port "$p"
     sleep 0.3
     local base; base=$(rss_kb "$pid")
-    "$BENCH" conn --host "127.0.0.1:$p" --clients "$n" --connect-rate 5000 --duration 4 --json > "$work/conn.json" 2> "$work/conn.err" &
+    "$BENCH" conn --host "127.0.0.1:$p" --clients "$n" --connect-rate 5000 --duration 4 \
+        --source-ips "$SOURCES" --json > "$work/conn.json" 2> "$work/conn.err" &
     local bpid=$!
-    for _ in $(seq 600); do grep -q "all connections open" "$work/conn.err" && break; sleep 0.1; done
+    for _ in $(seq 1200); do grep -q "all connections open" "$work/conn.err" && break; sleep 0.1; done
     sleep 1
     local loaded; loaded=$(rss_kb "$pid")
     wait "$bpid" || true
@@ -212,10 +219,51 @@ run_conn() {
     record "5. idle connections ($n)" bytes_per_conn "$kind" "$(python3 -c "print(round(($loaded-$base)*1024/max($connected,1)))")"
 }
 
+notes="$work/notes.txt"
+: > "$notes"
+
+# 12: connection scale. N subscribers, each on its own topic, and one publisher spreading
+# N msg/s over their topics: each client gets 1 msg/s. Connect rate (unpaced connects), peak
+# RSS, latency and loss.
+run_many() {
+    local kind=$1 n=$2 scenario="12. $3 clients, each on its own topic at 1 msg/s"
+    local p; p=$(port)
+    local pid; pid=$(start_broker "$kind" "$p"); pids+=("$pid")
+    wait_port "$p"
+    local out
+    out=$("$BENCH" pubsub --host "127.0.0.1:$p" --qos 0 --publishers 1 --subscribers "$n" \
+        --topic 'many/%m' --sub-topic 'many/%i' --rate "$n" --duration "$DUR" --drain 10 \
+        --source-ips "$SOURCES" --json 2>"$work/many.err" | tail -1) \
+        || { echo "vibemq-bench many against $kind failed:" >&2; tail -5 "$work/many.err" >&2; return 1; }
+    local peak; peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "   $kind $scenario: $out (peak RSS $peak kB)" >&2
+    record "$scenario" connects_per_sec "$kind" "$(python3 -c "print(round($n / max($(field "$out" subscribers_ready_seconds), 1e-3)))")"
+    record "$scenario" peak_rss_mb "$kind" "$(python3 -c "print(round($peak / 1024, 1))")"
+    record "$scenario" msgs_per_sec "$kind" "$(field "$out" msgs_per_sec)"
+    record "$scenario" p50_us "$kind" "$(field "$out" latency_us.p50)"
+    record "$scenario" p99_us "$kind" "$(field "$out" latency_us.p99)"
+    record "$scenario" lost "$kind" "$(field "$out" lost)"
+}
+
 scenario() { echo "== $1" >&2; }
-N_FANOUT=1000; N_PAIRS=10000; N_IDLE=20000; N_FANIN=100
+N_FANOUT=1000; N_PAIRS=10000; N_FANIN=100
+IDLE_SIZES="10000 50000 100000"; N_MANY=100000
 OVERLOAD_RATES="100000 200000 400000 800000"
-$smoke && { N_FANOUT=20; N_PAIRS=20; N_IDLE=200; N_FANIN=5; OVERLOAD_RATES="20000"; }
+$smoke && { N_FANOUT=20; N_PAIRS=20; IDLE_SIZES=200; N_MANY=200; N_FANIN=5; OVERLOAD_RATES="20000"; }
+# Sizes past the open-file limit: the largest that fits is measured instead, and noted.
+idle_sizes=""
+for n in $IDLE_SIZES; do
+    if fits "$n"; then idle_sizes="$idle_sizes $n"; else
+        echo "- 5. $n idle connections: not measured, the hard open-file limit here is $HARD_FILES (each connection needs a descriptor in the broker and in vibemq-bench)." >> "$notes"
+    fi
+done
+many=$N_MANY
+if ! fits "$many"; then
+    many=$(( (HARD_FILES - 1100) / 1000 * 1000 ))
+    echo "- 12. $N_MANY clients: not measured, the hard open-file limit here is $HARD_FILES; measured at $many, the most that fits." >> "$notes"
+    idle_sizes="$idle_sizes $many"
+fi
 
 for kind in vibemq mosquitto; do
     scenario "1. QoS 0, 1 to 1 ($kind)"
@@ -228,8 +276,12 @@ for kind in vibemq mosquitto; do
     run_pubsub "$kind" "3c. QoS 1 fan-out (1 to $N_FANOUT)" --qos 1 --subscribers "$N_FANOUT" --topic fan --sub-topic fan --connect-rate 2000
     scenario "4. $N_PAIRS pairs at 1 msg/s each ($kind)"
     run_pubsub "$kind" "4. $N_PAIRS pairs, 1 msg/s each" --qos 0 --publishers "$N_PAIRS" --subscribers "$N_PAIRS" --topic 'pair/%i' --rate 1 --connect-rate 5000
-    scenario "5. $N_IDLE idle connections ($kind)"
-    run_conn "$kind" "$N_IDLE"
+    for n in $idle_sizes; do
+        scenario "5. $n idle connections ($kind)"
+        run_conn "$kind" "$n"
+    done
+    scenario "12. $many clients at 1 msg/s each ($kind)"
+    run_many "$kind" "$many" "$many"
     scenario "8. overload, paced and unpaced ($kind)"
     run_overload "$kind"
     scenario "9. a slow subscriber beside a healthy one ($kind)"
@@ -274,6 +326,31 @@ echo "   cross-node unpaced: $load" >&2
 for k in acked received lost_acked duplicates msgs_per_sec; do
     record "10. cross-node QoS 1, 20 unpaced publishers on B, 1 subscriber on A" "$k" "vibemq" "$(field "$load" "$k")"
 done
+# 13: the cross-node path at its limit: 20 unpaced QoS 1 publishers and one subscriber to
+# `b/+`, all on node A, then the publishers on A and the subscriber on B; then both at half the
+# cross-node maximum, for the latency the hop adds.
+S13="13. QoS 1 fan-in (20 to 1), unpaced, then at half the cross-node maximum"
+c13_dur=$($smoke && echo 1 || echo "$DUR")
+same=$("$BENCH" pubsub --host "$A" --qos 1 --publishers 20 --topic 'm13/%i' --sub-topic 'm13/+' --duration "$c13_dur" --json 2>/dev/null | tail -1)
+cross=$("$BENCH" pubsub --pub-host "$A" --sub-host "$B" --qos 1 --publishers 20 --topic 'c13/%i' --sub-topic 'c13/+' --duration "$c13_dur" --json 2>/dev/null | tail -1)
+echo "   same node unpaced:  $same" >&2
+echo "   cross-node unpaced: $cross" >&2
+half=$(python3 -c "print(max(1, round($(field "$cross" msgs_per_sec) / 2 / 20)))")
+same_half=$("$BENCH" pubsub --host "$A" --qos 1 --publishers 20 --topic 'mh/%i' --sub-topic 'mh/+' --rate "$half" --duration "$c13_dur" --json 2>/dev/null | tail -1)
+cross_half=$("$BENCH" pubsub --pub-host "$A" --sub-host "$B" --qos 1 --publishers 20 --topic 'ch/%i' --sub-topic 'ch/+' --rate "$half" --duration "$c13_dur" --json 2>/dev/null | tail -1)
+echo "   half load ($half msg/s per publisher): same $same_half" >&2
+echo "   half load: cross $cross_half" >&2
+record "$S13" max_msgs_per_sec "same node" "$(field "$same" msgs_per_sec)"
+record "$S13" max_msgs_per_sec "node A to node B" "$(field "$cross" msgs_per_sec)"
+record "$S13" max_msgs_per_sec "cross over same" "$(python3 -c "print(round($(field "$cross" msgs_per_sec) / max($(field "$same" msgs_per_sec), 1), 3))")"
+record "$S13" lost_acked "node A to node B" "$(field "$cross" lost_acked)"
+record "$S13" half_load_msgs_per_sec "each" "$(python3 -c "print($half * 20)")"
+record "$S13" half_load_p50_us "same node" "$(field "$same_half" latency_us.p50)"
+record "$S13" half_load_p50_us "node A to node B" "$(field "$cross_half" latency_us.p50)"
+record "$S13" half_load_p50_us "added by the hop" "$(python3 -c "print($(field "$cross_half" latency_us.p50) - $(field "$same_half" latency_us.p50))")"
+record "$S13" half_load_p99_us "same node" "$(field "$same_half" latency_us.p99)"
+record "$S13" half_load_p99_us "node A to node B" "$(field "$cross_half" latency_us.p99)"
+
 route=$("$BENCH" route --pub-host "$C" --sub-host "$A" --rounds "$($smoke && echo 3 || echo 30)" --json 2>/dev/null | tail -1)
 echo "   route convergence: $route" >&2
 record "7. new subscription on A reaches publishes on C" route_p50_us "vibemq" "$(field "$route" route_us.p50)"
@@ -284,5 +361,5 @@ $smoke && { echo "bench smoke: ok"; cat "$results"; exit 0; }
 
 mkdir -p target && cp "$results" target/bench-results.tsv
 cp BENCHMARKS.md target/BENCHMARKS.previous.md 2>/dev/null || true
-python3 scripts/bench_report.py "$results" "$("$MOSQUITTO" -h 2>&1 | head -1)" "$(git rev-parse --short HEAD)" "$DUR" target/BENCHMARKS.previous.md > BENCHMARKS.md
+python3 scripts/bench_report.py "$results" "$("$MOSQUITTO" -h 2>&1 | head -1)" "$(git rev-parse --short HEAD)" "$DUR" target/BENCHMARKS.previous.md "$notes" > BENCHMARKS.md
 echo "wrote BENCHMARKS.md"

@@ -1,15 +1,40 @@
 //! The load generator's MQTT connection: CONNECT, SUBSCRIBE and packet I/O over a plain
 //! socket with VibeMQ's codec, buffered so callers can batch many packets into one write.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use vibemq::codec::{
     Connect, Packet, Properties, Protocol, QoS, Subscribe, SubscriptionOptions, decode_packet,
     encode_packet,
 };
+
+/// Source addresses to connect from (`--source-ips`), and the next one's index.
+static SOURCES: OnceLock<Vec<IpAddr>> = OnceLock::new();
+static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
+
+pub fn set_sources(ips: Vec<IpAddr>) {
+    let _ = SOURCES.set(ips);
+}
+
+/// Connects to `addr`, from the next source address when `--source-ips` gave some.
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ips) = SOURCES.get().filter(|ips| !ips.is_empty()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let ip = ips[NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % ips.len()];
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
 
 /// An MQTT connection over a plain socket.
 pub struct Conn {
@@ -37,7 +62,7 @@ impl Conn {
         clean: bool,
         mut properties: Properties,
     ) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut c = Conn {
             stream,

@@ -55,7 +55,9 @@ struct Opts {
     publishers: usize,
     #[arg(long, default_value_t = 1)]
     subscribers: usize,
-    /// Topic pattern; %i is the client index, %n the message's sequence number (a topic per
+    /// Topic pattern; %i is the client index, %m the message's sequence number modulo
+    /// --subscribers (messages spread round robin over subscribers of `x/%i`: with `x/%m` and
+    /// --rate N, each of N subscribers gets 1 msg/s), %n the message's sequence number (a topic per
     /// message, e.g. to fill the retained store).
     #[arg(long, default_value = "bench/%i")]
     topic: String,
@@ -104,6 +106,11 @@ struct Opts {
     slow_subscribers: usize,
     #[arg(long, default_value_t = 1500)]
     slow_ack_ms: u64,
+    /// Local addresses to connect from, round robin: a range (127.0.0.2-127.0.0.20) or a
+    /// comma-separated list. Each source address has its own ephemeral ports, so many
+    /// addresses get past the ~28,000 connections one address allows to one broker port.
+    #[arg(long)]
+    source_ips: Option<String>,
     /// Print a JSON summary as the last line.
     #[arg(long)]
     json: bool,
@@ -138,6 +145,25 @@ fn hosts(list: &str) -> Vec<SocketAddr> {
                 })
         })
         .collect()
+}
+
+/// `127.0.0.2-127.0.0.20` (IPv4, last octet ranging) or `a,b,c`.
+fn source_ips(list: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let parse = |s: &str| s.trim().parse::<IpAddr>().map_err(|e| format!("{s}: {e}"));
+    if let Some((from, to)) = list.split_once('-') {
+        let (IpAddr::V4(from), IpAddr::V4(to)) = (parse(from)?, parse(to)?) else {
+            return Err("a range is IPv4 only".into());
+        };
+        let (a, b) = (u32::from(from), u32::from(to));
+        if b < a || b - a > 65_536 {
+            return Err(format!(
+                "{from}-{to} is not a range of at most 65,537 addresses"
+            ));
+        }
+        return Ok((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))).collect());
+    }
+    list.split(',').map(parse).collect()
 }
 
 fn pattern(p: &str, i: usize) -> String {
@@ -194,6 +220,15 @@ fn progress(shared: &Arc<Shared>, stop: Arc<AtomicBool>) {
 #[tokio::main]
 async fn main() {
     let opts = Arc::new(Opts::parse());
+    if let Some(list) = &opts.source_ips {
+        match source_ips(list) {
+            Ok(ips) => conn::set_sources(ips),
+            Err(e) => {
+                eprintln!("vibemq-bench: --source-ips: {e}");
+                std::process::exit(2)
+            }
+        }
+    }
     let shared = Arc::new(Shared {
         start: Instant::now(),
         sent: AtomicU64::new(0),

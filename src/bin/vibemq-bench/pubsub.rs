@@ -55,6 +55,28 @@ fn seen_below(seen: &HashMap<u32, Vec<u64>>, publisher: u32, count: u64) -> u64 
     n
 }
 
+/// Significant figures of each subscriber's latency histogram: 3 (about 128 KB each) for a
+/// few subscribers, 2 (about 16 KB) for the tens of thousands of a connection-scale run.
+fn sub_precision(opts: &Opts) -> u8 {
+    if opts.subscribers > 1000 { 2 } else { 3 }
+}
+
+/// How many of the sequence numbers `0..count` go to subscriber `i` of `n` when a topic
+/// pattern spreads messages round robin (`%m`).
+fn share(count: u64, i: usize, n: usize) -> u64 {
+    let (i, n) = (i as u64, n.max(1) as u64);
+    if count > i {
+        (count - i - 1) / n + 1
+    } else {
+        0
+    }
+}
+
+/// The topic subscriber `i` of a `%m` pattern receives on, for publisher `p`.
+fn spread_topic(topic: &str, p: usize, i: usize) -> String {
+    pattern(topic, p).replace("%m", &i.to_string())
+}
+
 async fn subscriber(
     opts: Arc<Opts>,
     shared: Arc<Shared>,
@@ -70,7 +92,8 @@ async fn subscriber(
         deliveries: 0,
         unique: 0,
         duplicates: 0,
-        histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        histogram: Histogram::new_with_bounds(1, 60_000_000, sub_precision(&opts))
+            .expect("histogram bounds"),
         last_receive: None,
         seen: HashMap::new(),
     };
@@ -249,7 +272,8 @@ async fn publisher(
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let topic = pattern(&opts.topic, i);
     // A topic per message only when the pattern asks for one.
-    let per_message = topic.contains("%n");
+    let per_message = topic.contains("%n") || topic.contains("%m");
+    let spread_over = opts.subscribers.max(1) as u64;
     let mut message_topic = topic.clone();
     let qos = QoS::from_u8(opts.qos).unwrap_or(QoS::AtMostOnce);
     let mut payload = vec![0u8; opts.size.max(HEADER)];
@@ -285,7 +309,9 @@ async fn publisher(
                 id
             };
             if per_message {
-                message_topic = topic.replace("%n", &seq.to_string());
+                message_topic = topic
+                    .replace("%n", &seq.to_string())
+                    .replace("%m", &(seq % spread_over).to_string());
             }
             let out = OutboundPublish {
                 dup: false,
@@ -432,6 +458,7 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
     for _ in 0..opts.slow_subscribers {
         let _ = slow_rx.recv().await;
     }
+    let subscribe_secs = start.elapsed().as_secs_f64();
     // Subscriptions on other nodes of a cluster take a moment to be routed everywhere.
     if pub_hosts != sub_hosts {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -460,12 +487,28 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
     let filters: Vec<String> = (0..subscribers)
         .map(|i| pattern(opts.sub_topic.as_deref().unwrap_or(&opts.topic), i))
         .collect();
-    let expected: u64 = filters
-        .iter()
-        .map(|f| {
+    // With `%m` each subscriber's filter matches only its share of each publisher's messages.
+    let spread = opts.topic.contains("%m");
+    let reaches = |i: usize, p: usize| {
+        let topic = if spread {
+            spread_topic(&opts.topic, p, i)
+        } else {
+            pattern(&opts.topic, p)
+        };
+        vibemq::topic::matches(&filters[i], &topic)
+    };
+    let share_of = |count: u64, i: usize| {
+        if spread {
+            share(count, i, subscribers)
+        } else {
+            count
+        }
+    };
+    let expected: u64 = (0..subscribers)
+        .map(|i| {
             (0..publishers)
-                .filter(|&p| vibemq::topic::matches(f, &pattern(&opts.topic, p)))
-                .map(|p| sent_by[p])
+                .filter(|&p| reaches(i, p))
+                .map(|p| share_of(sent_by[p], i))
                 .sum::<u64>()
         })
         .sum();
@@ -475,7 +518,7 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
     }
     stop.store(true, Ordering::Relaxed);
     let mut histogram: Histogram<u64> =
-        Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        Histogram::new_with_bounds(1, 60_000_000, sub_precision(opts)).expect("bounds");
     let (mut deliveries, mut unique, mut duplicates, mut foreign) = (0, 0, 0, 0);
     // Messages acknowledged to their publisher that a subscriber matching them never got
     // (in all, and per publisher).
@@ -489,8 +532,9 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
     for (i, s) in subs.into_iter().enumerate() {
         if let Ok(r) = s.await {
             for (p, &acked) in acked_by.iter().enumerate() {
-                if vibemq::topic::matches(&filters[i], &pattern(&opts.topic, p)) {
-                    let lost = acked - seen_below(&r.seen, p as u32, acked).min(acked);
+                if reaches(i, p) {
+                    let owed = share_of(acked, i);
+                    let lost = owed - seen_below(&r.seen, p as u32, acked).min(owed);
                     lost_acked += lost;
                     lost_acked_by[p] += lost;
                 }
@@ -526,6 +570,7 @@ pub(crate) async fn pubsub_mode(opts: &Arc<Opts>, shared: &Arc<Shared>) -> serde
         "foreign": foreign,
         "slow_received": slow_received,
         "seconds": (window * 1000.0).round() / 1000.0,
+        "subscribers_ready_seconds": (subscribe_secs * 1000.0).round() / 1000.0,
         "msgs_per_sec": (deliveries as f64 / window).round(),
         "sent_per_sec": (sent as f64 / publish_secs.max(1e-3)).round(),
         "latency_us": {
