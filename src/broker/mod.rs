@@ -8,6 +8,7 @@ pub mod handover;
 pub mod journal;
 mod message;
 mod metrics;
+pub mod packet_ids;
 mod persist;
 pub mod pressure;
 pub mod queue;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::packet_ids::IdsInUse;
 use super::queue::{DeliveryQueue, QueueBounds};
 use super::{Delivery, Metrics};
 use crate::codec::{Protocol, QoS, SubscriptionOptions, Will};
@@ -457,15 +458,10 @@ impl SessionState {
             .map_or(0, |j| j.sent(d, packet_id, state))
     }
 
-    /// A packet identifier not used by any outbound message in flight.
-    pub fn allocate_packet_id(&mut self) -> u16 {
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.inflight.iter().any(|f| f.packet_id == id) {
-                return id;
-            }
-        }
+    /// A packet identifier not used by any outbound message in flight (nor handed out
+    /// earlier in the run `ids` belongs to; see `packet_ids`).
+    pub fn allocate_packet_id(&mut self, ids: &mut IdsInUse) -> u16 {
+        super::packet_ids::allocate(&mut self.next_packet_id, &self.inflight, ids)
     }
 
     /// Removes an in-flight message that is finished with (acknowledged, or refused by the
@@ -684,9 +680,10 @@ mod tests {
             sent: true,
             held_for: 0,
         });
-        assert_eq!(st.allocate_packet_id(), u16::MAX);
+        let mut ids = IdsInUse::default();
+        assert_eq!(st.allocate_packet_id(&mut ids), u16::MAX);
         assert_eq!(
-            st.allocate_packet_id(),
+            st.allocate_packet_id(&mut ids),
             2,
             "0 is never used and 1 is in flight"
         );

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::connection::{Close, Connection, OUT_HIGH_WATER};
+use crate::broker::packet_ids::IdsInUse;
 use crate::broker::session::{Inflight, InflightState, SessionState};
 use crate::broker::{Delivery, Metrics};
 use crate::codec::{Ack, OutboundPublish, Packet, QoS, encode_publish, publish_size};
@@ -23,6 +24,7 @@ impl Connection {
         let acl = self.broker.auth.has_acl();
         // New messages wait behind a SUBACK that waits (see `durable`).
         let held_for_suback = self.pending_acks.holds_publishes();
+        let mut ids = IdsInUse::default();
         while self.wbuf.len() < OUT_HIGH_WATER && !held_for_suback {
             let Some(front) = st.queue.front() else { break };
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
@@ -45,7 +47,7 @@ impl Connection {
                 st.finished(&delivery);
                 continue;
             }
-            let packet_id = st.allocate_packet_id();
+            let packet_id = st.allocate_packet_id(&mut ids);
             let state = if delivery.qos == QoS::AtLeastOnce {
                 InflightState::AwaitPubAck
             } else {
@@ -67,6 +69,7 @@ impl Connection {
                 continue;
             }
             if !self.write_publish(&delivery, packet_id, false, expiry) {
+                ids.release(packet_id);
                 st.finished(&delivery);
                 continue;
             }
