@@ -34,6 +34,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 /// Read no more while this much input waits to be processed.
 const READ_AHEAD: usize = 4 * 1024 * 1024;
+/// Acknowledgements are coalesced: one goes once this much input was read since the last,
+/// or `ACK_DELAY` after the first frame it would cover was processed, whichever is first.
+/// Acknowledging every read cost the receiving node a third of its time in tiny writes and
+/// the sender a wake-up of every held-back publisher per read; at these bounds an ack covers
+/// far less than the sender's window (`cluster.link_window_bytes`, at least 64 KiB) and
+/// arrives well before its stall timer. Route pushes and session records are confirmed at
+/// once by `Applied` marks, so SUBACKs and session-copy waits do not wait for this.
+const ACK_EVERY_BYTES: usize = 32 * 1024;
+const ACK_DELAY: Duration = Duration::from_millis(1);
+/// Frames processed before the task lets others run: the subscribers a batch wakes are sent
+/// what it gave them while the rest of a large read waits its turn, instead of after it.
+const PROCESS_BUDGET: usize = 64;
 
 /// Accepts peer links until shutdown.
 pub async fn serve(
@@ -97,11 +109,15 @@ struct Receiving {
 }
 
 impl Receiving {
-    /// Processes every whole frame in `rbuf` unless held back.
-    fn process(&mut self, cluster: &Arc<Cluster>, rbuf: &mut BytesMut) -> Result<(), String> {
-        while self.held.is_empty() {
+    /// Processes up to `PROCESS_BUDGET` whole frames in `rbuf` unless held back; true when
+    /// it stopped at the budget (more may be waiting).
+    fn process(&mut self, cluster: &Arc<Cluster>, rbuf: &mut BytesMut) -> Result<bool, String> {
+        for _ in 0..PROCESS_BUDGET {
+            if !self.held.is_empty() {
+                return Ok(false);
+            }
             let Some(frame) = wire::decode_frame(rbuf)? else {
-                return Ok(());
+                return Ok(false);
             };
             match frame {
                 Frame::Publish {
@@ -174,7 +190,7 @@ impl Receiving {
                 other => return Err(format!("unexpected frame from dialer: {other:?}")),
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -247,17 +263,31 @@ pub(crate) async fn receive(
     let mut ticked = Instant::now();
     let mut acked = last;
     let mut applied = last;
+    // Input read since the last acknowledgement, and the timer of one that is due.
+    let mut read_since_ack = 0usize;
+    let ack_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(ack_timer);
+    let mut ack_timer_armed = false;
+    let mut ack_due = false;
     let mut marks = Marks::new(cluster, state.peer.clone(), epoch, last, store);
     // Frames to write (plain), and the bytes on their way to the wire (sealed, with a secret).
     let mut pending = BytesMut::new();
     let mut out = BytesMut::new();
-    process(&mut marks, cluster, &mut state, &mut rbuf)?;
+    let mut more = process(&mut marks, cluster, &mut state, &mut rbuf)?;
     loop {
         marks.note(cluster, state.last, state.last_publish);
         let ackable = marks.ackable(cluster);
         if ackable != acked {
-            wire::encode_frame(&Frame::Ack { upto: ackable }, &mut pending)?;
-            acked = ackable;
+            if ack_due || read_since_ack >= ACK_EVERY_BYTES {
+                wire::encode_frame(&Frame::Ack { upto: ackable }, &mut pending)?;
+                acked = ackable;
+                read_since_ack = 0;
+                ack_due = false;
+                ack_timer_armed = false;
+            } else if !ack_timer_armed {
+                ack_timer.as_mut().reset(Instant::now() + ACK_DELAY);
+                ack_timer_armed = true;
+            }
         }
         // Route pushes and session records processed ahead of the acknowledgements: the
         // peer's SUBACKs and its waits for session copies count on them.
@@ -277,20 +307,30 @@ pub(crate) async fn receive(
                 bytes::Buf::advance(&mut out, n);
             }
             read = records.read(&mut reader, &mut rbuf), if !held && rbuf.len() < READ_AHEAD => {
-                if read.inspect_err(|_| Metrics::add(&cluster.metrics.frames_rejected, 1))? == 0 {
+                let n = read.inspect_err(|_| Metrics::add(&cluster.metrics.frames_rejected, 1))?;
+                if n == 0 {
                     return Err("connection closed".into());
                 }
+                read_since_ack += n;
                 heard = Instant::now();
-                process(&mut marks, cluster, &mut state, &mut rbuf)?;
+                more = process(&mut marks, cluster, &mut state, &mut rbuf)?;
             }
             _ = state.held.room(), if held => {
                 if state.held.release_if_room() {
                     // The peer kept sending while we were not reading.
                     heard = Instant::now();
-                    process(&mut marks, cluster, &mut state, &mut rbuf)?;
+                    more = process(&mut marks, cluster, &mut state, &mut rbuf)?;
                 }
             }
+            // Past its budget, a batch goes on after the tasks it woke had their turn.
+            () = tokio::task::yield_now(), if more && !held => {
+                more = process(&mut marks, cluster, &mut state, &mut rbuf)?;
+            }
             _ = marks.ready(), if marks.is_waiting() => {}
+            () = &mut ack_timer, if ack_timer_armed => {
+                ack_timer_armed = false;
+                ack_due = true;
+            }
             _ = heartbeat.tick() => {
                 if ticked.elapsed() >= timeout {
                     // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
@@ -313,15 +353,16 @@ pub(crate) async fn receive(
     }
 }
 
-/// Processes what `rbuf` holds; what was processed is noted even when a frame fails, so the
-/// next connection neither repeats nor skips it. What the frames store (deliveries, retained
-/// writes) and the mark that says they were processed are committed together.
+/// Processes what `rbuf` holds, up to `PROCESS_BUDGET` frames (true: it stopped there); what
+/// was processed is noted even when a frame fails, so the next connection neither repeats nor
+/// skips it. What the frames store (deliveries, retained writes) and the mark that says they
+/// were processed are committed together.
 fn process(
     marks: &mut Marks,
     cluster: &Arc<Cluster>,
     state: &mut Receiving,
     rbuf: &mut BytesMut,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let store = marks.store();
     let group = store.as_ref().map(|s| s.group());
     let result = state.process(cluster, rbuf);

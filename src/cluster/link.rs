@@ -618,8 +618,11 @@ impl Link {
                 q.episode_drops = 0;
             }
         }
+        // Publishers held back wait for room: waking them while the window is still full
+        // would only put them back to sleep.
+        let room = freed && q.bytes <= self.bounds.window_bytes;
         drop(q);
-        if freed {
+        if room {
             self.room.notify_waiters();
         }
     }

@@ -167,10 +167,22 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
+/// bincode's output straight into a `BytesMut`: frames are encoded in place in the batch
+/// being written, with no intermediate vector to grow and copy.
+struct Appender<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for Appender<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 pub fn encode_message(m: &WireMessage) -> Bytes {
-    bincode::serde::encode_to_vec(m, config())
-        .expect("wire messages always encode")
-        .into()
+    let mut out = BytesMut::with_capacity(wire_weight(m));
+    bincode::serde::encode_into_writer(m, Appender(&mut out), config())
+        .expect("wire messages always encode");
+    out.freeze()
 }
 
 /// The message as it arrives after `held_ms` in the sender's queue: its expiry interval less
@@ -241,13 +253,19 @@ pub fn retained_batches(messages: Vec<WireMessage>, budget: usize) -> Vec<Vec<Wi
 /// one that would still exceed `MAX_FRAME` is refused here, never sent to be refused by the
 /// peer and sent again.
 pub fn encode_frame(frame: &Frame, out: &mut BytesMut) -> Result<(), String> {
-    let body = bincode::serde::encode_to_vec(frame, config()).map_err(|e| e.to_string())?;
-    if body.len() > MAX_FRAME {
-        return Err(format!("frame of {} bytes exceeds {MAX_FRAME}", body.len()));
+    let start = out.len();
+    out.put_u32(0);
+    let encoded = bincode::serde::encode_into_writer(frame, Appender(out), config());
+    let len = out.len() - start - 4;
+    if let Err(e) = encoded {
+        out.truncate(start);
+        return Err(e.to_string());
     }
-    out.reserve(4 + body.len());
-    out.put_u32(body.len() as u32);
-    out.put_slice(&body);
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(format!("frame of {len} bytes exceeds {MAX_FRAME}"));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }
 
