@@ -350,6 +350,14 @@ record "$S13" half_load_p50_us "node A to node B" "$(field "$cross_half" latency
 record "$S13" half_load_p50_us "added by the hop" "$(python3 -c "print($(field "$cross_half" latency_us.p50) - $(field "$same_half" latency_us.p50))")"
 record "$S13" half_load_p99_us "same node" "$(field "$same_half" latency_us.p99)"
 record "$S13" half_load_p99_us "node A to node B" "$(field "$cross_half" latency_us.p99)"
+# At an eighth of the maximum the cores are not saturated: what the hop itself adds.
+eighth=$(python3 -c "print(max(1, round($(field "$cross" msgs_per_sec) / 8 / 20)))")
+same_light=$("$BENCH" pubsub --host "$A" --qos 1 --publishers 20 --topic 'ml/%i' --sub-topic 'ml/+' --rate "$eighth" --duration "$c13_dur" --json 2>/dev/null | tail -1)
+cross_light=$("$BENCH" pubsub --pub-host "$A" --sub-host "$B" --qos 1 --publishers 20 --topic 'cl/%i' --sub-topic 'cl/+' --rate "$eighth" --duration "$c13_dur" --json 2>/dev/null | tail -1)
+record "$S13" eighth_load_msgs_per_sec "each" "$(python3 -c "print($eighth * 20)")"
+record "$S13" eighth_load_p50_us "same node" "$(field "$same_light" latency_us.p50)"
+record "$S13" eighth_load_p50_us "node A to node B" "$(field "$cross_light" latency_us.p50)"
+record "$S13" eighth_load_p50_us "added by the hop" "$(python3 -c "print($(field "$cross_light" latency_us.p50) - $(field "$same_light" latency_us.p50))")"
 
 route=$("$BENCH" route --pub-host "$C" --sub-host "$A" --rounds "$($smoke && echo 3 || echo 30)" --json 2>/dev/null | tail -1)
 echo "   route convergence: $route" >&2
