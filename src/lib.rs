@@ -105,6 +105,7 @@ impl Node {
             broker: broker.clone(),
             cluster: cluster.clone(),
             mqtt_up: std::sync::atomic::AtomicBool::new(true),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             started: std::time::Instant::now(),
         });
         if let Some(http) = http {
@@ -185,30 +186,86 @@ impl Node {
         &self.broker
     }
 
-    /// Stops gracefully within `deadline`: readiness turns false, the listener stops
-    /// accepting, connected clients are told the server is shutting down (v5 DISCONNECT 0x8B;
-    /// wills are published as for any connection the server ends), then the node announces
-    /// that it is leaving the cluster and flushes its relay queues.
+    /// Stops gracefully within `deadline`, in phases with a budget each (`server.shutdown_*`),
+    /// so that a slow one cannot eat the time of the next: readiness turns false while the
+    /// node goes on serving (`shutdown_delay`); then the listeners stop accepting and
+    /// connected clients are told to go (`shutdown_clients_timeout`): v5 DISCONNECT 0x9C "use
+    /// another server" while other nodes serve (with `server.server_reference` when set),
+    /// 0x8B "server shutting down" otherwise; wills are published as for any connection the
+    /// server ends, and a session moves with its client to the node it reconnects to, this
+    /// node still answering for it; then the node announces that it is leaving the cluster
+    /// and flushes its relay queues (`shutdown_cluster_timeout`).
     pub async fn shutdown(self, deadline: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
         let until = tokio::time::Instant::now() + deadline;
-        self.ops
-            .mqtt_up
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let server = &self.broker.config.server;
+        let phase_end =
+            |secs: u64| until.min(tokio::time::Instant::now() + Duration::from_secs(secs));
+        self.ops.stopping.store(true, Relaxed);
+        if server.shutdown_delay > 0 {
+            tracing::info!(
+                delay_secs = server.shutdown_delay,
+                "stopping: not ready, serving on for server.shutdown_delay"
+            );
+            tokio::time::sleep_until(phase_end(server.shutdown_delay)).await;
+        }
+        let clients_end = phase_end(server.shutdown_clients_timeout);
+        let others = self.cluster.as_ref().map_or(0, |c| c.live_members());
+        self.broker.set_stop_reason(match others {
+            0 => codec::reason::SERVER_SHUTTING_DOWN,
+            _ => codec::reason::USE_ANOTHER_SERVER,
+        });
+        // With other nodes serving, the clients told to go reconnect there and claim their
+        // sessions from this node, which must still be here to hand them over.
+        let mut moving: Vec<(Arc<str>, Arc<broker::Session>)> = match others {
+            0 => Vec::new(),
+            _ => self
+                .broker
+                .sessions
+                .iter()
+                .filter(|s| s.value().is_online())
+                .map(|s| (s.key().clone(), s.value().clone()))
+                .collect(),
+        };
+        let current = &self.broker.metrics.connections_current;
+        tracing::info!(
+            clients = current.load(Relaxed),
+            other_nodes = others,
+            "stopping: telling clients to go"
+        );
+        self.ops.mqtt_up.store(false, Relaxed);
         self.shutdown.send_replace(true);
         for (_, _, task) in self.listeners {
-            let _ = task.await;
+            let _ = tokio::time::timeout_at(clients_end, task).await;
         }
-        let current = &self.broker.metrics.connections_current;
-        let closed = async {
-            while current.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let broker = &self.broker;
+        let settled = async {
+            loop {
+                // Still here: not yet taken by another node (a clean session is gone at close).
+                moving.retain(|(id, session)| {
+                    broker
+                        .sessions
+                        .get(id)
+                        .is_some_and(|now| Arc::ptr_eq(now.value(), session))
+                });
+                if current.load(Relaxed) == 0 && moving.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        if tokio::time::timeout_at(until, closed).await.is_err() {
-            tracing::warn!("shutdown deadline passed with client connections still open");
+        if tokio::time::timeout_at(clients_end, settled).await.is_err() {
+            tracing::warn!(
+                open = current.load(Relaxed),
+                sessions_not_taken = moving.len(),
+                "server.shutdown_clients_timeout passed with client connections open or sessions \
+                 not yet taken by another node (those resume from their copies on other nodes)"
+            );
         }
         if let Some(cluster) = &self.cluster {
-            cluster.leave(until).await;
+            cluster
+                .leave(phase_end(server.shutdown_cluster_timeout))
+                .await;
         }
         if let Some(store) = self.broker.store().cloned() {
             // The last writes go to disk before the process ends.

@@ -58,28 +58,77 @@ async fn health_ready_metrics_and_clients() {
     assert_eq!(json(&body)["enabled"], false);
 }
 
+/// Waits (bounded by `limit`) until `/ready` at `http` answers `status`; the last body.
+async fn wait_ready_status(http: std::net::SocketAddr, status: u16, limit: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (now, body) = get(http, "/ready").await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready did not answer {status} within {limit:?}: {now} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
-async fn not_ready_until_a_seeded_node_has_joined() {
-    // A seed nobody answers at: the node serves MQTT but is not ready.
+async fn a_seeded_node_waits_to_join_then_serves_alone_after_the_join_timeout() {
+    // A seed nobody answers at: not ready while the join timeout (10 s by default) runs.
     let lonely = node("lonely", &["127.0.0.1:9".to_string()], |_| {}).await;
     let (status, body) = get(lonely.http_addr().unwrap(), "/ready").await;
     assert_eq!(status, 503);
     let v = json(&body);
     assert_eq!(v["status"], "not ready");
-    assert!(v["reason"].as_str().unwrap().contains("no peer linked"));
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cluster.join_timeout_ms"),
+        "{v}"
+    );
     assert_eq!(v["node_id"], "lonely");
-    // Joining through a real seed makes it ready.
+    // The case: a node whose only seed is its own gossip address (a headless service
+    // with one pod) is ready once its join timeout has passed, and serves MQTT.
+    let port = common::process::free_port();
+    let own = format!("127.0.0.1:{port}");
+    let alone = node("alone", std::slice::from_ref(&own), |c| {
+        c.cluster.gossip_addr = own.parse().unwrap();
+        c.cluster.join_timeout_ms = 300;
+    })
+    .await;
+    let body = wait_ready_status(alone.http_addr().unwrap(), 200, WAIT).await;
+    assert_eq!(json(&body)["peers_connected"], 0, "{body}");
+    let mut c = RawClient::connect(alone.mqtt_addr(), Protocol::V5, "served", true).await;
+    c.subscribe("alone/#", QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn joining_makes_a_node_ready_and_it_stays_ready_as_the_last_one_left() {
     let first = node("first", &[], |_| {}).await;
-    let second = node("second", &[gossip_addr(&first)], |_| {}).await;
+    // A join timeout far beyond the test: only linking can make it ready.
+    let second = node("second", &[gossip_addr(&first)], |c| {
+        c.cluster.join_timeout_ms = 3_600_000;
+    })
+    .await;
     let http = second.http_addr().unwrap();
-    let ready = async {
-        while get(http, "/ready").await.0 != 200 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, ready)
-        .await
-        .expect("ready once joined");
+    wait_ready_status(http, 200, WAIT).await;
+    // The other node goes (a scale-down, a drain): the survivor keeps serving, or the load
+    // balancer would have no endpoint left.
+    first.shutdown(Duration::from_secs(5)).await;
+    let cluster = second.cluster().unwrap().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster.live_members() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the survivor still sees the other node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = get(http, "/ready").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,9 +206,10 @@ async fn graceful_stop_hands_wills_to_other_nodes_and_is_seen_as_leaving() {
     });
     let (mut device, _) = RawClient::connect_with(n1.mqtt_addr(), c).await;
     n1.shutdown(Duration::from_secs(5)).await;
+    // Other nodes serve on: the client is told to use one of them.
     assert_eq!(
         device.expect_closed().await,
-        Some(vibemq::codec::reason::SERVER_SHUTTING_DOWN)
+        Some(vibemq::codec::reason::USE_ANOTHER_SERVER)
     );
     // The will went out over the relay before node1 stopped, and node2 saw node1 leave.
     let mut will = None;

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub replica_snapshots: AtomicU64,
     /// Stale copies of sessions resumed elsewhere while this node was away, discarded.
     pub stale_sessions_discarded: AtomicU64,
+    /// Clients told at a graceful stop to use another server (v5 DISCONNECT 0x9C) while
+    /// other nodes served.
+    pub clients_moved_at_stop: AtomicU64,
 }
 
 impl Metrics {

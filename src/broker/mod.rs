@@ -163,6 +163,9 @@ pub struct Broker {
     /// The embedded store, when `persistence.enabled` (set once at start, before serving).
     store: std::sync::OnceLock<Arc<crate::store::Store>>,
     next_connection_id: AtomicU64,
+    /// The reason a graceful stop gives its clients, set when the stop begins: 0x9C (use
+    /// another server) while other nodes serve, else 0x8B (server shutting down).
+    stop_reason: std::sync::OnceLock<u8>,
     me: Weak<Broker>,
 }
 
@@ -207,12 +210,27 @@ impl Broker {
             auth: Arc::new(auth),
             store: std::sync::OnceLock::new(),
             next_connection_id: AtomicU64::new(1),
+            stop_reason: std::sync::OnceLock::new(),
             me: me.clone(),
         })
     }
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sets the reason code this node's graceful stop gives its clients; later calls are
+    /// ignored.
+    pub fn set_stop_reason(&self, code: u8) {
+        let _ = self.stop_reason.set(code);
+    }
+
+    /// The reason code a connection ended by a graceful stop gets.
+    pub fn stop_reason(&self) -> u8 {
+        self.stop_reason
+            .get()
+            .copied()
+            .unwrap_or(crate::codec::reason::SERVER_SHUTTING_DOWN)
     }
 
     /// Connects the cluster; later calls are ignored.

@@ -86,6 +86,7 @@ pub(super) async fn serve(
     .map_err(|_| "handshake timed out".to_string())??;
     link.resume(resume_after);
     link.connected.store(true, Ordering::Relaxed);
+    cluster.note_linked();
     *backoff = BACKOFF_MIN;
     if let Some(since) = down_since.take() {
         tracing::info!(peer = %link.node_id, addr = %link.addr, resume_after, down_ms = since.elapsed().as_millis() as u64, "peer link up again");

@@ -7,6 +7,7 @@
 //! in the store (`link_store`, `progress`), so a node restarted even after kill -9 resumes its
 //! links, and its peers resume theirs to it, without losing or repeating a frame.
 
+mod address;
 mod dial;
 mod discovery;
 mod forward;
@@ -33,9 +34,9 @@ pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ use crate::broker::{Broker, Message, Metrics, now_ms};
 use crate::codec::QoS;
 use crate::config::ClusterConfig;
 use crate::store::{RestoredLink, RestoredRelay, Store};
+use address::advertised;
+pub use address::node_id;
 use link::{Link, LinkTo};
 pub use metrics::ClusterMetrics;
 use progress::{RelayProgress, Turn};
@@ -185,6 +188,8 @@ pub struct Cluster {
     pub(crate) replicas: replicas::Replicas,
     /// Other nodes chitchat sees as live.
     members: AtomicUsize,
+    /// A link to another node has delivered since this node started (readiness).
+    linked_once: AtomicBool,
     routes_pending: AtomicUsize,
     pub metrics: ClusterMetrics,
     chitchat: Mutex<Option<ChitchatHandle>>,
@@ -199,47 +204,6 @@ struct Identity {
     relay: RestoredRelay,
     gossip_addr: SocketAddr,
     peer_addr: SocketAddr,
-}
-
-/// This node's id: the configured one, else the host name.
-pub fn node_id(config: &ClusterConfig) -> Arc<str> {
-    if config.node_id.is_empty() {
-        gethostname::gethostname()
-            .to_string_lossy()
-            .into_owned()
-            .into()
-    } else {
-        config.node_id.as_str().into()
-    }
-}
-
-/// The address others reach a socket bound at `bound` by: the configured advertise address,
-/// else the bound one, with an unspecified IP replaced by this host's address.
-async fn advertised(configured: &str, bound: SocketAddr, key: &str) -> anyhow::Result<SocketAddr> {
-    if !configured.is_empty() {
-        let mut addrs = tokio::net::lookup_host(configured)
-            .await
-            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
-        let addr = addrs
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{key}: {configured} has no address"))?;
-        // Port 0 in the advertised address means "the port actually bound".
-        return Ok(if addr.port() == 0 {
-            SocketAddr::new(addr.ip(), bound.port())
-        } else {
-            addr
-        });
-    }
-    if !bound.ip().is_unspecified() {
-        return Ok(bound);
-    }
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let ip = tokio::net::lookup_host((host.as_str(), 0))
-        .await
-        .ok()
-        .and_then(|mut a| a.find(|a| !a.ip().is_loopback()).map(|a| a.ip()))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    Ok(SocketAddr::new(ip, bound.port()))
 }
 
 impl Cluster {
@@ -389,7 +353,17 @@ impl Cluster {
             node = %cluster.node_id, generation, run = cluster.run, %gossip_addr, %peer_addr,
             secret = cluster.secrets.is_set(), tls = cluster.config.tls, "cluster node started"
         );
+        if !cluster.secured() {
+            tracing::warn!(
+                "cluster mode without cluster.secret: any host that reaches the gossip and peer ports can join this cluster and read every message; set cluster.secret or cluster.secret_file (README, Security)"
+            );
+        }
         Ok(cluster)
+    }
+
+    /// Whether links and gossip are authenticated with a cluster secret.
+    pub fn secured(&self) -> bool {
+        self.secrets.is_set()
     }
 
     /// Reads `cluster.secret_file` again and puts its secrets in force for new links and
@@ -454,6 +428,7 @@ impl Cluster {
                 id.relay.copies,
             )),
             members: AtomicUsize::new(0),
+            linked_once: AtomicBool::new(false),
             routes_pending: AtomicUsize::new(0),
             metrics,
             chitchat: Mutex::new(None),
@@ -487,6 +462,18 @@ impl Cluster {
         }
     }
 
+    /// Whether this node has linked another node since it started, or waited
+    /// `cluster.join_timeout_ms` for one: from then on it serves, alone if need be.
+    pub fn joined_or_gave_up(&self) -> bool {
+        self.linked_once.load(Ordering::Relaxed)
+            || self.started.elapsed() >= Duration::from_millis(self.config.join_timeout_ms)
+    }
+
+    /// A link to another node came up.
+    pub(super) fn note_linked(&self) {
+        self.linked_once.store(true, Ordering::Relaxed);
+    }
+
     /// Other nodes chitchat sees as live.
     pub fn live_members(&self) -> usize {
         self.members.load(Ordering::Relaxed)
@@ -507,23 +494,25 @@ impl Cluster {
                 .self_node_state()
                 .set(membership::KEY_STATUS, membership::STATUS_LEAVING);
         }
+        let pending = || -> usize {
+            self.links
+                .read()
+                .values()
+                .filter(|l| l.is_connected())
+                .map(|l| l.depth())
+                .sum()
+        };
         let flushed = async {
-            loop {
-                let pending: usize = self
-                    .links
-                    .read()
-                    .values()
-                    .filter(|l| l.is_connected())
-                    .map(|l| l.depth())
-                    .sum();
-                if pending == 0 {
-                    return;
-                }
+            while pending() > 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
         if tokio::time::timeout_at(until, flushed).await.is_err() {
-            tracing::warn!("shutdown deadline passed with relay queues not empty");
+            tracing::warn!(
+                frames = pending(),
+                kept = self.store.is_some(),
+                "server.shutdown_cluster_timeout passed with relay queues not empty (kept: in the store for this node's next run)"
+            );
         }
         // Gossip rounds for the "leaving" status to reach the others, within the deadline.
         let spread = Duration::from_millis(self.config.gossip_interval_ms * 3);

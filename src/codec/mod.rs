@@ -88,6 +88,7 @@ pub mod reason {
     pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const USE_ANOTHER_SERVER: u8 = 0x9C;
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;

@@ -156,6 +156,21 @@ impl Config {
                 "server.connect_timeout: must be at least 1 second (got 0)",
             ));
         }
+        let srv = &self.server;
+        let phases =
+            srv.shutdown_delay + srv.shutdown_clients_timeout + srv.shutdown_cluster_timeout;
+        if srv.shutdown_timeout < phases {
+            return Err(err(format!(
+                "server.shutdown_timeout: must cover shutdown_delay + shutdown_clients_timeout + shutdown_cluster_timeout ({} + {} + {} = {phases} s; got {})",
+                srv.shutdown_delay,
+                srv.shutdown_clients_timeout,
+                srv.shutdown_cluster_timeout,
+                srv.shutdown_timeout
+            )));
+        }
+        if srv.server_reference.len() > 1024 {
+            return Err(err("server.server_reference: at most 1024 bytes"));
+        }
         if self.server.max_connections == 0 {
             return Err(err("server.max_connections: must be at least 1 (got 0)"));
         }
@@ -288,6 +303,12 @@ impl Config {
             return Err(err(format!(
                 "cluster.takeover_timeout_ms: must be from 1 to 60000 (got {})",
                 c.takeover_timeout_ms
+            )));
+        }
+        if c.join_timeout_ms > 3_600_000 {
+            return Err(err(format!(
+                "cluster.join_timeout_ms: must be from 0 to 3600000 (got {})",
+                c.join_timeout_ms
             )));
         }
         if c.session_replicas > 8 {

@@ -164,7 +164,18 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// New connections per second from one source IP (0: no limit).
     pub max_connection_rate_per_ip: u32,
+    /// Seconds a graceful stop may take in all (its phases below must fit in it).
     pub shutdown_timeout: u64,
+    /// Seconds a stopping node reports not ready while it keeps serving, so that load
+    /// balancers and Kubernetes endpoints stop sending it clients first.
+    pub shutdown_delay: u64,
+    /// Seconds the clients get to be told to go and to close.
+    pub shutdown_clients_timeout: u64,
+    /// Seconds the relay queues get to flush and the gossip leave to spread.
+    pub shutdown_cluster_timeout: u64,
+    /// Given to v5 clients with DISCONNECT 0x9C (use another server) when this node stops
+    /// while others serve; empty: 0x9C without it.
+    pub server_reference: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +324,9 @@ pub struct ClusterConfig {
     pub session_replicas: usize,
     /// Whether acknowledgements wait for the session copies (`sync`) or not (`async`).
     pub session_replication: SessionReplication,
+    /// Milliseconds a node with seeds waits to link a peer before it serves alone (reports
+    /// ready) anyway.
+    pub join_timeout_ms: u64,
 }
 
 /// When an acknowledgement goes out with session copies on other nodes

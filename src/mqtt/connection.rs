@@ -405,7 +405,16 @@ impl Connection {
                     .into(),
             )),
             Close::Kicked(r) => Some((*r, "another connection took over this client id".into())),
-            Close::Shutdown => Some((reason::SERVER_SHUTTING_DOWN, "server shutting down".into())),
+            Close::Shutdown => match self.broker.stop_reason() {
+                reason::USE_ANOTHER_SERVER => {
+                    Metrics::add(&self.broker.metrics.clients_moved_at_stop, 1);
+                    Some((
+                        reason::USE_ANOTHER_SERVER,
+                        "this node is stopping: connect to another node of the cluster".into(),
+                    ))
+                }
+                code => Some((code, "server shutting down".into())),
+            },
             Close::Io(e) => {
                 tracing::debug!(client_id = %printable(&self.client_id), error = %e, "connection lost");
                 None
@@ -421,6 +430,15 @@ impl Connection {
             // push the packet past the client's Maximum Packet Size.
             if text.len() + 16 <= self.client_max_packet {
                 d.properties.reason_string = Some(text);
+            }
+            // Where to go instead, when the operator named it (server.server_reference).
+            let reference = &self.broker.config.server.server_reference;
+            if code == reason::USE_ANOTHER_SERVER
+                && !reference.is_empty()
+                && d.properties.reason_string.as_ref().map_or(0, String::len) + reference.len() + 19
+                    <= self.client_max_packet
+            {
+                d.properties.server_reference = Some(reference.clone());
             }
             self.send(&Packet::Disconnect(d));
         }

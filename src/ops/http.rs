@@ -187,7 +187,18 @@ fn cluster_view(app: &AppState) -> Json<serde_json::Value> {
             "stalled_ms": p.stalled_ms,
         }));
     }
-    Json(json!({ "enabled": true, "cluster": c.name, "node_id": &*c.node_id, "members": members }))
+    let mut warnings = Vec::new();
+    if !c.secured() {
+        warnings.push("no cluster.secret: links and gossip are unauthenticated and in the clear");
+    }
+    Json(json!({
+        "enabled": true,
+        "cluster": c.name,
+        "node_id": &*c.node_id,
+        "secret": c.secured(),
+        "warnings": warnings,
+        "members": members,
+    }))
 }
 
 #[derive(Deserialize)]

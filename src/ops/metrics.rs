@@ -133,6 +133,18 @@ impl Collector for StateCollector {
         )?;
         gauge(
             &mut e,
+            "vibemq_connections_max",
+            "Most client connections this node accepts (server.max_connections)",
+            b.config.server.max_connections as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_ready",
+            "1 while /ready answers 200 (the node serves clients), else 0",
+            i64::from(state.not_ready_reason().is_none()),
+        )?;
+        gauge(
+            &mut e,
             "vibemq_open_files_limit",
             "The process's open-file limit after start-up raised it (0: not raised, an embedded node)",
             vibemq_open_files_limit(),
@@ -314,6 +326,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "vibemq_clients_moved_at_stop",
+            "Clients told at a graceful stop to use another server (v5 DISCONNECT 0x9C) while other nodes served",
+            Metrics::get(&m.clients_moved_at_stop),
+        )?;
+        counter(
+            &mut e,
             "vibemq_connects_refused_partition",
             "CONNECTs refused while a cluster node was unreachable (cluster.allow_connect_during_partition = false)",
             Metrics::get(&m.connects_refused_partition),
@@ -348,6 +366,12 @@ impl Collector for StateCollector {
             "vibemq_cluster_members",
             "Other nodes gossip sees as live",
             c.live_members() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "vibemq_cluster_unauthenticated",
+            "1 while this node runs in a cluster without cluster.secret: any host that reaches its gossip and peer ports can join and read every message",
+            i64::from(!c.secured()),
         )?;
         let peers = c.peers();
         gauge(
@@ -384,6 +408,12 @@ impl Collector for StateCollector {
             .iter()
             .map(|p| (p.node_id.to_string(), p.queued_bytes as u64))
             .collect();
+        gauge(
+            &mut e,
+            "vibemq_cluster_hold_bytes",
+            "Bytes one peer's relay queue may hold before new messages for it are dropped (cluster.hold_bytes)",
+            b.config.cluster.hold_bytes as i64,
+        )?;
         labelled(
             &mut e,
             MetricType::Gauge,

@@ -19,6 +19,8 @@ pub struct OpsState {
     pub cluster: Option<Arc<Cluster>>,
     /// The MQTT listener is accepting.
     pub mqtt_up: AtomicBool,
+    /// A graceful stop has begun: not ready, though still serving for `server.shutdown_delay`.
+    pub stopping: AtomicBool,
     pub started: Instant,
 }
 
@@ -27,22 +29,28 @@ impl OpsState {
         self.started.elapsed().as_secs()
     }
 
-    /// Why the node is not ready, or None when it is: the MQTT listener is up and, when seeds
-    /// are configured, at least one other node is linked; and when other nodes are live, at
-    /// least one link to them delivers. (One bad link does not take a node out of service:
-    /// in a partition that would take every node out at once. It shows in /ready's body.)
+    /// Why the node is not ready, or None when it is. Ready means "a client connecting now
+    /// is served": the MQTT listener is up, the node is not stopping, it admits connects
+    /// (`cluster.allow_connect_during_partition = false` refuses them while a known node is
+    /// unreachable), and a node with seeds has linked another node once or waited
+    /// `cluster.join_timeout_ms` for one. Links that fail later do not take a node out of
+    /// service: in a partition, or for the last node after a scale-down, that would take
+    /// every endpoint away at once; they show in /ready's body instead.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("shutting down");
+        }
         if !self.mqtt_up.load(std::sync::atomic::Ordering::Relaxed) {
             return Some("MQTT listener not accepting");
         }
         if let Some(cluster) = &self.cluster {
-            let peers = cluster.peers();
-            let delivering = peers.iter().any(|p| p.connected);
-            if !self.broker.config.cluster.seeds.is_empty() && !delivering {
-                return Some("cluster seeds configured but no peer linked yet");
+            if !cluster.admits_connect() {
+                return Some(
+                    "a cluster node is unreachable and cluster.allow_connect_during_partition = false",
+                );
             }
-            if cluster.live_members() > 0 && !peers.is_empty() && !delivering {
-                return Some("no link to another node delivers");
+            if !self.broker.config.cluster.seeds.is_empty() && !cluster.joined_or_gave_up() {
+                return Some("waiting to link another node (cluster.join_timeout_ms)");
             }
         }
         None

@@ -1,0 +1,148 @@
+//! A node stopped the way an autoscaler or a node drain stops it (SIGTERM to a real `vibemq`
+//! process in a three-node cluster), seen from its clients and its peers: it turns not ready
+//! and keeps serving for `server.shutdown_delay`, tells a v5 client to use another server
+//! (DISCONNECT 0x9C with `server.server_reference`), waits for that client's session to be
+//! taken by the node it reconnects to, and leaves (its peers count it as left, not failed);
+//! the client's session, with what was queued for it, goes on at another node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::RawClient;
+use common::http::{get, json};
+use common::nodes::ProcessNode;
+use vibemq::codec::{Ack, Packet, Protocol, QoS, reason};
+
+fn persistent(id: &str) -> vibemq::codec::Connect {
+    let mut c = common::connect_packet(Protocol::V5, id, false);
+    c.properties.session_expiry_interval = Some(300);
+    c
+}
+
+/// Publishes `topic` QoS 1 messages `m{from}..=m{to}`, each acknowledged.
+async fn publish_acknowledged(p: &mut RawClient, topic: &str, from: u16, to: u16) {
+    for i in from..=to {
+        let payload = format!("m{i}");
+        p.publish(topic, payload.as_bytes(), QoS::AtLeastOnce, false, i)
+            .await;
+        match p.recv().await {
+            Packet::PubAck(a) => assert_eq!((a.packet_id, a.reason), (i, 0)),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// Receives messages `m{from}..=m{to}` in order, acknowledging each.
+async fn receive_in_order(c: &mut RawClient, from: u16, to: u16) {
+    for i in from..=to {
+        let m = c.recv_publish().await;
+        assert_eq!(m.payload, format!("m{i}").as_bytes(), "message {i}");
+        c.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
+    let env = vec![
+        ("VIBEMQ_SERVER_SHUTDOWN_DELAY".to_string(), "2".to_string()),
+        // The whole stop must cover its phases: 2 + 5 + 5.
+        (
+            "VIBEMQ_SERVER_SHUTDOWN_TIMEOUT".to_string(),
+            "12".to_string(),
+        ),
+        (
+            "VIBEMQ_SERVER_SERVER_REFERENCE".to_string(),
+            "vibemq.mqtt.svc:1883".to_string(),
+        ),
+    ];
+    let [n1, n2, mut n3] = ProcessNode::three(env).await;
+    let (mut mover, ack) = RawClient::connect_with(n3.addr(), persistent("mover")).await;
+    assert!(!ack.session_present);
+    mover.subscribe("move/#", QoS::AtLeastOnce).await;
+    common::nodes::wait_routed(&n1, &n3, "move/probe").await;
+    // The probes reached the subscriber too: take them first.
+    while let Ok(Some(Packet::Publish(p))) = mover.try_recv_within(Duration::from_millis(500)).await
+    {
+        if p.qos != QoS::AtMostOnce {
+            mover.send(&Packet::PubAck(Ack::new(p.packet_id, 0))).await;
+        }
+    }
+    let mut publisher = RawClient::connect(n1.addr(), Protocol::V5, "pub1", true).await;
+    publish_acknowledged(&mut publisher, "move/x", 1, 20).await;
+    receive_in_order(&mut mover, 1, 20).await;
+
+    let pid = n3.child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // During server.shutdown_delay: not ready, and still serving (the endpoint is being
+    // removed; clients that got here meanwhile are served, not refused).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let body = loop {
+        let (status, body) = get(n3.http_addr(), "/ready").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready still {status} after SIGTERM: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(json(&body)["reason"], "shutting down", "{body}");
+    let (mut late, late_ack) = RawClient::connect_with(
+        n3.addr(),
+        common::connect_packet(Protocol::V5, "late", true),
+    )
+    .await;
+    assert_eq!(late_ack.code, 0, "a connect during the delay is served");
+    late.subscribe("late/#", QoS::AtMostOnce).await;
+
+    // Then the clients are told to go elsewhere, and where.
+    let disconnect = loop {
+        match tokio::time::timeout(Duration::from_secs(10), mover.recv()).await {
+            Ok(Packet::Disconnect(d)) => break d,
+            Ok(other) => panic!("expected DISCONNECT, got {other:?}"),
+            Err(_) => panic!("no DISCONNECT within 10 s of SIGTERM"),
+        }
+    };
+    assert_eq!(disconnect.reason, reason::USE_ANOTHER_SERVER);
+    assert_eq!(
+        disconnect.properties.server_reference.as_deref(),
+        Some("vibemq.mqtt.svc:1883")
+    );
+    // It does: its session comes along, and it gets what is published from then on.
+    let (mut moved, ack) = RawClient::connect_with(n2.addr(), persistent("mover")).await;
+    assert!(ack.session_present, "the session moved with its client");
+    publish_acknowledged(&mut publisher, "move/x", 21, 60).await;
+    receive_in_order(&mut moved, 21, 60).await;
+
+    let exit = tokio::time::timeout(Duration::from_secs(20), n3.child.wait())
+        .await
+        .expect("node3 exits within its shutdown budget")
+        .expect("reaped");
+    assert_eq!(exit.code(), Some(0));
+    // Its peers saw it leave, not fail.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node_events(&n1, "left").await == 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node1 never saw node3 leave"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node_events(&n1, "failed").await, 0.0);
+    assert!(n2.metric("vibemq_sessions_migrated_in").await >= 1.0);
+}
+
+/// `vibemq_cluster_node_events_total{event="..."}` at `node`.
+async fn node_events(node: &ProcessNode, event: &str) -> f64 {
+    let (_, text) = get(node.http_addr(), "/metrics").await;
+    let prefix = format!("vibemq_cluster_node_events_total{{event=\"{event}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
