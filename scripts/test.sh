@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need when it is missing
-# (mosquitto-clients, dnsmasq-base, haproxy, tcpdump, paho-mqtt, the deployment validators, cargo-fuzz), then formatting,
+# (mosquitto-clients, dnsmasq-base, haproxy, tcpdump, promtool, paho-mqtt, the deployment validators, cargo-fuzz), then formatting,
 # lints, the deployment checks, the Docker Compose test, a chaos run of the Compose cluster, a
 # bounded fuzzing slice and every test (the cluster simulation's 200 seeds among them). Fails
 # loudly; skips nothing.
@@ -35,11 +35,13 @@ have dnsmasq || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 have haproxy || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 # tcpdump: the capture showing peer links carry nothing in clear.
 have tcpdump || [ -x /usr/bin/tcpdump ] || missing+=(tcpdump)
+# prometheus: its promtool checks the alert rules of monitoring/ (scripts/check-deploy.py).
+have promtool || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq haproxy tcpdump stdbuf cargo python3 docker docker-compose; do
+for tool in mosquitto_pub mosquitto_sub mosquitto_passwd openssl dnsmasq haproxy tcpdump promtool stdbuf cargo python3 docker docker-compose; do
     have "$tool" || { echo "FATAL: $tool is required by the tests and is not installed" >&2; exit 1; }
 done
 # The offline validators of the deployment files, and paho-mqtt (the Eclipse Python client
@@ -94,7 +96,7 @@ if ! wait "$background"; then
 fi
 trap - EXIT
 
-log "deployment files (kubernetes.yaml, docker-compose.yml) against the binary"
+log "deployment files (kubernetes.yaml, monitoring/, docker-compose.yml) against the binary"
 python3 scripts/check-deploy.py target/debug/vibemq
 
 log "fuzzing: each target for ${FUZZ_SECONDS:-60}s (scripts/fuzz.sh SECONDS for longer)"

@@ -151,7 +151,7 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
-            "vibemq_connections",
+            "vibemq_connections_accepted",
             "Client connections accepted",
             Metrics::get(&m.connections_total),
         )?;
