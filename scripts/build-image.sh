@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds the vibemq:latest Docker image without a registry: the release binary from this
+# Builds the VibeMQ Docker image without a registry, tagged with the crate's version (the
+# immutable tag kubernetes.yaml runs) and as vibemq:latest (or the one tag given): the release binary from this
 # checkout plus the shared libraries it links (as ldd lists them), a non-root user, on an
 # empty base, loaded with `docker import`. Where a registry is reachable, `docker build .`
 # (the Dockerfile) gives the same image from a Debian base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image="${1:-vibemq:latest}"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+image="${1:-vibemq:$version}"
 
 cargo build --release --locked --bin vibemq
 binary=target/release/vibemq
@@ -36,4 +38,7 @@ tar -C "$root" -c . | docker import \
     --change 'CMD ["--config", "/etc/vibemq/vibemq.toml"]' \
     --change 'EXPOSE 1883 7946/udp 7947 9090' \
     - "$image" >/dev/null
+if [ -z "${1:-}" ]; then
+    docker tag "$image" vibemq:latest
+fi
 echo "built $image ($(docker image inspect "$image" --format '{{.Size}}') bytes)"

@@ -13,6 +13,7 @@
 # test). Every wait is bounded; everything is torn down even when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/compose-env.sh
 
 seconds=${1:-60}
 seed=${2:-$RANDOM}

@@ -439,6 +439,7 @@ def check_compose():
     with open(os.path.join(ROOT, "docker-compose.yml")) as f:
         compose = yaml.safe_load(f)
     names = known_env_names()
+    configs = {}
     for name, svc in compose["services"].items():
         env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
         for k in env:
@@ -457,7 +458,29 @@ def check_compose():
                 problem(f"service {name} mounts {src}, which does not exist")
             elif src.endswith(".toml"):
                 with open(path) as f:
-                    check_config(f.read(), env, f"service {name}'s {src}")
+                    configs[name] = check_config(f.read(), env, f"service {name}'s {src}")
+        nofile = (svc.get("ulimits") or {}).get("nofile")
+        if not nofile:
+            problem(f"service {name}: no ulimits nofile (a container's default 1024 caps its connections)")
+        aliases = ((svc.get("networks") or {}).get("cluster") or {}).get("aliases") or []
+        if "vibemq" not in aliases:
+            problem(f"service {name}: not on the cluster network as alias vibemq (the seeds' name)")
+    # Every node alike: the same ports inside its container, and seeds of its own that name
+    # the alias every node answers to (no node is the one the others need).
+    inside = {
+        name: (port_of(c["server"]["bind"]), port_of(c["cluster"]["gossip_addr"]), port_of(c["cluster"]["peer_addr"]))
+        for name, c in configs.items()
+    }
+    if len(set(inside.values())) != 1:
+        problem(f"the nodes listen on different ports inside their containers: {inside}")
+    for name, c in configs.items():
+        seeds = [sd.split("@")[-1].rsplit(":", 1) for sd in c["cluster"]["seeds"]]
+        if not seeds or any(host != "vibemq" or int(port) != inside[name][1] for host, port in seeds):
+            problem(f"service {name}: seeds {c['cluster']['seeds']} should be vibemq:{inside[name][1]}")
+        published = [p.split(":")[-1] for p in compose["services"][name].get("ports", [])]
+        if any(int(p) != inside[name][0] for p in published):
+            problem(f"service {name}: publishes {published}, not its MQTT port {inside[name][0]}")
+    ok(f"{len(configs)} nodes alike: ports {sorted(set(inside.values()))} inside, seeds through the alias, nofile set")
 
 
 check_kubernetes()

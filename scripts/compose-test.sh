@@ -4,10 +4,12 @@
 # on node2 seen from node1, node2 killed and restarted keeping its retained message and a
 # persistent session (its volume), node2 stopped while node1 and node3 go on, node2 back, scaled up and
 # down through the service name's DNS, a session on node3 resumed at node1 after node3 is
-# killed, and node3 cut off the network and healed. Every step is
+# killed, node3 cut off the network and healed, and node2 and node3 forming a cluster while
+# node1 is down (no node is the seed). Every step is
 # bounded; everything is torn down even when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/compose-env.sh
 
 project=vibemq-compose-test
 compose() { timeout 120 docker-compose -p "$project" "$@"; }
@@ -19,8 +21,10 @@ dump() {
 }
 workdir=$(mktemp -d)
 sub_pid=""
+no_node1_sub=""
 cleanup() {
     [ -n "$sub_pid" ] && kill "$sub_pid" 2>/dev/null || true
+    [ -n "$no_node1_sub" ] && kill "$no_node1_sub" 2>/dev/null || true
     compose down -v --remove-orphans >/dev/null 2>&1 || true
     rm -rf "$workdir"
 }
@@ -36,8 +40,10 @@ wait_for() {
 }
 container() { docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$1" | head -1; }
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$1")")" = healthy ]; }
-api() { compose exec -T node1 /usr/local/bin/vibemq probe /api/v1/cluster; }
-links_up() { [ "$(api | grep -o '"link":"up"' | wc -l)" -eq "$1" ]; }
+# The cluster API of a node (node1 unless named).
+api() { compose exec -T "${1:-node1}" /usr/local/bin/vibemq probe /api/v1/cluster; }
+# The node ($2, node1 unless named) has $1 links up.
+links_up() { [ "$(api "${2:-node1}" | grep -o '"link":"up"' | wc -l)" -eq "$1" ]; }
 peer_status() { api | grep -o "\"node_id\":\"$1\"[^}]*" | grep -q "\"status\":\"$2\""; }
 # node1 or node2 keeps a copy of a session held elsewhere, with a message in it.
 copy_held() {
@@ -128,5 +134,26 @@ wait_for "delivered 1884" 30
 docker network connect --alias vibemq "$network" "$(container node3)"
 wait_for "peer_status node3 connected" 90
 wait_for "delivered 1885" 30
+
+log "node1 down: node2 and node3, started again without it, find each other and form a cluster"
+compose stop node1
+compose restart node2 node3
+wait_for "healthy node2" 90
+wait_for "healthy node3" 90
+wait_for "links_up 1 node2" 60
+wait_for "links_up 1 node3" 60
+mosquitto_sub -p 1885 -t 'ct-no-node1/#' -q 1 -v > "$workdir/no-node1.out" &
+no_node1_sub=$!
+no_node1_delivered() {
+    local text="n-$RANDOM-$RANDOM"
+    mosquitto_pub -p 1884 -t ct-no-node1/x -m "$text" -q 1 || return 1
+    sleep 0.3
+    grep -q "$text" "$workdir/no-node1.out"
+}
+wait_for no_node1_delivered 30
+kill "$no_node1_sub" 2>/dev/null || true
+compose start node1
+wait_for "healthy node1" 90
+wait_for "links_up 2" 60
 
 log "all steps passed"

@@ -102,12 +102,10 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
     late.subscribe("late/#", QoS::AtMostOnce).await;
 
     // Then the clients are told to go elsewhere, and where.
-    let disconnect = loop {
-        match tokio::time::timeout(Duration::from_secs(10), mover.recv()).await {
-            Ok(Packet::Disconnect(d)) => break d,
-            Ok(other) => panic!("expected DISCONNECT, got {other:?}"),
-            Err(_) => panic!("no DISCONNECT within 10 s of SIGTERM"),
-        }
+    let disconnect = match tokio::time::timeout(Duration::from_secs(10), mover.recv()).await {
+        Ok(Packet::Disconnect(d)) => d,
+        Ok(other) => panic!("expected DISCONNECT, got {other:?}"),
+        Err(_) => panic!("no DISCONNECT within 10 s of SIGTERM"),
     };
     assert_eq!(disconnect.reason, reason::USE_ANOTHER_SERVER);
     assert_eq!(
