@@ -39,6 +39,9 @@ pub struct Node {
     /// The MQTT listeners that are on, with their bound addresses.
     listeners: Vec<(config::ListenerKind, SocketAddr, JoinHandle<()>)>,
     http_addr: Option<SocketAddr>,
+    /// Stops the MQTT listeners accepting (a stop's second phase begins).
+    stop_accepting: watch::Sender<bool>,
+    /// Closes every connection and stops the node's tasks.
     shutdown: watch::Sender<bool>,
     /// The TLS listeners' certificates, reloadable.
     tls: Option<Arc<mqtt::tls::Tls>>,
@@ -101,6 +104,7 @@ impl Node {
             None => None,
         };
         let (shutdown, rx) = watch::channel(false);
+        let (stop_accepting, accepting_rx) = watch::channel(false);
         let ops = Arc::new(ops::OpsState {
             broker: broker.clone(),
             cluster: cluster.clone(),
@@ -122,7 +126,14 @@ impl Node {
             .into_iter()
             .map(|(kind, addr, listener)| {
                 let tls = kind.uses_tls().then(|| tls.clone()).flatten();
-                let task = mqtt::serve(listener, broker.clone(), rx.clone(), kind, tls);
+                let task = mqtt::serve(
+                    listener,
+                    broker.clone(),
+                    accepting_rx.clone(),
+                    rx.clone(),
+                    kind,
+                    tls,
+                );
                 (kind, addr, tokio::spawn(task))
             })
             .collect();
@@ -141,6 +152,7 @@ impl Node {
             listeners,
             tls,
             http_addr,
+            stop_accepting,
             shutdown,
         })
     }
@@ -234,10 +246,31 @@ impl Node {
             "stopping: telling clients to go"
         );
         self.ops.mqtt_up.store(false, Relaxed);
-        self.shutdown.send_replace(true);
+        self.stop_accepting.send_replace(true);
         for (_, _, task) in self.listeners {
             let _ = tokio::time::timeout_at(clients_end, task).await;
         }
+        // Told one after another over the first half of the phase rather than all at once,
+        // so that the nodes they move to are not flooded with reconnects; then whatever is
+        // left (connections still in their handshake) is closed.
+        let connected: Vec<Arc<broker::ConnectionControl>> = self
+            .broker
+            .sessions
+            .iter()
+            .filter_map(|s| s.value().state.lock().connection.clone())
+            .collect();
+        let start = tokio::time::Instant::now();
+        let window = clients_end.saturating_duration_since(start) / 2;
+        let code = self.broker.stop_reason();
+        for (i, control) in connected.iter().enumerate() {
+            // Each at its place in the window; those whose time has come go together.
+            let at = start + window.mul_f64(i as f64 / connected.len() as f64);
+            if at > tokio::time::Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
+            control.kick(code);
+        }
+        self.shutdown.send_replace(true);
         let broker = &self.broker;
         let settled = async {
             loop {

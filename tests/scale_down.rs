@@ -1,7 +1,8 @@
 //! A node stopped the way an autoscaler or a node drain stops it (SIGTERM to a real `vibemq`
 //! process in a three-node cluster), seen from its clients and its peers: it turns not ready
-//! and keeps serving for `server.shutdown_delay`, tells a v5 client to use another server
-//! (DISCONNECT 0x9C with `server.server_reference`), waits for that client's session to be
+//! and keeps serving for `server.shutdown_delay`, tells its v5 clients to use another server
+//! (DISCONNECT 0x9C with `server.server_reference`) one after another rather than all at
+//! once, waits for a persistent client's session to be
 //! taken by the node it reconnects to, and leaves (its peers count it as left, not failed);
 //! the client's session, with what was queued for it, goes on at another node.
 
@@ -72,6 +73,21 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
     publish_acknowledged(&mut publisher, "move/x", 1, 20).await;
     receive_in_order(&mut mover, 1, 20).await;
 
+    // Idle clients beside it, each noting when it is told to go.
+    let mut told = Vec::new();
+    for i in 0..40 {
+        let id = format!("idle-{i}");
+        let (mut c, _) =
+            RawClient::connect_with(n3.addr(), common::connect_packet(Protocol::V5, &id, true))
+                .await;
+        told.push(tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(20), c.recv()).await {
+                Ok(Packet::Disconnect(d)) => (d.reason, tokio::time::Instant::now()),
+                other => panic!("{id}: expected DISCONNECT, got {other:?}"),
+            }
+        }));
+    }
+
     let pid = n3.child.id().expect("running").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -111,6 +127,21 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
     assert_eq!(
         disconnect.properties.server_reference.as_deref(),
         Some("vibemq.mqtt.svc:1883")
+    );
+    // The clients are told one after another over half of shutdown_clients_timeout (5 s),
+    // not all at once: the other nodes get their reconnects spread out.
+    let mut times = Vec::new();
+    for t in told {
+        let (code, at) = t.await.expect("idle client");
+        assert_eq!(code, reason::USE_ANOTHER_SERVER);
+        times.push(at);
+    }
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    assert!(
+        last - first >= Duration::from_secs(1),
+        "40 clients told to go within {:?}: not spread",
+        last - first
     );
     // It does: its session comes along, and it gets what is published from then on.
     let (mut moved, ack) = RawClient::connect_with(n2.addr(), persistent("mover")).await;

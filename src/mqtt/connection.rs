@@ -271,7 +271,11 @@ impl Connection {
                 tokio::select! {
                     biased;
                     _ = control.kicked() => {
-                        close = Some(Close::Kicked(control.kick_reason().unwrap_or(reason::SESSION_TAKEN_OVER)));
+                        close = Some(match control.kick_reason().unwrap_or(reason::SESSION_TAKEN_OVER) {
+                            // The node's stop evicting its clients one by one.
+                            reason::USE_ANOTHER_SERVER | reason::SERVER_SHUTTING_DOWN => Close::Shutdown,
+                            r => Close::Kicked(r),
+                        });
                     }
                     // `changed` rather than `crate::stopped`: half the size in every connection's
                     // task. The flag only ever turns true; a dropped sender is a shutdown too.

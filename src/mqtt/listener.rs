@@ -97,17 +97,19 @@ impl IpTable {
     }
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true, each served in its own task
-/// as `kind` says: after the PROXY header (`server.proxy_protocol`), the TLS handshake (with
-/// `tls`) and the WebSocket upgrade, all within `server.connect_timeout`.
+/// Accepts connections on `listener` until `accepting` turns false (true: stop), each served
+/// in its own task, until `shutdown` closes it, as `kind` says: after the PROXY header
+/// (`server.proxy_protocol`), the TLS handshake (with `tls`) and the WebSocket upgrade, all
+/// within `server.connect_timeout`.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
+    stop_accepting: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
     kind: ListenerKind,
     tls: Option<Arc<Tls>>,
 ) {
-    let mut stop = shutdown.clone();
+    let mut stop = stop_accepting;
     let table = Arc::new(IpTable::default());
     let mut accepted: u64 = 0;
     loop {
