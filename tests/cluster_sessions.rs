@@ -583,6 +583,11 @@ async fn connects_are_refused_while_a_node_is_away_when_partitions_are_not_allow
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(n1.metric("vibemq_connects_refused_partition_total").await >= 1.0);
+    // Ready means "a client connecting is served": not while connects are refused, so a load
+    // balancer sends clients to a node that takes them.
+    let (status, body) = common::http::get(n1.http_addr(), "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("allow_connect_during_partition"), "{body}");
     n2.thaw().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -595,4 +600,5 @@ async fn connects_are_refused_while_a_node_is_away_when_partitions_are_not_allow
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert_eq!(common::http::get(n1.http_addr(), "/ready").await.0, 200);
 }

@@ -148,8 +148,19 @@ async fn cluster_api_and_metrics_show_members_and_links() {
         assert!(m["generation"].as_u64().unwrap() > 0);
         assert!(m["peer_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     }
+    // No secret here: said in the API, the metrics (and the log at start).
+    assert_eq!(v["secret"], false);
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("cluster.secret"),
+        "{v}"
+    );
     let text = get(http, "/metrics").await.1;
     for needle in [
+        "vibemq_cluster_unauthenticated 1",
+        "vibemq_ready 1",
         "vibemq_cluster_members 2",
         "vibemq_cluster_links_up 2",
         "vibemq_cluster_link_up{peer=\"node2\"} 1",

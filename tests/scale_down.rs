@@ -58,6 +58,10 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
         ),
     ];
     let [n1, n2, mut n3] = ProcessNode::three(env).await;
+    // These nodes share a secret (common::nodes::SECRET).
+    assert_eq!(n1.metric("vibemq_cluster_unauthenticated").await, 0.0);
+    let (_, cluster) = get(n1.http_addr(), "/api/v1/cluster").await;
+    assert_eq!(json(&cluster)["secret"], true, "{cluster}");
     let (mut mover, ack) = RawClient::connect_with(n3.addr(), persistent("mover")).await;
     assert!(!ack.session_present);
     mover.subscribe("move/#", QoS::AtLeastOnce).await;
