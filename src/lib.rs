@@ -227,18 +227,6 @@ impl Node {
             0 => codec::reason::SERVER_SHUTTING_DOWN,
             _ => codec::reason::USE_ANOTHER_SERVER,
         });
-        // With other nodes serving, the clients told to go reconnect there and claim their
-        // sessions from this node, which must still be here to hand them over.
-        let mut moving: Vec<(Arc<str>, Arc<broker::Session>)> = match others {
-            0 => Vec::new(),
-            _ => self
-                .broker
-                .sessions
-                .iter()
-                .filter(|s| s.value().is_online())
-                .map(|s| (s.key().clone(), s.value().clone()))
-                .collect(),
-        };
         let current = &self.broker.metrics.connections_current;
         tracing::info!(
             clients = current.load(Relaxed),
@@ -250,27 +238,40 @@ impl Node {
         for (_, _, task) in self.listeners {
             let _ = tokio::time::timeout_at(clients_end, task).await;
         }
-        // Told one after another over the first half of the phase rather than all at once,
-        // so that the nodes they move to are not flooded with reconnects; then whatever is
-        // left (connections still in their handshake) is closed.
-        let connected: Vec<Arc<broker::ConnectionControl>> = self
+        let online: Vec<(
+            Arc<str>,
+            Arc<broker::Session>,
+            Arc<broker::ConnectionControl>,
+        )> = self
             .broker
             .sessions
             .iter()
-            .filter_map(|s| s.value().state.lock().connection.clone())
+            .filter_map(|s| {
+                let control = s.value().state.lock().connection.clone()?;
+                Some((s.key().clone(), s.value().clone(), control))
+            })
             .collect();
+        // Told one after another over the first half of the phase rather than all at once,
+        // so that the nodes they move to are not flooded with reconnects; then whatever is
+        // left (connections still in their handshake) is closed.
         let start = tokio::time::Instant::now();
         let window = clients_end.saturating_duration_since(start) / 2;
         let code = self.broker.stop_reason();
-        for (i, control) in connected.iter().enumerate() {
+        for (i, (_, _, control)) in online.iter().enumerate() {
             // Each at its place in the window; those whose time has come go together.
-            let at = start + window.mul_f64(i as f64 / connected.len() as f64);
+            let at = start + window.mul_f64(i as f64 / online.len() as f64);
             if at > tokio::time::Instant::now() {
                 tokio::time::sleep_until(at).await;
             }
             control.kick(code);
         }
         self.shutdown.send_replace(true);
+        // With other nodes serving, the clients told to go reconnect there and claim their
+        // sessions from this node, which must still be here to hand them over.
+        let mut moving: Vec<(Arc<str>, Arc<broker::Session>)> = match others {
+            0 => Vec::new(),
+            _ => online.into_iter().map(|(id, s, _)| (id, s)).collect(),
+        };
         let broker = &self.broker;
         let settled = async {
             loop {
