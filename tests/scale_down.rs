@@ -171,6 +171,61 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
     assert!(n2.metric("vibemq_sessions_migrated_in").await >= 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_session_of_a_removed_node_gets_what_was_published_after_it_left() {
+    let [n1, n2, mut n3] = ProcessNode::three(Vec::new()).await;
+    // A device with a persistent session on node3 goes offline.
+    let (mut device, _) = RawClient::connect_with(n3.addr(), persistent("sleeper")).await;
+    device.subscribe("sleep/#", QoS::AtLeastOnce).await;
+    common::nodes::wait_routed(&n1, &n3, "sleep/probe").await;
+    drop(device);
+    let mut publisher = RawClient::connect(n1.addr(), Protocol::V5, "pub-s", true).await;
+    publish_acknowledged(&mut publisher, "sleep/x", 1, 10).await;
+    // node3 is removed (SIGTERM) while the device sleeps, and is gone.
+    let pid = n3.child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), n3.child.wait())
+        .await
+        .expect("node3 exits")
+        .expect("reaped");
+    assert_eq!(exit.code(), Some(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node_events(&n1, "left").await == 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "node3 never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // More is published for it after its node left, each acknowledged to its publisher.
+    publish_acknowledged(&mut publisher, "sleep/x", 11, 20).await;
+    // The device wakes up and connects to another node: its session, with all of it.
+    let (mut back, ack) = RawClient::connect_with(n2.addr(), persistent("sleeper")).await;
+    assert!(ack.session_present, "the session survived its node's removal");
+    let mut got = Vec::new();
+    while got.len() < 21 {
+        match back.try_recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Publish(m))) => {
+                if m.qos != QoS::AtMostOnce {
+                    back.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+                }
+                got.push(String::from_utf8_lossy(&m.payload).into_owned());
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            _ => break,
+        }
+    }
+    for i in 1..=20 {
+        assert!(
+            got.contains(&format!("m{i}")),
+            "m{i} missing; got {got:?}"
+        );
+    }
+}
+
 /// `vibemq_cluster_node_events_total{event="..."}` at `node`.
 async fn node_events(node: &ProcessNode, event: &str) -> f64 {
     let (_, text) = get(node.http_addr(), "/metrics").await;
