@@ -92,12 +92,7 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
         }));
     }
 
-    let pid = n3.child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    sigterm(&n3);
     // During server.shutdown_delay: not ready, and still serving (the endpoint is being
     // removed; clients that got here meanwhile are served, not refused).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -153,20 +148,8 @@ async fn sigterm_moves_clients_and_their_sessions_to_the_other_nodes() {
     publish_acknowledged(&mut publisher, "move/x", 21, 60).await;
     receive_in_order(&mut moved, 21, 60).await;
 
-    let exit = tokio::time::timeout(Duration::from_secs(20), n3.child.wait())
-        .await
-        .expect("node3 exits within its shutdown budget")
-        .expect("reaped");
-    assert_eq!(exit.code(), Some(0));
     // Its peers saw it leave, not fail.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while node_events(&n1, "left").await == 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node1 never saw node3 leave"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_left(&mut n3, &n1).await;
     assert_eq!(node_events(&n1, "failed").await, 0.0);
     assert!(n2.metric("vibemq_sessions_migrated_in").await >= 1.0);
 }
@@ -182,29 +165,16 @@ async fn an_offline_session_of_a_removed_node_gets_what_was_published_after_it_l
     let mut publisher = RawClient::connect(n1.addr(), Protocol::V5, "pub-s", true).await;
     publish_acknowledged(&mut publisher, "sleep/x", 1, 10).await;
     // node3 is removed (SIGTERM) while the device sleeps, and is gone.
-    let pid = n3.child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let exit = tokio::time::timeout(Duration::from_secs(20), n3.child.wait())
-        .await
-        .expect("node3 exits")
-        .expect("reaped");
-    assert_eq!(exit.code(), Some(0));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while node_events(&n1, "left").await == 0.0 {
-        assert!(tokio::time::Instant::now() < deadline, "node3 never left");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sigterm(&n3);
+    wait_left(&mut n3, &n1).await;
     // More is published for it after its node left, each acknowledged to its publisher.
     publish_acknowledged(&mut publisher, "sleep/x", 11, 20).await;
     // The device wakes up and connects to another node: its session, with all of it.
     let (mut back, ack) = RawClient::connect_with(n2.addr(), persistent("sleeper")).await;
-    assert!(ack.session_present, "the session survived its node's removal");
+    assert!(
+        ack.session_present,
+        "the session survived its node's removal"
+    );
     let mut got = Vec::new();
     while got.len() < 21 {
         match back.try_recv_within(Duration::from_secs(10)).await {
@@ -219,10 +189,36 @@ async fn an_offline_session_of_a_removed_node_gets_what_was_published_after_it_l
         }
     }
     for i in 1..=20 {
+        assert!(got.contains(&format!("m{i}")), "m{i} missing; got {got:?}");
+    }
+}
+
+/// SIGTERM to `node`'s process: the stop Kubernetes begins a pod's removal with.
+fn sigterm(node: &ProcessNode) {
+    let pid = node.child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Waits for `node` to exit 0 within its shutdown budget, then for `peer` to count it as left.
+async fn wait_left(node: &mut ProcessNode, peer: &ProcessNode) {
+    let exit = tokio::time::timeout(Duration::from_secs(20), node.child.wait())
+        .await
+        .expect("the node exits within its shutdown budget")
+        .expect("reaped");
+    assert_eq!(exit.code(), Some(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node_events(peer, "left").await == 0.0 {
         assert!(
-            got.contains(&format!("m{i}")),
-            "m{i} missing; got {got:?}"
+            tokio::time::Instant::now() < deadline,
+            "node{} never saw node{} leave",
+            peer.n,
+            node.n
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
