@@ -344,3 +344,50 @@ fn shared_subscription_strategy_takes_the_five_names() {
         "{e}"
     );
 }
+
+#[test]
+fn the_stop_phases_must_fit_in_shutdown_timeout() {
+    let c = Config::default_config();
+    let s = &c.server;
+    assert_eq!(
+        (
+            s.shutdown_delay,
+            s.shutdown_clients_timeout,
+            s.shutdown_cluster_timeout
+        ),
+        (0, 5, 5)
+    );
+    assert!(s.shutdown_timeout >= 10);
+    let c = load_str(
+        "[server]\nshutdown_delay = 5\nshutdown_clients_timeout = 15\nshutdown_timeout = 25\n",
+    )
+    .unwrap();
+    assert_eq!(c.server.shutdown_delay, 5);
+    let e = load_str("[server]\nshutdown_delay = 5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.shutdown_timeout") && e.contains("5 + 5 + 5 = 15"),
+        "{e}"
+    );
+    let e = load_str(&format!(
+        "[server]\nserver_reference = \"{}\"\n",
+        "x".repeat(1025)
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("server.server_reference"), "{e}");
+}
+
+#[test]
+fn join_timeout_is_bounded_and_named() {
+    assert_eq!(Config::default_config().cluster.join_timeout_ms, 10_000);
+    assert_eq!(
+        load_str("[cluster]\njoin_timeout_ms = 0\n")
+            .unwrap()
+            .cluster
+            .join_timeout_ms,
+        0
+    );
+    let e = load_str("[cluster]\njoin_timeout_ms = 3600001\n").unwrap_err();
+    assert!(e.to_string().contains("cluster.join_timeout_ms"), "{e}");
+}
