@@ -510,8 +510,8 @@ impl Cluster {
         if tokio::time::timeout_at(until, flushed).await.is_err() {
             tracing::warn!(
                 frames = pending(),
-                kept = self.store.is_some(),
-                "server.shutdown_cluster_timeout passed with relay queues not empty (kept: in the store for this node's next run)"
+                kept_in_store_for_next_run = self.store.is_some(),
+                "server.shutdown_cluster_timeout passed with relay queues not empty"
             );
         }
         // Gossip rounds for the "leaving" status to reach the others, within the deadline.

@@ -97,8 +97,8 @@ impl IpTable {
     }
 }
 
-/// Accepts connections on `listener` until `accepting` turns false (true: stop), each served
-/// in its own task, until `shutdown` closes it, as `kind` says: after the PROXY header
+/// Accepts connections on `listener` until `stop_accepting` turns true, each served in its
+/// own task until `shutdown` closes it, as `kind` says: after the PROXY header
 /// (`server.proxy_protocol`), the TLS handshake (with `tls`) and the WebSocket upgrade, all
 /// within `server.connect_timeout`.
 pub async fn serve(
