@@ -85,10 +85,15 @@ impl Acl {
                     user = Some(rest.to_string());
                 }
                 "topic" | "pattern" => {
-                    // `topic FILTER` alone means readwrite, as in mosquitto.
+                    // As mosquitto: `topic FILTER` alone means readwrite; an access word
+                    // must be followed by a filter (`topic deny` alone is an error, not a
+                    // grant on a topic named `deny`).
                     let (access, filter) = match rest.split_once(char::is_whitespace) {
                         Some((word, filter)) if Access::parse(word).is_some() => {
                             (Access::parse(word).expect("checked"), filter.trim())
+                        }
+                        None if Access::parse(rest).is_some() => {
+                            return Err(bad(&format!("`{keyword} {rest}` names no topic filter")));
                         }
                         _ => (Access::ReadWrite, rest),
                     };
@@ -116,15 +121,40 @@ impl Acl {
         self.rules_for(user, client_id).allows(action)
     }
 
-    /// The rules that apply to one client, its patterns filled in.
+    /// Whether the file has `user` sections: rules that only a verified user name may select.
+    pub fn has_user_sections(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// Whether a pattern names the user name (`%u`).
+    pub fn has_user_patterns(&self) -> bool {
+        self.patterns.iter().any(|r| r.filter.contains("%u"))
+    }
+
+    /// The rules that apply to one client, its patterns filled in. `user` must be a name
+    /// something verified (a password, a certificate): an unverified name is anonymous.
+    ///
+    /// A client id or user name is data, never part of a filter: where the value put in for
+    /// `%c` or `%u` is empty or holds `+`, `#` or `/` (which would widen the filter or reach
+    /// into another level, mosquitto's CVE-2017-7650), a granting pattern grants that client
+    /// nothing and a `deny` pattern denies it everything.
     pub fn rules_for(&self, user: Option<&str>, client_id: &str) -> ClientRules {
         let own = match user {
             Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous[..],
         };
+        let mut deny_all = false;
         let patterns = self.patterns.iter().filter_map(|r| {
+            let names_user = r.filter.contains("%u");
+            let names_client = r.filter.contains("%c");
             // A pattern naming the user name applies to clients that have one.
-            if r.filter.contains("%u") && user.is_none() {
+            if names_user && user.is_none() {
+                return None;
+            }
+            let unsafe_value = (names_client && !safe_level(client_id))
+                || (names_user && !user.is_some_and(safe_level));
+            if unsafe_value {
+                deny_all |= r.access == Access::Deny;
                 return None;
             }
             let filter = r
@@ -136,10 +166,14 @@ impl Acl {
                 filter,
             })
         });
-        ClientRules {
-            rules: own.iter().cloned().chain(patterns).collect(),
-        }
+        let rules = own.iter().cloned().chain(patterns).collect();
+        ClientRules { rules, deny_all }
     }
+}
+
+/// Whether a client id or user name can stand for exactly one topic level.
+fn safe_level(value: &str) -> bool {
+    !value.is_empty() && !value.contains(['+', '#', '/'])
 }
 
 /// The rules of one client, resolved once (a connection keeps them until the ACL is reloaded),
@@ -147,10 +181,15 @@ impl Acl {
 #[derive(Debug)]
 pub struct ClientRules {
     rules: Vec<Rule>,
+    /// A `deny` pattern could not be filled in safely: everything is refused.
+    deny_all: bool,
 }
 
 impl ClientRules {
     pub fn allows(&self, action: Action<'_>) -> bool {
+        if self.deny_all {
+            return false;
+        }
         let write = matches!(action, Action::Publish(_));
         let applies = |rule: &Rule| match action {
             Action::Subscribe(f) => covers(&rule.filter, f),
@@ -248,6 +287,62 @@ pattern read users/%u/inbox
         assert!(!a.allows(None, "c3", Action::Subscribe("users//inbox")));
         // A user with no lines of their own gets only the patterns.
         assert!(!a.allows(Some("carol"), "c3", Action::Publish("sensors/t1")));
+    }
+
+    #[test]
+    fn client_ids_and_user_names_are_never_part_of_a_filter() {
+        let a = acl();
+        // The attack of CVE-2017-7650: client id `+` subscribing to `clients/+/#`.
+        for id in ["+", "#", "a/b", "x/+", ""] {
+            let rules = a.rules_for(None, id);
+            assert!(
+                !rules.allows(Action::Subscribe("clients/+/#")),
+                "client id {id:?}"
+            );
+            assert!(!rules.allows(Action::Receive("clients/victim/secret")));
+            assert!(!rules.allows(Action::Receive("clients/a/b")));
+            assert!(!rules.allows(Action::Publish("clients/a/b/x")));
+            // What is not a pattern still holds for them.
+            assert!(rules.allows(Action::Subscribe("public/#")));
+        }
+        // The control: an ordinary id gets its own tree and only that.
+        let plain = a.rules_for(None, "a");
+        assert!(plain.allows(Action::Subscribe("clients/a/#")));
+        assert!(!plain.allows(Action::Subscribe("clients/+/#")));
+        // %u likewise.
+        for user in ["+", "#", "a/b"] {
+            let rules = a.rules_for(Some(user), "c9");
+            assert!(
+                !rules.allows(Action::Subscribe("users/+/inbox")),
+                "{user:?}"
+            );
+            assert!(!rules.allows(Action::Receive("users/carol/inbox")));
+        }
+        assert!(a.allows(Some("carol"), "c9", Action::Receive("users/carol/inbox")));
+        // A deny pattern that cannot be filled in safely denies everything.
+        let deny = Acl::parse("topic readwrite #\npattern deny private/%c/#\n").unwrap();
+        assert!(deny.allows(None, "ok", Action::Publish("x")));
+        assert!(!deny.allows(None, "ok", Action::Publish("private/ok/x")));
+        assert!(!deny.allows(None, "+", Action::Publish("x")));
+        assert!(!deny.allows(None, "+", Action::Subscribe("$SYS/#")));
+    }
+
+    #[test]
+    fn an_access_word_alone_is_an_error_as_in_mosquitto() {
+        for line in [
+            "topic deny",
+            "topic read",
+            "pattern write",
+            "topic readwrite ",
+        ] {
+            let e = Acl::parse(line).unwrap_err();
+            assert!(e.starts_with("line 1"), "{line}: {e}");
+        }
+        // A filter after the word, or a filter alone (readwrite), as before.
+        let a = Acl::parse("topic deny a/b\ntopic c/d\n").unwrap();
+        assert!(!a.allows(None, "x", Action::Publish("a/b")));
+        assert!(a.allows(None, "x", Action::Publish("c/d")));
+        assert!(!a.allows(None, "x", Action::Publish("deny")));
     }
 
     #[test]
