@@ -21,7 +21,8 @@ RUN touch src/lib.rs src/main.rs \
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home vibemq \
-    && mkdir -p /etc/vibemq /var/lib/vibemq && chown 10001:10001 /var/lib/vibemq
+    && mkdir -p /etc/vibemq /var/lib/vibemq /var/lib/vibemq-secret \
+    && chown 10001:10001 /var/lib/vibemq /var/lib/vibemq-secret
 COPY --from=build /src/target/release/vibemq /usr/local/bin/vibemq
 COPY config/default.toml /etc/vibemq/vibemq.toml
 USER 10001:10001

@@ -14,11 +14,14 @@ binary=target/release/vibemq
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/usr/local/bin" "$root/etc/vibemq" "$root/tmp" "$root/var/lib/vibemq"
+mkdir -p "$root/usr/local/bin" "$root/etc/vibemq" "$root/tmp" "$root/var/lib/vibemq" "$root/var/lib/vibemq-secret"
 chmod 1777 "$root/tmp"
 # The store's directory (persistence.dir in the deployment files), the node's user's: a volume
 # mounted there starts with this owner.
-chown 10001:10001 "$root/var/lib/vibemq" 2>/dev/null || chmod 1777 "$root/var/lib/vibemq"
+# The same for the directory the Compose cluster's secret is made in (volume cluster-secret).
+for dir in var/lib/vibemq var/lib/vibemq-secret; do
+    chown 10001:10001 "$root/$dir" 2>/dev/null || chmod 1777 "$root/$dir"
+done
 cp "$binary" "$root/usr/local/bin/vibemq"
 # The release profile keeps debug info for profiling; the image does not need it.
 strip --strip-debug "$root/usr/local/bin/vibemq" 2>/dev/null || true

@@ -47,6 +47,26 @@ pub struct Node {
     tls: Option<Arc<mqtt::tls::Tls>>,
 }
 
+/// Says in one line what the listeners open: loopback only (and how to open beyond it), or
+/// which listeners admit anonymous clients beyond loopback.
+fn log_exposure(broker: &Broker, listeners: &[(config::ListenerKind, SocketAddr, JoinHandle<()>)]) {
+    let beyond: Vec<String> = listeners
+        .iter()
+        .filter(|(_, addr, _)| !addr.ip().is_loopback())
+        .map(|(_, addr, _)| addr.to_string())
+        .collect();
+    if beyond.is_empty() {
+        tracing::info!(
+            "listening on loopback only: to serve other hosts set server.bind = \"0.0.0.0:1883\" with auth.password_file (or auth.allow_anonymous = true)"
+        );
+    } else if broker.auth.anonymous() == auth::Anonymous::Allowed {
+        tracing::warn!(
+            listeners = %beyond.join(", "),
+            "anonymous clients admitted beyond loopback (auth.allow_anonymous = true)"
+        );
+    }
+}
+
 impl Node {
     /// Binds the listeners and starts serving. Port 0 in a listener's address (or `http.bind`)
     /// picks a free port; `listener_addr` (and `http_addr`) tell which.
@@ -140,6 +160,7 @@ impl Node {
         for (kind, addr, _) in &listeners {
             tracing::info!(listener = kind.name(), %addr, "listening for MQTT");
         }
+        log_exposure(&broker, &listeners);
         tracing::info!(
             ?http_addr,
             version = env!("CARGO_PKG_VERSION"),

@@ -25,10 +25,11 @@ pub enum Limit {
     ConnectionsPerIp,
     Connections,
     InboundQos2,
+    ConcurrentHashes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 15] = [
         Limit::TopicLevels,
         Limit::TopicLength,
         Limit::SubscriptionsPerClient,
@@ -43,6 +44,7 @@ impl Limit {
         Limit::ConnectionsPerIp,
         Limit::Connections,
         Limit::InboundQos2,
+        Limit::ConcurrentHashes,
     ];
 
     /// The limit a topic name or filter ran into.
@@ -70,6 +72,7 @@ impl Limit {
             Limit::ConnectionsPerIp => "server.max_connections_per_ip",
             Limit::Connections => "server.max_connections",
             Limit::InboundQos2 => "mqtt.max_inflight",
+            Limit::ConcurrentHashes => "auth.max_concurrent_hashes",
         }
     }
 }

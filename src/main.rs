@@ -51,6 +51,10 @@ struct Cli {
     /// Cluster seeds, comma-separated host:port (cluster.seeds).
     #[arg(long)]
     seeds: Option<String>,
+    /// Clients without credentials: true or false (auth.allow_anonymous; unset: on loopback
+    /// listeners only).
+    #[arg(long)]
+    allow_anonymous: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,6 +84,13 @@ enum Command {
         /// The user name.
         user: String,
     },
+    /// Write a new cluster secret (32 random bytes, base64; `cluster.secret_file`) to FILE,
+    /// readable by its owner only, unless FILE already holds one (then nothing changes): a
+    /// one-shot container making the secret its cluster's nodes share.
+    Secret {
+        /// The secret file to create.
+        file: PathBuf,
+    },
 }
 
 impl Cli {
@@ -108,6 +119,11 @@ impl Cli {
             ("http.bind", &self.http_bind, "--http-bind"),
             ("cluster.node_id", &self.node_id, "--node-id"),
             ("cluster.seeds", &self.seeds, "--seeds"),
+            (
+                "auth.allow_anonymous",
+                &self.allow_anonymous,
+                "--allow-anonymous",
+            ),
         ];
         flags
             .into_iter()
@@ -138,6 +154,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Passwd { file, user }) = &cli.command {
         return passwd(file, user);
+    }
+    if let Some(Command::Secret { file }) = &cli.command {
+        return secret(file);
     }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return match load(&cli, Some(file)) {
@@ -333,6 +352,44 @@ fn passwd(file: &std::path::Path, user: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("vibemq passwd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `vibemq secret FILE`.
+fn secret(file: &std::path::Path) -> ExitCode {
+    use base64::Engine;
+    use std::io::Write;
+    if let Ok(text) = std::fs::read_to_string(file)
+        && !text.trim().is_empty()
+    {
+        println!("{}: holds a secret already; kept", file.display());
+        return ExitCode::SUCCESS;
+    }
+    let mut key = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut key) {
+        eprintln!("vibemq secret: no randomness: {e}");
+        return ExitCode::from(1);
+    }
+    let line = format!(
+        "{}\n",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options
+        .open(file)
+        .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()))
+    {
+        Ok(()) => {
+            println!("{}: new cluster secret written", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vibemq secret: cannot write {}: {e}", file.display());
             ExitCode::from(1)
         }
     }

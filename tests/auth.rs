@@ -62,7 +62,10 @@ async fn connack(
     user: Option<&str>,
     pw: Option<&str>,
 ) -> u8 {
-    let mut c = connect_packet(protocol, "auth-probe", true);
+    // A client id of each user's own: with auth.clientid_ownership a live session under one
+    // user's name is not another's to take.
+    let id = format!("auth-probe-{}", user.unwrap_or("anonymous"));
+    let mut c = connect_packet(protocol, &id, true);
     c.username = user.map(str::to_string);
     c.password = pw.map(|p| Bytes::copy_from_slice(p.as_bytes()));
     RawClient::connect_with(b.addr, c).await.1.code

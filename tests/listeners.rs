@@ -396,7 +396,9 @@ async fn proxy_protocol_behind_haproxy_gives_the_client_address() {
     let http = free_port();
     let config = write_config(
         &dir,
-        "[server]\nproxy_protocol = true\nmax_connections_per_ip = 1\n",
+        // Behind the PROXY protocol the clients are remote whatever the listener's address:
+        // anonymous ones only when the configuration says so.
+        "[server]\nproxy_protocol = true\nmax_connections_per_ip = 1\n[auth]\nallow_anonymous = true\n",
     );
     let http_bind = format!("127.0.0.1:{http}");
     let b = BrokerProcess::start(&["--config", &config, "--http-bind", &http_bind]).await;

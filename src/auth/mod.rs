@@ -10,6 +10,8 @@ pub mod passwords;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sha2::{Digest, Sha256};
@@ -26,40 +28,119 @@ pub enum Denied {
     BadCredentials,
     /// No credentials where they are required (v5 0x87, v3 0x05).
     Required,
+    /// No hashing slot came free within the wait (`auth.max_concurrent_hashes`; v5 0x89
+    /// Server busy, v3 server unavailable).
+    Busy,
 }
 
+/// Who may connect without credentials (`auth.allow_anonymous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anonymous {
+    /// `true` written somewhere: on every listener.
+    Allowed,
+    /// `false`, or "auto" with a password file: on none.
+    Refused,
+    /// "auto" without a password file: on loopback listeners only (mosquitto 2 without a
+    /// configuration listens on loopback only); never beyond it unless the configuration
+    /// says `true` in words.
+    LoopbackOnly,
+}
+
+impl Anonymous {
+    pub fn from_config(config: &AuthConfig) -> Anonymous {
+        match config.anonymous_setting() {
+            Ok(Some(true)) => Anonymous::Allowed,
+            Ok(Some(false)) => Anonymous::Refused,
+            _ if !config.password_file.is_empty() => Anonymous::Refused,
+            _ => Anonymous::LoopbackOnly,
+        }
+    }
+
+    /// Whether a client without verified credentials may connect on a listener that is
+    /// (`loopback`) or is not bound to a loopback address.
+    pub fn admits(self, loopback: bool) -> bool {
+        match self {
+            Anonymous::Allowed => true,
+            Anonymous::Refused => false,
+            Anonymous::LoopbackOnly => loopback,
+        }
+    }
+}
+
+/// The users of the password file in force, with what verification needs beside them.
+struct Users {
+    by_name: HashMap<String, passwords::Hash>,
+    /// A hash from the file, verified (and its verdict ignored) for names the file does not
+    /// know, so that they take as long to refuse as known names with a wrong password (user
+    /// names are not enumerable by timing).
+    decoy: Option<passwords::Hash>,
+}
+
+impl Users {
+    fn new(by_name: HashMap<String, passwords::Hash>) -> Users {
+        // The decoy is of the slowest kind the file holds, so an unknown name costs at
+        // least what a known one does.
+        let decoy = by_name.values().max_by_key(|h| h.cost_rank()).cloned();
+        Users { by_name, decoy }
+    }
+}
+
+/// Who may connect, as the `[auth]` files say, and what they may do there.
 pub struct Authenticator {
     password_file: Option<PathBuf>,
     acl_file: Option<PathBuf>,
     /// The ACL in force; None without an `acl_file` (everything allowed).
     acl: RwLock<Option<Arc<acl::Acl>>>,
-    allow_anonymous: bool,
-    users: RwLock<Arc<HashMap<String, passwords::Hash>>>,
-    verified: Mutex<HashMap<String, [u8; 32]>>,
+    anonymous: Anonymous,
+    /// Whether a certificate can name a user (`tls.use_identity_as_username` with a TLS
+    /// listener): with the password file, what may verify the user names an ACL's `user`
+    /// sections select.
+    certificates_name_users: bool,
+    users: RwLock<Arc<Users>>,
+    /// Bumped by every reload of the password file: a verification that started before it
+    /// does not fill the cache with what the old file said.
+    generation: AtomicU64,
+    /// (user) -> (SHA-256 of the password, the generation it was verified under).
+    verified: Mutex<HashMap<String, ([u8; 32], u64)>>,
+    /// Password hashing (deliberately slow and memory-hungry) runs on at most this many
+    /// blocking threads at once (`auth.max_concurrent_hashes`).
+    hashing: Arc<tokio::sync::Semaphore>,
 }
+
+/// What a CONNECT's credentials came to.
+pub type Verdict = Result<Option<Arc<str>>, Denied>;
 
 impl Authenticator {
     /// From the configuration; a password file that cannot be read or parsed is an error
-    /// naming the key.
-    pub fn from_config(config: &AuthConfig) -> Result<Authenticator, String> {
+    /// naming the key. `certificates_name_users`: `tls.use_identity_as_username` is on and a
+    /// TLS listener carries certificates.
+    pub fn from_config(
+        config: &AuthConfig,
+        certificates_name_users: bool,
+    ) -> Result<Authenticator, String> {
         let password_file =
             (!config.password_file.is_empty()).then(|| PathBuf::from(&config.password_file));
         let users = match &password_file {
             Some(path) => passwords::load(path).map_err(|e| format!("auth.password_file: {e}"))?,
             None => HashMap::new(),
         };
+        warn_weak_hashes(&users);
         let acl_file = (!config.acl_file.is_empty()).then(|| PathBuf::from(&config.acl_file));
+        let verifiable = password_file.is_some() || certificates_name_users;
         let acl = match &acl_file {
-            Some(path) => Some(Arc::new(load_acl(path)?)),
+            Some(path) => Some(Arc::new(load_acl_checked(path, verifiable)?)),
             None => None,
         };
         Ok(Authenticator {
-            allow_anonymous: config.anonymous_allowed(),
+            anonymous: Anonymous::from_config(config),
+            certificates_name_users,
             acl_file,
             acl: RwLock::new(acl),
             password_file,
-            users: RwLock::new(Arc::new(users)),
+            users: RwLock::new(Arc::new(Users::new(users))),
+            generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
+            hashing: Arc::new(tokio::sync::Semaphore::new(config.hash_slots())),
         })
     }
 
@@ -70,9 +151,12 @@ impl Authenticator {
             password_file: Some(PathBuf::from(&config.password_file)),
             acl_file: None,
             acl: RwLock::new(None),
-            allow_anonymous: false,
-            users: RwLock::new(Arc::new(HashMap::new())),
+            anonymous: Anonymous::Refused,
+            certificates_name_users: false,
+            users: RwLock::new(Arc::new(Users::new(HashMap::new()))),
+            generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
+            hashing: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -81,17 +165,22 @@ impl Authenticator {
     pub fn reload(&self) -> Result<usize, String> {
         let mut errors = Vec::new();
         if let Some(path) = &self.acl_file {
-            match load_acl(path) {
+            let verifiable = self.password_file.is_some() || self.certificates_name_users;
+            match load_acl_checked(path, verifiable) {
                 Ok(acl) => *self.acl.write() = Some(Arc::new(acl)),
                 Err(e) => errors.push(e),
             }
         }
-        let mut n = self.users.read().len();
+        let mut n = self.users.read().by_name.len();
         if let Some(path) = &self.password_file {
             match passwords::load(path) {
                 Ok(users) => {
                     n = users.len();
-                    *self.users.write() = Arc::new(users);
+                    warn_weak_hashes(&users);
+                    // The generation first: a verification finishing after this point sees
+                    // it changed and does not cache what the old file said.
+                    self.generation.fetch_add(1, Ordering::SeqCst);
+                    *self.users.write() = Arc::new(Users::new(users));
                     self.verified.lock().clear();
                 }
                 Err(e) => errors.push(format!("auth.password_file: {e}")),
@@ -109,64 +198,136 @@ impl Authenticator {
         self.acl.read().is_some()
     }
 
-    /// Whether the client (`user`, None when anonymous) may do `action`.
     /// The ACL in force (None: no file, everything allowed). A reload replaces the `Arc`.
     pub fn acl(&self) -> Option<Arc<acl::Acl>> {
         self.acl.read().clone()
     }
 
+    /// Whether the client (`user`: a verified user name, None when anonymous) may do `action`.
     pub fn allows(&self, user: Option<&str>, client_id: &str, action: acl::Action<'_>) -> bool {
         let acl = self.acl.read().clone();
         acl.is_none_or(|acl| acl.allows(user, client_id, action))
     }
 
-    /// Decides a CONNECT's credentials. Password hashing (deliberately slow) runs off the
-    /// async workers, once per user and password until the next reload.
+    /// Who anonymous clients are to this node (`auth.allow_anonymous`).
+    pub fn anonymous(&self) -> Anonymous {
+        self.anonymous
+    }
+
+    /// Decides a CONNECT's credentials: Ok(Some(user)) when the password file verified the
+    /// user name, Ok(None) for a client admitted as anonymous (no user name, or one that
+    /// nothing can verify: it selects no ACL rules), or why it is refused. `loopback`: the
+    /// listener is bound to a loopback address. Hashing (deliberately slow) runs off the
+    /// async workers on at most `auth.max_concurrent_hashes` threads, waiting at most `wait`
+    /// for one; a user and password verified once are remembered until the next reload.
     pub async fn authenticate(
         self: &Arc<Self>,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<(), Denied> {
-        let Some(user) = username else {
-            return if self.allow_anonymous {
-                Ok(())
+        loopback: bool,
+        wait: Duration,
+    ) -> Verdict {
+        let anonymous = || {
+            if self.anonymous.admits(loopback) {
+                Ok(None)
             } else {
                 Err(Denied::Required)
-            };
+            }
         };
+        let Some(user) = username else {
+            return anonymous();
+        };
+        if self.password_file.is_none() {
+            // Nothing can verify the name: the client is anonymous (mosquitto without a
+            // password file), and the name selects no rules.
+            return anonymous();
+        }
         let users = self.users.read().clone();
-        let Some(hash) = users.get(user).cloned() else {
-            // A name the file does not know: anonymous if that is allowed and there is no
-            // file to check it against (as mosquitto), else refused.
-            return if self.password_file.is_none() && self.allow_anonymous {
-                Ok(())
-            } else if self.password_file.is_none() {
-                Err(Denied::Required)
-            } else {
-                Err(Denied::BadCredentials)
-            };
+        let (hash, known) = match users.by_name.get(user) {
+            Some(hash) => (Some(hash.clone()), true),
+            None => (users.decoy.clone(), false),
         };
         let Some(password) = password else {
             return Err(Denied::BadCredentials);
         };
         let fingerprint: [u8; 32] = Sha256::digest(password).into();
-        if self.verified.lock().get(user) == Some(&fingerprint) {
-            return Ok(());
+        let generation = self.generation.load(Ordering::SeqCst);
+        if known && self.verified.lock().get(user) == Some(&(fingerprint, generation)) {
+            return Ok(Some(Arc::from(user)));
         }
+        let Some(hash) = hash else {
+            // An empty file: nothing to verify against, and nothing to learn by timing.
+            return Err(Denied::BadCredentials);
+        };
+        let permit = match tokio::time::timeout(wait, self.hashing.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(Denied::Busy),
+        };
         let password = password.to_vec();
-        let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
-            .await
-            .unwrap_or(false);
-        if !ok {
+        // The permit goes with the hash: a connection that gives up waiting does not free a
+        // slot whose thread is still hashing.
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = hash.verify(&password);
+            drop(permit);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if !ok || !known {
             return Err(Denied::BadCredentials);
         }
+        self.remember(user, fingerprint, generation);
+        Ok(Some(Arc::from(user)))
+    }
+
+    /// Caches a verified password, unless the file was reloaded since the verification began
+    /// (`generation`): then it may be a password the new file no longer has.
+    fn remember(&self, user: &str, fingerprint: [u8; 32], generation: u64) {
         let mut verified = self.verified.lock();
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
         if verified.len() >= CACHE_ENTRIES {
             verified.clear();
         }
-        verified.insert(user.to_string(), fingerprint);
-        Ok(())
+        verified.insert(user.to_string(), (fingerprint, generation));
     }
+}
+
+/// Says, once per load, which users have hashes that are cheap to brute-force.
+fn warn_weak_hashes(users: &HashMap<String, passwords::Hash>) {
+    let mut weak: Vec<&str> = users
+        .iter()
+        .filter(|(_, h)| h.is_weak())
+        .map(|(u, _)| u.as_str())
+        .collect();
+    if weak.is_empty() {
+        return;
+    }
+    weak.sort_unstable();
+    let names: Vec<String> = weak
+        .iter()
+        .take(20)
+        .map(|u| crate::limits::printable(u).to_string())
+        .collect();
+    tracing::warn!(
+        users = %names.join(", "),
+        count = weak.len(),
+        "auth.password_file: weak password hashes ($6$ one round of SHA-512, or $7$ below mosquitto's 101 iterations): set these passwords again with `vibemq passwd FILE USER` (argon2id) or mosquitto_passwd"
+    );
+}
+
+/// Reads and parses an ACL file; `user` sections are refused when nothing can verify a user
+/// name (`verifiable` false): anyone could claim the name and get its rules.
+pub fn load_acl_checked(path: &std::path::Path, verifiable: bool) -> Result<acl::Acl, String> {
+    let acl = load_acl(path)?;
+    if acl.has_user_sections() && !verifiable {
+        return Err(format!(
+            "auth.acl_file: {} has `user` sections, but nothing verifies user names (set auth.password_file, or tls.use_identity_as_username with a TLS listener): anyone could claim a name and get its rules",
+            path.display()
+        ));
+    }
+    Ok(acl)
 }
 
 /// Reads and parses an ACL file; the error names the key.
@@ -180,60 +341,188 @@ pub fn load_acl(path: &std::path::Path) -> Result<acl::Acl, String> {
 mod tests {
     use super::*;
 
-    fn auth(file: Option<&str>, allow_anonymous: &str) -> Arc<Authenticator> {
-        let path = file.map(|text| {
-            let path = std::env::temp_dir().join(format!(
-                "vibemq-auth-{}-{}",
-                std::process::id(),
-                text.len()
-            ));
-            std::fs::write(&path, text).unwrap();
-            path
-        });
-        let config = AuthConfig {
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn file(text: &str) -> String {
+        use std::sync::atomic::AtomicUsize;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "vibemq-auth-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    fn config(password_file: Option<&str>, allow_anonymous: &str) -> AuthConfig {
+        AuthConfig {
             allow_anonymous: allow_anonymous.into(),
-            password_file: path
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string()),
-            acl_file: String::new(),
-        };
-        Arc::new(Authenticator::from_config(&config).unwrap())
+            password_file: password_file.map_or(String::new(), file),
+            max_concurrent_hashes: 2,
+            ..AuthConfig::default()
+        }
+    }
+
+    fn auth(password_file: Option<&str>, allow_anonymous: &str) -> Arc<Authenticator> {
+        Arc::new(
+            Authenticator::from_config(&config(password_file, allow_anonymous), false).unwrap(),
+        )
     }
 
     #[tokio::test]
     async fn credentials_are_checked_against_the_file_and_cached() {
         let line = format!("alice:{}\n", passwords::hash_argon2id(b"s3cret").unwrap());
         let a = auth(Some(&line), "auto");
-        assert!(
-            !a.allow_anonymous,
-            "a password file turns anonymous off unless allowed"
+        let alice = Some(Arc::from("alice"));
+        let check = |user, pw| a.authenticate(user, pw, true, WAIT);
+        assert_eq!(
+            check(Some("alice"), Some(b"s3cret")).await,
+            Ok(alice.clone())
         );
-        assert_eq!(a.authenticate(Some("alice"), Some(b"s3cret")).await, Ok(()));
         assert_eq!(a.verified.lock().len(), 1, "remembered");
-        assert_eq!(a.authenticate(Some("alice"), Some(b"s3cret")).await, Ok(()));
+        assert_eq!(check(Some("alice"), Some(b"s3cret")).await, Ok(alice));
         assert_eq!(
-            a.authenticate(Some("alice"), Some(b"wrong")).await,
+            check(Some("alice"), Some(b"wrong")).await,
             Err(Denied::BadCredentials)
         );
         assert_eq!(
-            a.authenticate(Some("alice"), None).await,
+            check(Some("alice"), None).await,
             Err(Denied::BadCredentials)
         );
         assert_eq!(
-            a.authenticate(Some("mallory"), Some(b"s3cret")).await,
+            check(Some("mallory"), Some(b"s3cret")).await,
             Err(Denied::BadCredentials)
         );
-        assert_eq!(a.authenticate(None, None).await, Err(Denied::Required));
+        // A password file turns anonymous clients away unless allowed, even on loopback.
+        assert_eq!(check(None, None).await, Err(Denied::Required));
         let open = auth(Some(&line), "true");
-        assert_eq!(open.authenticate(None, None).await, Ok(()));
+        assert_eq!(open.authenticate(None, None, false, WAIT).await, Ok(None));
     }
 
     #[tokio::test]
-    async fn without_a_file_anonymous_is_the_default() {
+    async fn anonymous_by_default_only_on_loopback_and_names_without_a_file_verify_nothing() {
         let a = auth(None, "auto");
-        assert_eq!(a.authenticate(None, None).await, Ok(()));
-        assert_eq!(a.authenticate(Some("any"), Some(b"x")).await, Ok(()));
+        assert_eq!(a.anonymous(), Anonymous::LoopbackOnly);
+        assert_eq!(a.authenticate(None, None, true, WAIT).await, Ok(None));
+        assert_eq!(
+            a.authenticate(None, None, false, WAIT).await,
+            Err(Denied::Required),
+            "auto never means open beyond loopback"
+        );
+        // A claimed name is no identity: anonymous (and refused where anonymous is).
+        assert_eq!(
+            a.authenticate(Some("admin"), Some(b"x"), true, WAIT).await,
+            Ok(None)
+        );
+        assert_eq!(
+            a.authenticate(Some("admin"), Some(b"x"), false, WAIT).await,
+            Err(Denied::Required)
+        );
+        let open = auth(None, "true");
+        assert_eq!(open.authenticate(None, None, false, WAIT).await, Ok(None));
         let closed = auth(None, "false");
-        assert_eq!(closed.authenticate(None, None).await, Err(Denied::Required));
+        assert_eq!(
+            closed.authenticate(None, None, true, WAIT).await,
+            Err(Denied::Required)
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_users_pay_a_hash_and_hashing_waits_for_a_slot() {
+        let line = format!("alice:{}\n", passwords::hash_argon2id(b"s3cret").unwrap());
+        let a = auth(Some(&line), "auto");
+        assert!(a.users.read().decoy.is_some(), "a decoy from the file");
+        // Every slot taken: a check waits, and past its wait is refused as busy.
+        let held = a.hashing.clone().acquire_many_owned(2).await.unwrap();
+        let short = Duration::from_millis(50);
+        assert_eq!(
+            a.authenticate(Some("alice"), Some(b"s3cret"), true, short)
+                .await,
+            Err(Denied::Busy)
+        );
+        // An unknown user waits for a slot too: it is hashed like a known one.
+        assert_eq!(
+            a.authenticate(Some("mallory"), Some(b"x"), true, short)
+                .await,
+            Err(Denied::Busy)
+        );
+        // The control: with a slot free, the same checks complete.
+        drop(held);
+        assert_eq!(
+            a.authenticate(Some("mallory"), Some(b"x"), true, WAIT)
+                .await,
+            Err(Denied::BadCredentials)
+        );
+        assert!(
+            a.authenticate(Some("alice"), Some(b"s3cret"), true, WAIT)
+                .await
+                .is_ok()
+        );
+        assert_eq!(a.hashing.available_permits(), 2, "every slot given back");
+    }
+
+    #[tokio::test]
+    async fn a_verification_that_raced_a_reload_is_not_remembered() {
+        let path = file(&format!(
+            "alice:{}\n",
+            passwords::hash_argon2id(b"old").unwrap()
+        ));
+        let cfg = AuthConfig {
+            password_file: path.clone(),
+            ..AuthConfig::default()
+        };
+        let a = Arc::new(Authenticator::from_config(&cfg, false).unwrap());
+        assert!(
+            a.authenticate(Some("alice"), Some(b"old"), true, WAIT)
+                .await
+                .is_ok()
+        );
+        // The old password verified under generation 0; the file changes.
+        std::fs::write(
+            &path,
+            format!("alice:{}\n", passwords::hash_argon2id(b"new").unwrap()),
+        )
+        .unwrap();
+        a.reload().unwrap();
+        assert!(a.verified.lock().is_empty(), "a reload forgets");
+        // A verification that began before the reload finishes after it: not cached.
+        a.remember("alice", Sha256::digest(b"old").into(), 0);
+        assert!(a.verified.lock().is_empty());
+        assert_eq!(
+            a.authenticate(Some("alice"), Some(b"old"), true, WAIT)
+                .await,
+            Err(Denied::BadCredentials)
+        );
+        assert!(
+            a.authenticate(Some("alice"), Some(b"new"), true, WAIT)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn user_sections_need_something_that_verifies_names() {
+        let acl = file("user admin\ntopic #\n");
+        let cfg = AuthConfig {
+            acl_file: acl.clone(),
+            ..AuthConfig::default()
+        };
+        let e = Authenticator::from_config(&cfg, false).err().unwrap();
+        assert!(e.contains("auth.acl_file") && e.contains("verifies"), "{e}");
+        // Certificates that name users, or a password file, make it valid.
+        assert!(Authenticator::from_config(&cfg, true).is_ok());
+        let with_file = AuthConfig {
+            acl_file: acl,
+            password_file: file("alice:$7$101$AAAA$BBBB\n"),
+            ..AuthConfig::default()
+        };
+        assert!(Authenticator::from_config(&with_file, false).is_ok());
+        // Patterns and anonymous rules need nothing verified.
+        let plain = AuthConfig {
+            acl_file: file("topic read a/#\npattern readwrite c/%c/#\n"),
+            ..AuthConfig::default()
+        };
+        assert!(Authenticator::from_config(&plain, false).is_ok());
     }
 }

@@ -53,6 +53,25 @@ impl Hash {
         }
     }
 
+    /// Orders hashes by what verifying one costs (the slowest kind last).
+    pub fn cost_rank(&self) -> u64 {
+        match self {
+            Hash::Sha512 { .. } => 1,
+            Hash::Pbkdf2Sha512 { iterations, .. } => 1 + u64::from(*iterations),
+            Hash::Argon2(_) => u64::MAX,
+        }
+    }
+
+    /// Cheap to brute-force: one round of SHA-512 (`$6$`), or PBKDF2 below the 101 iterations
+    /// mosquitto_passwd uses by default.
+    pub fn is_weak(&self) -> bool {
+        match self {
+            Hash::Sha512 { .. } => true,
+            Hash::Pbkdf2Sha512 { iterations, .. } => *iterations < 101,
+            Hash::Argon2(_) => false,
+        }
+    }
+
     /// Whether `password` matches (in constant time for the comparison).
     pub fn verify(&self, password: &[u8]) -> bool {
         match self {
@@ -191,6 +210,21 @@ mod tests {
         let users = parse_file(&format!("# users\n{line}\n\n{argon}\n")).unwrap();
         assert!(users["old"].verify(b"pw") && !users["old"].verify(b"px"));
         assert!(users["new"].verify(b"pw2") && !users["new"].verify(b"pw"));
+    }
+
+    #[test]
+    fn one_round_of_sha512_and_few_iterations_are_weak() {
+        let users = parse_file(&format!(
+            "{MOSQUITTO_2}\nfew:$7$10$WsF3kjeR+oBiqOe0$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==\nold:$6$AAAA$BBBB\nnew:{}\n",
+            hash_argon2id(b"x").unwrap()
+        ))
+        .unwrap();
+        assert!(!users["alice"].is_weak(), "mosquitto_passwd's default");
+        assert!(users["few"].is_weak());
+        assert!(users["old"].is_weak());
+        assert!(!users["new"].is_weak());
+        assert!(users["new"].cost_rank() > users["alice"].cost_rank());
+        assert!(users["alice"].cost_rank() > users["old"].cost_rank());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub auth_bad_credentials: AtomicU64,
     /// CONNECTs refused for coming without credentials where they are required.
     pub auth_required: AtomicU64,
+    /// CONNECTs refused because their client id's session belongs to another identity
+    /// (`auth.clientid_ownership`).
+    pub auth_clientid_owned: AtomicU64,
     /// TLS handshakes that failed or did not finish in time (a wrong CA, no client
     /// certificate where one is required, an expired one, plain MQTT on the TLS port).
     pub tls_handshake_failures: AtomicU64,

@@ -111,7 +111,9 @@ impl Config {
                 .map_err(|e| err(format!("auth.password_file: {e}")))?;
         }
         if !self.auth.acl_file.is_empty() {
-            crate::auth::load_acl(std::path::Path::new(&self.auth.acl_file)).map_err(err)?;
+            let verifiable = !self.auth.password_file.is_empty() || self.certificates_name_users();
+            crate::auth::load_acl_checked(std::path::Path::new(&self.auth.acl_file), verifiable)
+                .map_err(err)?;
         }
         let m = &self.mqtt;
         if m.max_packet_size < 64 || m.max_packet_size > 268_435_460 {
@@ -229,6 +231,16 @@ impl Config {
 }
 
 impl Config {
+    /// Whether a client certificate names its user (`tls.use_identity_as_username` with a
+    /// TLS listener on: `server.tls_bind` or `server.wss_bind`).
+    pub fn certificates_name_users(&self) -> bool {
+        self.tls.use_identity_as_username
+            && self
+                .server
+                .listeners()
+                .is_ok_and(|l| l.iter().any(|(kind, _)| kind.uses_tls()))
+    }
+
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
         for (i, seed) in c.seeds.iter().enumerate() {
@@ -311,6 +323,11 @@ impl Config {
                 c.join_timeout_ms
             )));
         }
+        if c.max_pending_handshakes == 0 {
+            return Err(err(
+                "cluster.max_pending_handshakes: must be at least 1 (got 0)",
+            ));
+        }
         if c.session_replicas > 8 {
             return Err(err(format!(
                 "cluster.session_replicas: must be from 0 to 8 (got {})",
@@ -320,9 +337,16 @@ impl Config {
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
         }
-        c.secret_keys()?;
+        let secrets = c.secret_keys()?;
+        let beyond_loopback = !c.gossip_addr.ip().is_loopback() || !c.peer_addr.ip().is_loopback();
+        if c.enabled && beyond_loopback && secrets.is_empty() && !c.allow_insecure {
+            return Err(err(format!(
+                "cluster.secret: required when the cluster listens beyond loopback (gossip_addr {}, peer_addr {}): anyone reaching those ports could read every routed message and claim sessions; set cluster.secret or cluster.secret_file (`head -c32 /dev/urandom | base64`), or cluster.allow_insecure = true on a network nobody else reaches",
+                c.gossip_addr, c.peer_addr
+            )));
+        }
         if c.enabled && c.tls {
-            crate::cluster::peer_tls::PeerTls::load(&self.tls).map_err(err)?;
+            crate::cluster::peer_tls::PeerTls::load(&self.tls, c).map_err(err)?;
         }
         Ok(())
     }

@@ -117,17 +117,46 @@ impl ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `true`, `false`, or unset ("auto": true without a password file, false with one).
+    /// `true`, `false`, or unset ("auto": on loopback listeners only, and only without a
+    /// password file).
     pub allow_anonymous: String,
     /// mosquitto_passwd's format; `vibemq passwd FILE USER` writes argon2id entries.
     pub password_file: String,
     /// mosquitto's acl_file syntax.
     pub acl_file: String,
+    /// Password hashes verified at once, at most (0: as many as the machine has cores).
+    pub max_concurrent_hashes: usize,
+    /// Whether a client id belongs to the identity that made its session.
+    pub clientid_ownership: ClientIdOwnership,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: "auto".into(),
+            password_file: String::new(),
+            acl_file: String::new(),
+            max_concurrent_hashes: 0,
+            clientid_ownership: ClientIdOwnership::Enforce,
+        }
+    }
+}
+
+/// Whether a client id belongs to the identity that made its session
+/// (`auth.clientid_ownership`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdOwnership {
+    /// A CONNECT for a live or stored session made under another verified identity is
+    /// refused (v5 0x87, v3 0x05); sessions made anonymously belong to nobody.
+    Enforce,
+    /// Any client may take any client id over (MQTT's own rule).
+    Off,
 }
 
 impl AuthConfig {
     /// `allow_anonymous` as set: Some(yes or no), None for "auto"; Err for anything else.
-    pub(super) fn anonymous_setting(&self) -> Result<Option<bool>, ()> {
+    pub(crate) fn anonymous_setting(&self) -> Result<Option<bool>, ()> {
         match self.allow_anonymous.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(None),
             "true" | "1" | "yes" | "on" => Ok(Some(true)),
@@ -136,11 +165,12 @@ impl AuthConfig {
         }
     }
 
-    /// Whether clients without credentials may connect.
-    pub fn anonymous_allowed(&self) -> bool {
-        match self.anonymous_setting() {
-            Ok(Some(allowed)) => allowed,
-            _ => self.password_file.is_empty(),
+    /// How many password hashes may be verified at once (`max_concurrent_hashes`, or the
+    /// number of cores for 0).
+    pub fn hash_slots(&self) -> usize {
+        match self.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
         }
     }
 }
@@ -293,8 +323,16 @@ pub struct ClusterConfig {
     /// Base64 secrets, the sealing one first.
     pub secret: Vec<String>,
     pub secret_file: String,
-    /// Peer links in TLS with the `[tls]` certificate, verified against `tls.client_ca_file`.
+    /// Run without a secret on addresses beyond loopback (refused otherwise).
+    pub allow_insecure: bool,
+    /// Peer connections authenticating at once, at most; further ones are closed at once.
+    pub max_pending_handshakes: usize,
+    /// Peer links in TLS with the `[tls]` certificate, verified against `ca_file`.
     pub tls: bool,
+    /// The CA that signs the nodes' certificates (peer TLS), apart from the clients' CA.
+    pub ca_file: String,
+    /// A name a peer's certificate must carry (`*.` for one label); empty: any.
+    pub tls_peer_name: String,
     pub gossip_interval_ms: u64,
     pub failure_phi_threshold: f64,
     pub failure_max_interval_ms: u64,

@@ -4,19 +4,22 @@ use super::*;
 
 #[test]
 fn allow_anonymous_is_a_boolean_or_unset() {
-    let auth = |text: &str| load_str(text).map(|c| c.auth);
-    assert!(auth("").unwrap().anonymous_allowed(), "no file: allowed");
-    assert!(
-        !auth("[auth]\nallow_anonymous = false\n")
-            .unwrap()
-            .anonymous_allowed()
+    use crate::auth::Anonymous;
+    let anonymous = |text: &str| load_str(text).map(|c| Anonymous::from_config(&c.auth));
+    assert_eq!(
+        anonymous("").unwrap(),
+        Anonymous::LoopbackOnly,
+        "unset: loopback listeners only"
     );
-    assert!(
-        auth("[auth]\nallow_anonymous = true\n")
-            .unwrap()
-            .anonymous_allowed()
+    assert_eq!(
+        anonymous("[auth]\nallow_anonymous = false\n").unwrap(),
+        Anonymous::Refused
     );
-    let e = auth("[auth]\nallow_anonymous = \"maybe\"\n").unwrap_err();
+    assert_eq!(
+        anonymous("[auth]\nallow_anonymous = true\n").unwrap(),
+        Anonymous::Allowed
+    );
+    let e = anonymous("[auth]\nallow_anonymous = \"maybe\"\n").unwrap_err();
     assert!(e.to_string().contains("auth.allow_anonymous"), "{e}");
     let from_env = Config::load(
         None,
@@ -27,7 +30,7 @@ fn allow_anonymous_is_a_boolean_or_unset() {
         )],
     )
     .unwrap();
-    assert!(!from_env.auth.anonymous_allowed());
+    assert_eq!(Anonymous::from_config(&from_env.auth), Anonymous::Refused);
 }
 
 fn load_str(text: &str) -> Result<Config, ConfigError> {
@@ -46,7 +49,12 @@ fn load_str(text: &str) -> Result<Config, ConfigError> {
 #[test]
 fn defaults_match_the_documented_values() {
     let c = Config::default_config();
-    assert_eq!(c.server.bind.to_string(), "0.0.0.0:1883");
+    // Closed by default: nothing listens beyond loopback without a configuration saying so.
+    assert_eq!(c.server.bind.to_string(), "127.0.0.1:1883");
+    assert_eq!(c.http.bind.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.auth.allow_anonymous, "auto");
+    assert_eq!(c.auth.clientid_ownership, ClientIdOwnership::Enforce);
+    assert!(!c.cluster.allow_insecure);
     assert_eq!(c.mqtt.max_keepalive, 65535);
     assert_eq!(c.mqtt.max_packet_size, 1_048_576);
     assert_eq!(c.mqtt.max_inflight, 32);
@@ -115,8 +123,28 @@ fn overrides_apply_in_order_and_are_typed() {
 }
 
 #[test]
+fn a_cluster_beyond_loopback_needs_a_secret_or_the_words_allow_insecure() {
+    let open = "[cluster]\nenabled = true\n";
+    let e = load_str(open).unwrap_err();
+    assert!(
+        e.0.starts_with("cluster.secret: required when the cluster listens beyond loopback"),
+        "{e}"
+    );
+    // Either address beyond loopback is enough to need one.
+    let half = "[cluster]\nenabled = true\ngossip_addr = \"127.0.0.1:7946\"\n";
+    assert!(load_str(half).is_err());
+    // Controls: a secret, the words, loopback addresses, or no cluster at all.
+    let key = "secret = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n";
+    assert!(load_str(&format!("{open}{key}")).is_ok());
+    assert!(load_str(&format!("{open}allow_insecure = true\n")).is_ok());
+    let local = "[cluster]\nenabled = true\ngossip_addr = \"127.0.0.1:7946\"\npeer_addr = \"127.0.0.1:7947\"\n";
+    assert!(load_str(local).is_ok());
+    assert!(load_str("[cluster]\nenabled = false\n").is_ok());
+}
+
+#[test]
 fn cluster_section_in_both_forms_and_its_errors() {
-    let table = "[cluster]\nenabled = true\nnode_id = \"n1\"\nseeds = [\"n2@node2:7946\", \"10.0.0.3:7946\"]\n";
+    let table = "[cluster]\nenabled = true\nallow_insecure = true\nnode_id = \"n1\"\nseeds = [\"n2@node2:7946\", \"10.0.0.3:7946\"]\n";
     let c = load_str(table).unwrap();
     assert!(c.cluster.enabled);
     assert_eq!(c.cluster.seed_addresses(), ["node2:7946", "10.0.0.3:7946"]);

@@ -72,8 +72,9 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub protocol: Protocol,
     pub client_id: Arc<str>,
-    /// The CONNECT's user name, for the ACL (None: anonymous).
-    pub username: Option<Arc<str>>,
+    /// The verified user name (a password or a certificate vouched for it), for the ACL and
+    /// client id ownership; None: anonymous (no user name, or one nothing verified).
+    pub identity: Option<Arc<str>>,
     /// This client's ACL rules and the ACL they came from, resolved at the first check.
     pub acl_rules:
         std::cell::RefCell<Option<(Arc<crate::auth::acl::Acl>, crate::auth::acl::ClientRules)>>,
@@ -138,9 +139,9 @@ pub(super) async fn run<S: ClientStream>(
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    admission: super::listener::Admission,
+    entry: (super::listener::Admission, bool),
 ) {
-    if let Some(serving) = Box::pin(open(stream, peer, broker, shutdown, admission)).await {
+    if let Some(serving) = Box::pin(open(stream, peer, broker, shutdown, entry)).await {
         serving.await;
     }
 }
@@ -154,12 +155,12 @@ pub(super) async fn open<S: ClientStream>(
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    admission: super::listener::Admission,
+    entry: (super::listener::Admission, bool),
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let counted = Counted::new(&broker);
     let mut stream = stream;
     let mut rbuf = BytesMut::new();
-    match super::connect::handshake(&mut stream, &mut rbuf, peer, &broker, admission).await {
+    match super::connect::handshake(&mut stream, &mut rbuf, peer, &broker, entry).await {
         super::connect::Handshake::Connected(conn) => {
             let (reader, writer) = stream.into_halves();
             return Some(Box::new(conn).serve(reader, writer, rbuf, shutdown, counted));

@@ -287,7 +287,7 @@ impl Connection {
         match &*resolved {
             Some((source, rules)) if Arc::ptr_eq(source, &acl) => rules.allows(action),
             _ => {
-                let rules = acl.rules_for(self.username.as_deref(), &self.client_id);
+                let rules = acl.rules_for(self.identity.as_deref(), &self.client_id);
                 let verdict = rules.allows(action);
                 *resolved = Some((acl, rules));
                 verdict

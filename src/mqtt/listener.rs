@@ -111,6 +111,10 @@ pub async fn serve(
 ) {
     let mut stop = stop_accepting;
     let table = Arc::new(IpTable::default());
+    // Anonymous clients are welcome by default on a loopback listener only; behind the PROXY
+    // protocol the clients are remote whatever the listener's address.
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
+        && !broker.config.server.proxy_protocol;
     let mut accepted: u64 = 0;
     loop {
         tokio::select! {
@@ -125,6 +129,7 @@ pub async fn serve(
                         kind,
                         tls: tls.clone(),
                         accepted,
+                        loopback,
                     };
                     tokio::spawn(opening.open(stream, socket));
                 }
@@ -148,6 +153,8 @@ struct Opening {
     tls: Option<Arc<Tls>>,
     /// This listener's count of accepted sockets so far.
     accepted: u64,
+    /// The listener is bound to a loopback address (and not behind the PROXY protocol).
+    loopback: bool,
 }
 
 impl Opening {
@@ -188,7 +195,7 @@ impl Opening {
                     Ok(Ok(stream)) => self.upgrade(stream, peer, deadline, admission).await,
                     Ok(Err(e)) => {
                         Metrics::add(&broker.metrics.tls_handshake_failures, 1);
-                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        super::client_cert::log_refusal(peer, &e);
                     }
                     Err(_) => {
                         Metrics::add(&broker.metrics.tls_handshake_failures, 1);
@@ -212,7 +219,8 @@ impl Opening {
         // future: served here, every connection's task would be as large as the largest path
         // through this one (the TLS handshake, the CONNECT handshake) for its whole life.
         if !self.kind.uses_websocket() {
-            let opened = super::connection::open(stream, peer, broker, self.shutdown, admission);
+            let entry = (admission, self.loopback);
+            let opened = super::connection::open(stream, peer, broker, self.shutdown, entry);
             if let Some(serving) = opened.await {
                 tokio::spawn(serving);
             }
@@ -222,7 +230,8 @@ impl Opening {
         match tokio::time::timeout_at(deadline, super::websocket::accept(stream, max_packet)).await
         {
             Ok(Ok(ws)) => {
-                let opened = super::connection::open(ws, peer, broker, self.shutdown, admission);
+                let entry = (admission, self.loopback);
+                let opened = super::connection::open(ws, peer, broker, self.shutdown, entry);
                 if let Some(serving) = opened.await {
                     tokio::spawn(serving);
                 }

@@ -3,6 +3,7 @@
 //! packets, runs the CONNECT handshake and the QoS handshakes, and writes what the session has
 //! queued. It turns bytes into broker calls; routing and session state live in `broker`.
 
+mod client_cert;
 mod connect;
 mod connection;
 mod durable;
@@ -19,8 +20,9 @@ pub use stream::{CertificateIdentity, ClientStream};
 pub use tls::acceptor as tls_acceptor;
 
 /// Serves one client connection over any byte stream to its end, as the listener does for
-/// each accepted socket (admitted, with no per-IP accounting). For other transports and for
-/// driving a whole connection in tests and fuzzing.
+/// each accepted socket (admitted, with no per-IP accounting, and as local as a loopback
+/// listener: in-process streams). For other transports and for driving a whole connection in
+/// tests and fuzzing.
 pub async fn serve_connection<S: ClientStream>(
     stream: S,
     peer: std::net::SocketAddr,
@@ -32,7 +34,7 @@ pub async fn serve_connection<S: ClientStream>(
         peer,
         broker,
         shutdown,
-        listener::Admission::Admitted(None),
+        (listener::Admission::Admitted(None), true),
     )
     .await
 }

@@ -3,6 +3,7 @@
 //! `http.api_token` set, the API (and with `http.protect_metrics` the metrics) answer only
 //! requests bearing the token; health and readiness stay open for probes.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,20 +28,46 @@ struct AppState {
 
 /// What the admin endpoints require.
 enum ApiToken {
-    /// No token configured.
+    /// No token configured, on a loopback bind: only this host reaches it.
     Open,
-    /// `http.api_token` (or the file's).
-    Required(String),
+    /// `http.api_token` (or the file's), kept as its SHA-256: requests are compared digest to
+    /// digest, so neither the token's bytes nor its length show in the time a refusal takes.
+    Required([u8; 32]),
     /// The token file became unreadable after start-up: closed, never open.
     Closed,
+    /// No token and a bind beyond loopback: the API is off (health, readiness and metrics
+    /// stay).
+    Off,
 }
 
-/// Whether the request bears the admin token (always, when none is set). Compared in constant
-/// time.
+impl ApiToken {
+    /// The API's guard for a bind on `bind_ip`, from `http.api_token` (or its file).
+    fn new(token: Result<Option<String>, crate::config::ConfigError>, bind_ip: IpAddr) -> ApiToken {
+        use sha2::Digest;
+        match token {
+            Ok(Some(token)) => ApiToken::Required(sha2::Sha256::digest(token.as_bytes()).into()),
+            Ok(None) if bind_ip.is_loopback() => ApiToken::Open,
+            Ok(None) => {
+                tracing::warn!(
+                    bind = %bind_ip,
+                    "admin API off: http.bind is not loopback and no http.api_token (or api_token_file) is set; /health, /ready and /metrics are served"
+                );
+                ApiToken::Off
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin token unreadable: the API refuses every request");
+                ApiToken::Closed
+            }
+        }
+    }
+}
+
+/// Whether the request bears the admin token (always, when none is set on loopback).
 fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
+    use sha2::Digest;
     let token = match &app.token {
         ApiToken::Open => return true,
-        ApiToken::Closed => return false,
+        ApiToken::Closed | ApiToken::Off => return false,
         ApiToken::Required(token) => token,
     };
     let given = headers
@@ -48,15 +75,23 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
+    given
+        .iter()
+        .zip(token)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
-fn unauthorized() -> Response {
+/// The refusal of a request without the token (or of any, while the API is off).
+fn unauthorized(app: &AppState) -> Response {
+    if matches!(app.token, ApiToken::Off) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "the admin API is off: http.bind is not loopback and no http.api_token is set" })),
+        )
+            .into_response();
+    }
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -69,14 +104,10 @@ fn unauthorized() -> Response {
 pub async fn serve(listener: TcpListener, ops: Arc<OpsState>, mut shutdown: watch::Receiver<bool>) {
     let registry = metrics::registry(ops.clone());
     // Validated at start-up; a file that vanished since leaves the API closed, never open.
-    let token = match ops.broker.config.http.token() {
-        Ok(Some(token)) => ApiToken::Required(token),
-        Ok(None) => ApiToken::Open,
-        Err(e) => {
-            tracing::error!(error = %e, "admin token unreadable: the API refuses every request");
-            ApiToken::Closed
-        }
-    };
+    let bind_ip = listener
+        .local_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let token = ApiToken::new(ops.broker.config.http.token(), bind_ip);
     let protect_metrics = ops.broker.config.http.protect_metrics;
     let app = Router::new()
         .route("/health", get(health))
@@ -137,7 +168,7 @@ async fn ready(State(app): State<Arc<AppState>>) -> Response {
 
 async fn prometheus(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if app.protect_metrics && !authorized(&app, &headers) {
-        return unauthorized();
+        return unauthorized(&app);
     }
     let text = metrics::render(&app.registry);
     (
@@ -152,7 +183,7 @@ async fn prometheus(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Res
 
 async fn cluster(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if !authorized(&app, &headers) {
-        return unauthorized();
+        return unauthorized(&app);
     }
     cluster_view(&app).into_response()
 }
@@ -213,7 +244,7 @@ async fn clients(
     Query(q): Query<Page>,
 ) -> Response {
     if !authorized(&app, &headers) {
-        return unauthorized();
+        return unauthorized(&app);
     }
     clients_page(&app, &q).into_response()
 }

@@ -228,6 +228,7 @@ impl Collector for StateCollector {
         let auth = [
             ("bad_credentials", Metrics::get(&m.auth_bad_credentials)),
             ("required", Metrics::get(&m.auth_required)),
+            ("clientid_owned", Metrics::get(&m.auth_clientid_owned)),
         ]
         .map(|(r, v)| (r.to_string(), v));
         counter(
@@ -560,6 +561,18 @@ impl Collector for StateCollector {
             "vibemq_cluster_auth_failures",
             "Peer links refused for authentication",
             Metrics::get(&cm.auth_failures),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_links_closed_secret_withdrawn",
+            "Peer connections closed because a reload took their cluster secret out of force",
+            Metrics::get(&cm.links_closed_secret_withdrawn),
+        )?;
+        counter(
+            &mut e,
+            "vibemq_cluster_handshakes_refused",
+            "Peer connections closed at once: cluster.max_pending_handshakes were still authenticating",
+            Metrics::get(&cm.handshakes_refused),
         )?;
         let events = [
             ("joined", Metrics::get(&cm.nodes_joined)),
