@@ -53,6 +53,8 @@ pub struct Claim {
     pub holders: Vec<(Arc<str>, Subscriptions)>,
     /// A newer claim answered first: the connection goes once attached.
     pub superseded: bool,
+    /// A node holds the session for another identity: the connection is refused.
+    pub owned_elsewhere: bool,
 }
 
 /// What a node holds for a claimed client id.
@@ -65,6 +67,9 @@ pub enum Holding {
     /// A session, kept whole (its connection closed) until the claimant releases it: its
     /// subscriptions, which the claimant makes first so that nothing published meanwhile is lost.
     Session(Subscriptions),
+    /// A session that belongs to another identity (`auth.clientid_ownership`): left as it
+    /// is, its connection untouched; the claimant's CONNECT is refused.
+    Owned,
 }
 
 /// How long a session whose connection was closed for a claim stays at least, waiting for the
@@ -81,6 +86,7 @@ impl Broker {
         client_id: &str,
         clean_start: bool,
         order: &ClaimOrder,
+        identity: Option<&str>,
     ) -> Holding {
         let Some(session) = self.sessions.get(client_id).map(|s| s.clone()) else {
             return Holding::Nothing;
@@ -89,6 +95,12 @@ impl Broker {
             let mut st = session.state.lock();
             if st.ended {
                 return Holding::Nothing;
+            }
+            // Checked before anything is touched: a claim under another identity neither
+            // closes the connection nor ends the session.
+            if self.ownership_enforced() && !super::session::may_take(st.owner.as_deref(), identity)
+            {
+                return Holding::Owned;
             }
             if st.claim.as_ref().is_some_and(|c| c > order) {
                 return Holding::Superseded;
@@ -109,7 +121,12 @@ impl Broker {
             let (generation, expiry, will_delay) = {
                 let st = session.state.lock();
                 if let Some(j) = &st.journal {
-                    j.meta(st.expiry_interval, false, st.will.as_ref());
+                    j.meta(
+                        st.expiry_interval,
+                        false,
+                        st.will.as_ref(),
+                        st.owner.as_deref(),
+                    );
                 }
                 (
                     st.generation,
@@ -134,6 +151,22 @@ impl Broker {
                 .map(|(f, r)| (f.clone(), StoredSubscription::from_record(r)))
                 .collect(),
         )
+    }
+
+    /// Whether the session of `client_id` here belongs to another identity than `identity`,
+    /// with `auth.clientid_ownership = "enforce"`.
+    pub fn owned_by_another(&self, client_id: &str, identity: Option<&str>) -> bool {
+        self.ownership_enforced()
+            && self.sessions.get(client_id).is_some_and(|s| {
+                let st = s.state.lock();
+                !st.ended && !super::session::may_take(st.owner.as_deref(), identity)
+            })
+    }
+
+    /// Whether client ids belong to their sessions' identities
+    /// (`auth.clientid_ownership = "enforce"`).
+    pub fn ownership_enforced(&self) -> bool {
+        self.config.auth.clientid_ownership == crate::config::ClientIdOwnership::Enforce
     }
 
     /// The claimant (`order`) made the session's subscriptions: the session leaves this node

@@ -40,7 +40,10 @@ async fn a_session_moves_whole_and_its_copies_are_dropped() {
         ..Default::default()
     };
     let control = ConnectionControl::new(a.next_connection_id());
-    let at_a = a.attach(&client, false, &control, 600, None).await;
+    let at_a = a
+        .attach(&client, false, &control, (600, None), None)
+        .await
+        .unwrap();
     a.subscribe(&at_a.session, "t/#", None, options, Some(7));
     let detach = Detach {
         expiry_interval: 600,
@@ -71,7 +74,7 @@ async fn a_session_moves_whole_and_its_copies_are_dropped() {
         stamp: 1,
         node: "z".into(),
     };
-    match a.hold_for_claim(&client, false, &order).await {
+    match a.hold_for_claim(&client, false, &order, None).await {
         Holding::Session(subs) => {
             assert_eq!(subs.len(), 1);
             assert_eq!(subs[0].0, "t/#");
@@ -80,7 +83,7 @@ async fn a_session_moves_whole_and_its_copies_are_dropped() {
         other => panic!("expected the session, got {other:?}"),
     }
     assert!(matches!(
-        a.hold_for_claim(&client, false, &older).await,
+        a.hold_for_claim(&client, false, &older, None).await,
         Holding::Superseded
     ));
     assert!(
@@ -89,7 +92,10 @@ async fn a_session_moves_whole_and_its_copies_are_dropped() {
     );
 
     let control_b = ConnectionControl::new(b.next_connection_id());
-    let at_b = b.attach(&client, false, &control_b, 600, None).await;
+    let at_b = b
+        .attach(&client, false, &control_b, (600, None), None)
+        .await
+        .unwrap();
     b.subscribe(&at_b.session, "t/#", None, options, Some(7));
     b.publish_from_peer(Arc::new(copy.clone()), true, &[], &mut Held::default());
     assert_eq!(payloads(&at_b.session), ["3"]);

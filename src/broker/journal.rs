@@ -134,15 +134,27 @@ impl Journal {
         })
     }
 
-    /// The session's own record: its expiry, whether its connection is gone, and the will.
-    pub fn meta(&self, expiry_interval: u32, connected: bool, will: Option<&PendingWill>) {
-        self.replicate(|_| ReplicaOp::Expiry { expiry_interval });
+    /// The session's own record: its expiry, whether its connection is gone, the will, and
+    /// the identity that owns it.
+    pub fn meta(
+        &self,
+        expiry_interval: u32,
+        connected: bool,
+        will: Option<&PendingWill>,
+        owner: Option<&str>,
+    ) {
+        let owner = owner.map(str::to_string);
+        self.replicate(|_| ReplicaOp::Meta {
+            expiry_interval,
+            owner: owner.clone(),
+        });
         self.submit(|| Op::Meta {
             client: self.client.clone(),
             meta: SessionMeta {
                 expiry_interval,
                 disconnected_at_ms: (!connected).then(super::now_ms),
                 will: will.map(StoredWill::from_pending),
+                owner,
             },
         });
     }

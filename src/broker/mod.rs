@@ -71,9 +71,15 @@ pub trait ClusterHook: Send + Sync {
     /// As `route_gate` whatever `cluster.subscribe_ack` says: what a session moving here
     /// waits for before its old node lets go of it.
     fn handover_gate(&self, keys: &[&str]) -> Option<RouteGate>;
-    /// A connection for `client_id` is attaching here: every live node closes its connection
-    /// for that id and says what session it holds (see `handover`).
-    fn claim<'a>(&'a self, client_id: &'a Arc<str>, clean_start: bool) -> BoxFuture<'a, Claim>;
+    /// A connection for `client_id` (of verified `identity`, None when anonymous) is
+    /// attaching here: every live node closes its connection for that id and says what
+    /// session it holds (see `handover`), unless the session belongs to another identity.
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a Arc<str>,
+        clean_start: bool,
+        identity: Option<&'a str>,
+    ) -> BoxFuture<'a, Claim>;
     /// Asks `node` for the session it holds for `client_id`, for the claim `order`.
     fn release<'a>(
         &'a self,
@@ -175,6 +181,23 @@ pub struct Attached {
     pub session_present: bool,
 }
 
+/// Why a connection could not attach to its client id's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachRefused {
+    /// The session (live or stored, here or on another node) belongs to another identity
+    /// (`auth.clientid_ownership = "enforce"`).
+    OwnedByAnother,
+}
+
+/// What a connection attaching brings (see `Broker::attach`).
+struct Attaching<'a> {
+    clean_start: bool,
+    control: &'a Arc<ConnectionControl>,
+    expiry_interval: u32,
+    will: Option<&'a PendingWill>,
+    identity: Option<&'a Arc<str>>,
+}
+
 /// What a closing connection leaves behind for its session.
 pub struct Detach {
     /// Session Expiry Interval now in force (0 ends the session; u32::MAX never expires).
@@ -193,7 +216,7 @@ impl Broker {
         };
         let slow_disconnect = config.mqtt.slow_subscriber == SlowSubscriber::Disconnect;
         let shared_strategy = config.mqtt.shared_subscription_strategy;
-        let auth = crate::auth::Authenticator::from_config(&config.auth).unwrap_or_else(|e| {
+        let auth = crate::auth::Authenticator::from_config(&config.auth, config.certificates_name_users()).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot load the password file: refusing every client until it loads (SIGHUP)");
             crate::auth::Authenticator::deny_all(&config.auth)
         });
@@ -436,25 +459,53 @@ impl Broker {
     /// In a cluster the client id is claimed from every live node first: a connection for it
     /// elsewhere is closed (0x8E), and a session held elsewhere comes here (or ends there, for
     /// a clean start).
+    /// `identity` is the connection's verified user name (None: anonymous): with
+    /// `auth.clientid_ownership = "enforce"` a session made under another identity, here or
+    /// on any node, is left alone and the connection refused, before anything is touched.
     pub async fn attach(
         &self,
         client_id: &Arc<str>,
         clean_start: bool,
         control: &Arc<ConnectionControl>,
-        expiry_interval: u32,
-        will: Option<&PendingWill>,
-    ) -> Attached {
+        (expiry_interval, will): (u32, Option<&PendingWill>),
+        identity: Option<&Arc<str>>,
+    ) -> Result<Attached, AttachRefused> {
         let started = tokio::time::Instant::now();
+        if self.owned_by_another(client_id, identity.map(|i| &**i)) {
+            return Err(AttachRefused::OwnedByAnother);
+        }
         let cluster = self.cluster.get().cloned();
         let claim = match &cluster {
-            Some(cluster) => Some(cluster.claim(client_id, clean_start).await),
+            Some(cluster) => {
+                let claim = cluster
+                    .claim(client_id, clean_start, identity.map(|i| &**i))
+                    .await;
+                if claim.owned_elsewhere {
+                    cluster.settle_claim(client_id, &claim.order);
+                    return Err(AttachRefused::OwnedByAnother);
+                }
+                Some(claim)
+            }
             None => None,
         };
-        let mut attached = self
-            .attach_here(client_id, clean_start, control, expiry_interval, will)
-            .await;
+        let attaching = Attaching {
+            clean_start,
+            control,
+            expiry_interval,
+            will,
+            identity,
+        };
+        let mut attached = match self.attach_here(client_id, &attaching).await {
+            Ok(attached) => attached,
+            Err(refused) => {
+                if let (Some(cluster), Some(claim)) = (&cluster, &claim) {
+                    cluster.settle_claim(client_id, &claim.order);
+                }
+                return Err(refused);
+            }
+        };
         let (Some(cluster), Some(claim)) = (cluster, claim) else {
-            return attached;
+            return Ok(attached);
         };
         attached.session.state.lock().claim = Some(claim.order.clone());
         if !claim.superseded {
@@ -478,7 +529,7 @@ impl Broker {
         if !cluster.settle_claim(client_id, &claim.order) || claim.superseded {
             self.claim_lost(client_id, control.id);
         }
-        attached
+        Ok(attached)
     }
 
     /// Whether a connection may attach now: in a cluster with
@@ -495,23 +546,31 @@ impl Broker {
     async fn attach_here(
         &self,
         client_id: &Arc<str>,
-        clean_start: bool,
-        control: &Arc<ConnectionControl>,
-        expiry_interval: u32,
-        will: Option<&PendingWill>,
-    ) -> Attached {
+        a: &Attaching<'_>,
+    ) -> Result<Attached, AttachRefused> {
+        let (clean_start, control, expiry_interval, will) =
+            (a.clean_start, a.control, a.expiry_interval, a.will);
+        let enforce = self.ownership_enforced();
         loop {
             let existing = self.sessions.get(client_id).map(|s| s.clone());
             if let Some(session) = &existing {
                 let previous = {
                     let mut st = session.state.lock();
+                    // Before the connection there is closed: a CONNECT under another
+                    // identity neither takes the session nor ends it.
+                    if enforce
+                        && !st.ended
+                        && !session::may_take(st.owner.as_deref(), a.identity.map(|i| &**i))
+                    {
+                        return Err(AttachRefused::OwnedByAnother);
+                    }
                     match &st.connection {
                         Some(c) if c.id != control.id => st.connection.take(),
                         _ => None,
                     }
                 };
                 if let Some(previous) = previous {
-                    tracing::info!(client_id = %client_id, "client id taken over by a new connection");
+                    tracing::info!(client_id = %crate::limits::printable(client_id), "client id taken over by a new connection");
                     previous.kick(reason::SESSION_TAKEN_OVER);
                     let _ = tokio::time::timeout(TAKEOVER_WAIT, previous.closed()).await;
                     continue;
@@ -541,6 +600,11 @@ impl Broker {
             }
             st.connection = Some(control.clone());
             st.generation += 1;
+            // A verified identity owns what it attaches to (an anonymous session becomes its
+            // own); an anonymous connection leaves the owner as it is (none, or it was refused).
+            if let Some(identity) = a.identity {
+                st.owner = Some(identity.clone());
+            }
             // A new connection before the will delay elapsed cancels the will (MQTT-3.1.3-9),
             // and the session no longer expires.
             st.will = None;
@@ -561,17 +625,17 @@ impl Broker {
                 }
             }
             if let Some(j) = &st.journal {
-                j.meta(expiry_interval, true, will);
+                j.meta(expiry_interval, true, will, st.owner.as_deref());
             }
             if let Some(hook) = self.cluster.get() {
                 self.reconcile_session(&**hook, client_id, &mut st);
             }
             drop(st);
             self.set_online(&session, true);
-            return Attached {
+            return Ok(Attached {
                 session,
                 session_present,
-            };
+            });
         }
     }
 
@@ -608,7 +672,12 @@ impl Broker {
         }
         let will_delay = st.will.as_ref().map(|w| w.delay);
         if let Some(j) = st.journal.as_ref().filter(|_| !ends) {
-            j.meta(detach.expiry_interval, false, st.will.as_ref());
+            j.meta(
+                detach.expiry_interval,
+                false,
+                st.will.as_ref(),
+                st.owner.as_deref(),
+            );
         }
         drop(st);
         self.set_online(session, false);

@@ -103,6 +103,7 @@ impl Broker {
             st.inbound_qos2 = r.inbound_qos2.into_iter().collect();
             st.expiry_interval = meta.expiry_interval;
             st.will = will;
+            st.owner = meta.owner.as_deref().map(Arc::from);
             st.journal = Some(Box::new(Journal::new(
                 Some(store.clone()),
                 r.client.clone(),
@@ -111,7 +112,12 @@ impl Broker {
             )));
             // Its record now says "disconnected", from now: a second crash counts from here.
             if let Some(j) = &st.journal {
-                j.meta(meta.expiry_interval, false, st.will.as_ref());
+                j.meta(
+                    meta.expiry_interval,
+                    false,
+                    st.will.as_ref(),
+                    st.owner.as_deref(),
+                );
             }
             st.generation
         };

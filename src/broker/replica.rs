@@ -48,8 +48,10 @@ pub enum ReplicaOp {
         packet_id: u16,
         held: bool,
     },
-    Expiry {
+    /// The session's expiry and the identity that owns it.
+    Meta {
         expiry_interval: u32,
+        owner: Option<String>,
     },
     /// The session ended, or moved to another node (which replicates it afresh).
     Gone,
@@ -59,6 +61,8 @@ pub enum ReplicaOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaSnapshot {
     pub expiry_interval: u32,
+    /// The verified identity that owns the session (None: made anonymously).
+    pub owner: Option<String>,
     pub subscriptions: Subscriptions,
     /// By journal sequence number, with the packet id and state of those in flight.
     pub deliveries: Vec<(u64, StoredDelivery, Option<InflightMark>)>,
@@ -191,6 +195,7 @@ impl Broker {
         if !new.is_empty() {
             let snapshot = ReplicaSnapshot {
                 expiry_interval: st.expiry_interval,
+                owner: st.owner.as_deref().map(str::to_string),
                 subscriptions: st
                     .subscriptions
                     .iter()

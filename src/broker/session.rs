@@ -168,6 +168,16 @@ pub struct SessionState {
     /// Just after the session moved here: the messages it came with (see
     /// `handover::MessageId`), so that copies still on their way here are not queued twice.
     pub moved_in: Option<Box<std::collections::HashSet<super::handover::MessageId>>>,
+    /// The verified identity (user name) that made the session or last resumed it; None for
+    /// a session made anonymously, which belongs to nobody (`auth.clientid_ownership`).
+    pub owner: Option<Arc<str>>,
+}
+
+/// May a connection of `identity` (a verified user name, None when anonymous) take a session
+/// made by `owner`? A session made anonymously belongs to nobody; one made under an
+/// identity belongs to it alone.
+pub fn may_take(owner: Option<&str>, identity: Option<&str>) -> bool {
+    owner.is_none_or(|owner| identity == Some(owner))
 }
 
 pub struct Session {
@@ -235,6 +245,7 @@ impl Session {
                 unsent_inflight: 0,
                 claim: None,
                 moved_in: None,
+                owner: None,
                 next_packet_id: 1,
                 subscriptions: HashMap::new(),
                 inbound_qos2: HashSet::new(),

@@ -203,8 +203,13 @@ impl ClusterHook for Cluster {
         })
     }
 
-    fn claim<'a>(&'a self, client_id: &'a Arc<str>, clean_start: bool) -> BoxFuture<'a, Claim> {
-        Box::pin(self.claim_client(client_id, clean_start))
+    fn claim<'a>(
+        &'a self,
+        client_id: &'a Arc<str>,
+        clean_start: bool,
+        identity: Option<&'a str>,
+    ) -> BoxFuture<'a, Claim> {
+        Box::pin(self.claim_client(client_id, clean_start, identity))
     }
 
     fn release<'a>(

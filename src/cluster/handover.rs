@@ -43,6 +43,9 @@ pub enum SessionMessage {
         client: String,
         order: ClaimOrder,
         clean_start: bool,
+        /// The verified identity of the connection (None: anonymous): a session held for
+        /// another identity is not given up to it (`auth.clientid_ownership`).
+        identity: Option<String>,
         /// Nodes that did not answer this claim's first round: the receiver takes them for
         /// gone (a copy it keeps of their sessions may be claimed).
         gone: Vec<String>,
@@ -175,7 +178,12 @@ impl Cluster {
 
     /// Claims `client` for a connection attaching here: every live peer closes its
     /// connection for it and says what session it holds (ending it for a clean start).
-    pub(crate) async fn claim_client(&self, client: &Arc<str>, clean_start: bool) -> Claim {
+    pub(crate) async fn claim_client(
+        &self,
+        client: &Arc<str>,
+        clean_start: bool,
+        identity: Option<&str>,
+    ) -> Claim {
         let order = ClaimOrder {
             stamp: self.broker().map_or(0, |b| b.clock.now()),
             node: self.node_id.to_string(),
@@ -203,12 +211,13 @@ impl Cluster {
             order,
             holders: Vec::new(),
             superseded: false,
+            owned_elsewhere: false,
         };
         let names = |nodes: &[Arc<str>]| nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let answered = self
             .claim_round(
                 client,
-                clean_start,
+                (clean_start, identity),
                 peers.clone(),
                 &names(&gone),
                 deadline,
@@ -221,11 +230,15 @@ impl Cluster {
             .into_iter()
             .filter(|p| !answered.contains(p))
             .collect();
-        if !silent.is_empty() && claim.holders.is_empty() && !claim.superseded {
+        if !silent.is_empty()
+            && claim.holders.is_empty()
+            && !claim.superseded
+            && !claim.owned_elsewhere
+        {
             gone.extend(silent);
             self.claim_round(
                 client,
-                clean_start,
+                (clean_start, identity),
                 answered,
                 &names(&gone),
                 deadline,
@@ -235,11 +248,14 @@ impl Cluster {
         }
         let gone = names(&gone);
         // A copy kept here of a session whose node died: this node is a holder too.
-        if !claim.superseded
-            && let Some(subscriptions) =
-                self.claim_replica(client, &claim.order, clean_start, &gone)
-        {
-            claim.holders.push((self.node_id.clone(), subscriptions));
+        if !claim.superseded && !claim.owned_elsewhere {
+            match self.claim_replica(client, &claim.order, clean_start, &gone, identity) {
+                Holding::Session(subscriptions) => {
+                    claim.holders.push((self.node_id.clone(), subscriptions))
+                }
+                Holding::Owned => claim.owned_elsewhere = true,
+                Holding::Nothing | Holding::Superseded => {}
+            }
         }
         claim
     }
@@ -249,7 +265,7 @@ impl Cluster {
     async fn claim_round(
         &self,
         client: &Arc<str>,
-        clean_start: bool,
+        (clean_start, identity): (bool, Option<&str>),
         peers: Vec<Arc<str>>,
         gone: &[String],
         deadline: tokio::time::Instant,
@@ -262,6 +278,7 @@ impl Cluster {
                 client: client.to_string(),
                 order: claim.order.clone(),
                 clean_start,
+                identity: identity.map(str::to_string),
                 gone: gone.to_vec(),
             };
             match self.ask(&node, message) {
@@ -279,6 +296,7 @@ impl Cluster {
                         Holding::Session(subscriptions) => {
                             claim.holders.push((node.clone(), subscriptions))
                         }
+                        Holding::Owned => claim.owned_elsewhere = true,
                     }
                     answered.push(node);
                 }
@@ -386,12 +404,13 @@ impl Cluster {
                 client,
                 order,
                 clean_start,
+                identity,
                 gone,
             } => {
                 let (cluster, peer) = (self.clone(), peer.clone());
                 tokio::spawn(async move {
                     let holding = cluster
-                        .answer_claim(&client, &order, clean_start, &gone)
+                        .answer_claim(&client, &order, (clean_start, identity.as_deref()), &gone)
                         .await;
                     cluster.answer(&peer, SessionMessage::Answer { request, holding });
                 });
@@ -474,13 +493,18 @@ impl Cluster {
         &self,
         client: &str,
         order: &ClaimOrder,
-        clean_start: bool,
+        (clean_start, identity): (bool, Option<&str>),
         gone: &[String],
     ) -> Holding {
         let Some(broker) = self.broker() else {
             return Holding::Nothing;
         };
         broker.clock.observe(order.stamp);
+        // A claim under another identity than the session's changes nothing here: not the
+        // newest claim seen (which would supersede the owner's own connect), not the session.
+        if broker.owned_by_another(client, identity) {
+            return Holding::Owned;
+        }
         {
             let mut pending = self.handover.pending.lock();
             if let Some(mine) = pending.get_mut(client) {
@@ -490,10 +514,11 @@ impl Cluster {
                 *mine = order.clone();
             }
         }
-        match broker.hold_for_claim(client, clean_start, order).await {
-            Holding::Nothing => self
-                .claim_replica(client, order, clean_start, gone)
-                .map_or(Holding::Nothing, Holding::Session),
+        match broker
+            .hold_for_claim(client, clean_start, order, identity)
+            .await
+        {
+            Holding::Nothing => self.claim_replica(client, order, clean_start, gone, identity),
             holding => holding,
         }
     }

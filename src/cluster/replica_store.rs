@@ -32,14 +32,15 @@ pub(super) fn parse_copy_id(id: &str) -> Option<(u64, &str, &str)> {
 }
 
 /// The session record of copy `id`: its expiry (which counts from when its holder is gone,
-/// not from this record).
-fn meta(id: Arc<str>, expiry_interval: u32) -> Op {
+/// not from this record) and its owner.
+fn meta(id: Arc<str>, expiry_interval: u32, owner: Option<&str>) -> Op {
     Op::Meta {
         client: id,
         meta: SessionMeta {
             expiry_interval,
             disconnected_at_ms: None,
             will: None,
+            owner: owner.map(str::to_string),
         },
     }
 }
@@ -98,7 +99,10 @@ impl Cluster {
                 packet_id: *packet_id,
                 held: *held,
             },
-            ReplicaOp::Expiry { expiry_interval } => meta(id, *expiry_interval),
+            ReplicaOp::Meta {
+                expiry_interval,
+                owner,
+            } => meta(id, *expiry_interval, owner.as_deref()),
             // Whole copies and removals go through `store_copy` and `forget_copy`.
             ReplicaOp::Snapshot(_) | ReplicaOp::Gone => return,
         };
@@ -115,7 +119,7 @@ impl Cluster {
         };
         let _group = store.group();
         store.submit(Op::SessionGone(id.clone()));
-        store.submit(meta(id.clone(), r.expiry_interval));
+        store.submit(meta(id.clone(), r.expiry_interval, r.owner.as_deref()));
         for (filter, subscription) in &r.subscriptions {
             store.submit(Op::Subscribed {
                 client: id.clone(),
@@ -169,6 +173,7 @@ pub(super) fn restored_copies(
             let replica = Replica {
                 holder_generation: generation,
                 expiry_interval: s.meta.expiry_interval,
+                owner: s.meta.owner.clone(),
                 subscriptions: s
                     .subscriptions
                     .iter()

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::Cluster;
 use super::handover::SessionMessage;
 use crate::broker::Metrics;
-use crate::broker::handover::{ClaimOrder, SessionImage, Subscriptions};
+use crate::broker::handover::{ClaimOrder, Holding, SessionImage, Subscriptions};
 use crate::broker::replica::{ReplicaNode, ReplicaOp, ReplicaSnapshot};
 use crate::store::records::StoredDelivery;
 use crate::store::{InflightMark, StoredSubscription};
@@ -42,6 +42,9 @@ pub(super) struct Replica {
     /// (restarted) has lost what it held, so the copy counts as orphaned.
     pub(super) holder_generation: u64,
     pub(super) expiry_interval: u32,
+    /// The verified identity that owns the session (None: made anonymously): a claim under
+    /// another identity does not get the copy (`auth.clientid_ownership`).
+    pub(super) owner: Option<String>,
     pub(super) subscriptions: BTreeMap<String, StoredSubscription>,
     pub(super) deliveries: BTreeMap<u64, (StoredDelivery, Option<InflightMark>)>,
     pub(super) inbound_qos2: BTreeSet<u16>,
@@ -219,7 +222,13 @@ impl Cluster {
                     r.inbound_qos2.remove(&packet_id);
                 }
             }
-            ReplicaOp::Expiry { expiry_interval } => r.expiry_interval = expiry_interval,
+            ReplicaOp::Meta {
+                expiry_interval,
+                owner,
+            } => {
+                r.expiry_interval = expiry_interval;
+                r.owner = owner;
+            }
             ReplicaOp::Snapshot(_) | ReplicaOp::Gone => {}
         }
     }
@@ -233,16 +242,34 @@ impl Cluster {
         })
     }
 
-    /// A claim on `client`: a copy here whose holder died (or did not answer the claim:
-    /// `gone`) is promised to it (its subscriptions returned), or, for a clean start,
-    /// dropped.
+    /// A claim on `client` by a connection of `identity`: a copy here whose holder died (or
+    /// did not answer the claim: `gone`) is promised to it (its subscriptions returned), or,
+    /// for a clean start, dropped; `Owned` when the copy's session belongs to another
+    /// identity (it is left as it is).
     pub(crate) fn claim_replica(
         &self,
         client: &str,
         order: &ClaimOrder,
         clean_start: bool,
         gone: &[String],
-    ) -> Option<Subscriptions> {
+        identity: Option<&str>,
+    ) -> Holding {
+        self.claim_replica_subscriptions(client, order, clean_start, gone, identity)
+            .map_or(Holding::Nothing, |owned| {
+                owned.map_or(Holding::Owned, Holding::Session)
+            })
+    }
+
+    /// `claim_replica`'s work: None when there is no copy to claim, Some(None) when it is
+    /// owned by another identity.
+    fn claim_replica_subscriptions(
+        &self,
+        client: &str,
+        order: &ClaimOrder,
+        clean_start: bool,
+        gone: &[String],
+        identity: Option<&str>,
+    ) -> Option<Option<Subscriptions>> {
         let mut held = self.replicas.held.lock();
         let orphans: Vec<CopyKey> = held
             .iter()
@@ -253,6 +280,16 @@ impl Cluster {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        let enforce = self.ownership_enforced();
+        if enforce
+            && orphans.iter().any(|k| {
+                held.get(k).is_some_and(|r| {
+                    !crate::broker::session::may_take(r.owner.as_deref(), identity)
+                })
+            })
+        {
+            return Some(None);
+        }
         if clean_start {
             for k in orphans {
                 if let Some(r) = held.remove(&k) {
@@ -266,12 +303,20 @@ impl Cluster {
             return None;
         }
         r.claimed = Some(order.clone());
-        Some(
+        Some(Some(
             r.subscriptions
                 .iter()
                 .map(|(f, s)| (f.clone(), *s))
                 .collect(),
-        )
+        ))
+    }
+
+    /// Whether client ids belong to their sessions' identities here
+    /// (`auth.clientid_ownership = "enforce"`).
+    pub(crate) fn ownership_enforced(&self) -> bool {
+        self.broker().is_some_and(|b| {
+            b.config.auth.clientid_ownership == crate::config::ClientIdOwnership::Enforce
+        })
     }
 
     /// The copy promised to claim `order`, as a session image, with what the other nodes
@@ -404,6 +449,7 @@ fn replica_from(s: ReplicaSnapshot, holder_generation: u64) -> Replica {
     Replica {
         holder_generation,
         expiry_interval: s.expiry_interval,
+        owner: s.owner,
         subscriptions: s.subscriptions.into_iter().collect(),
         deliveries: s
             .deliveries

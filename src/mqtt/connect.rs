@@ -34,13 +34,15 @@ pub(super) enum Handshake {
     Gone,
 }
 
-/// Reads CONNECT and sets the connection up.
+/// Reads CONNECT and sets the connection up. `loopback`: the listener is bound to a loopback
+/// address (and not behind the PROXY protocol), where anonymous clients are welcome by
+/// default.
 pub(super) async fn handshake<S: ClientStream>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     broker: &Arc<Broker>,
-    admission: Admission,
+    (admission, loopback): (Admission, bool),
 ) -> Handshake {
     let timeout = Duration::from_secs(broker.config.server.connect_timeout);
     let max_in = broker.config.mqtt.max_packet_size as usize;
@@ -66,16 +68,17 @@ pub(super) async fn handshake<S: ClientStream>(
         Ok(Ok(c)) => c,
     };
     let mut connect = connect;
-    let protocol = connect.protocol;
     let mut checked = match &admission {
         Admission::Refused(limit) => Err(Refusal::limit(*limit)),
         Admission::Admitted(_) => check_connect(&connect, broker),
     };
+    let mut identity = None;
     if checked.is_ok() {
         checked = match certificate_user(&mut connect, stream.certificate_identity(), broker) {
-            Ok(certified) => authenticate(&connect, broker, certified).await,
+            Ok(certified) => authenticate(&connect, broker, certified, loopback).await,
             Err(refusal) => Err(refusal),
-        };
+        }
+        .map(|verified| identity = verified);
     }
     if checked.is_ok() && !broker.admits_connect() {
         checked = Err(Refusal::new(
@@ -84,33 +87,65 @@ pub(super) async fn handshake<S: ClientStream>(
             "a cluster node is unreachable (cluster.allow_connect_during_partition = false)",
         ));
     }
+    let asker = Asker {
+        protocol: connect.protocol,
+        client_id: connect.client_id.clone(),
+        max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX) as usize,
+        peer,
+    };
     if let Err(refusal) = checked {
-        if let Some(limit) = refusal.limit {
-            broker
-                .limits
-                .hit(limit, &connect.client_id, "connection refused");
-        }
-        tracing::info!(%peer, client_id = %printable(&connect.client_id), code = refusal.code(protocol), "refusing connection: {}", refusal.detail);
-        let mut ack = ConnAck {
-            session_present: false,
-            code: refusal.code(protocol),
-            properties: Properties::default(),
-        };
-        // The reason string only when the packet stays within the client's Maximum Packet
-        // Size (MQTT-3.2.2-19).
-        let client_max = connect.properties.maximum_packet_size.unwrap_or(u32::MAX) as usize;
-        if protocol.is_v5() && refusal.detail.len() + 16 <= client_max {
-            ack.properties.reason_string = Some(refusal.detail.to_string());
-        }
-        let mut out = BytesMut::new();
-        encode_packet(&Packet::ConnAck(ack), protocol, &mut out);
-        let _ = stream.write_all(&out).await;
+        refuse(stream, &asker, broker, &refusal).await;
         return Handshake::Refused;
     }
     let Admission::Admitted(ip_guard) = admission else {
         unreachable!("refused admissions return above")
     };
-    Handshake::Connected(establish(*connect, peer, broker, ip_guard).await)
+    match establish(*connect, peer, broker, ip_guard, identity).await {
+        Ok(connection) => Handshake::Connected(connection),
+        Err(refusal) => {
+            refuse(stream, &asker, broker, &refusal).await;
+            Handshake::Refused
+        }
+    }
+}
+
+/// Who sent a CONNECT, as far as a refusal needs it.
+struct Asker {
+    protocol: Protocol,
+    client_id: String,
+    /// The client's Maximum Packet Size.
+    max_packet: usize,
+    peer: SocketAddr,
+}
+
+/// Tells the client why its CONNECT is refused (the CONNACK code of its protocol version,
+/// with a v5 reason string where it fits), counting a limit that refused it.
+async fn refuse<S: ClientStream>(
+    stream: &mut S,
+    asker: &Asker,
+    broker: &Broker,
+    refusal: &Refusal,
+) {
+    let protocol = asker.protocol;
+    if let Some(limit) = refusal.limit {
+        broker
+            .limits
+            .hit(limit, &asker.client_id, "connection refused");
+    }
+    tracing::info!(peer = %asker.peer, client_id = %printable(&asker.client_id), code = refusal.code(protocol), "refusing connection: {}", refusal.detail);
+    let mut ack = ConnAck {
+        session_present: false,
+        code: refusal.code(protocol),
+        properties: Properties::default(),
+    };
+    // The reason string only when the packet stays within the client's Maximum Packet
+    // Size (MQTT-3.2.2-19).
+    if protocol.is_v5() && refusal.detail.len() + 16 <= asker.max_packet {
+        ack.properties.reason_string = Some(refusal.detail.to_string());
+    }
+    let mut out = BytesMut::new();
+    encode_packet(&Packet::ConnAck(ack), protocol, &mut out);
+    let _ = stream.write_all(&out).await;
 }
 
 enum ReadError {
@@ -185,6 +220,10 @@ impl Refusal {
                 reason::TOPIC_NAME_INVALID,
                 "will topic exceeds mqtt.max_topic_levels",
             ),
+            Limit::ConcurrentHashes => (
+                reason::SERVER_BUSY,
+                "no password check slot came free in time (auth.max_concurrent_hashes)",
+            ),
             _ => (reason::QUOTA_EXCEEDED, "a limit was reached"),
         };
         Refusal {
@@ -243,22 +282,25 @@ fn check_connect(c: &Connect, broker: &Broker) -> Result<(), Refusal> {
 
 /// With `tls.use_identity_as_username`, a TLS client's certificate names it: its Common Name
 /// replaces the CONNECT's user name and no password is asked (the certificate, verified
-/// against `tls.client_ca_file`, is the credential). Ok(true) when that happened.
+/// against `tls.client_ca_file`, is the credential). Some(name) when that happened. On a
+/// listener without certificates the CONNECT's user name is only a claim: it must pass the
+/// password check or the client is anonymous.
 fn certificate_user(
     c: &mut Connect,
     identity: super::stream::CertificateIdentity,
     broker: &Broker,
-) -> Result<bool, Refusal> {
+) -> Result<Option<Arc<str>>, Refusal> {
     use super::stream::CertificateIdentity;
     if !broker.config.tls.use_identity_as_username {
-        return Ok(false);
+        return Ok(None);
     }
     match identity {
-        CertificateIdentity::NotTls => Ok(false),
+        CertificateIdentity::NotTls => Ok(None),
         CertificateIdentity::Named(name) => {
-            c.username = Some(name);
+            let name: Arc<str> = name.into();
+            c.username = Some(name.to_string());
             c.password = None;
-            Ok(true)
+            Ok(Some(name))
         }
         CertificateIdentity::Unnamed => {
             crate::broker::Metrics::add(&broker.metrics.auth_required, 1);
@@ -272,24 +314,31 @@ fn certificate_user(
 }
 
 /// The CONNECT's credentials against `[auth]` (unless a certificate vouched for the user
-/// name), and its will against the ACL, each refusal counted.
-async fn authenticate(c: &Connect, broker: &Broker, certified: bool) -> Result<(), Refusal> {
+/// name: `certified`), and its will against the ACL, each refusal counted. The verified user
+/// name (None: anonymous), which alone selects ACL rules and owns client ids.
+async fn authenticate(
+    c: &Connect,
+    broker: &Broker,
+    certified: Option<Arc<str>>,
+    loopback: bool,
+) -> Result<Option<Arc<str>>, Refusal> {
+    let wait = Duration::from_secs(broker.config.server.connect_timeout);
     let verdict = match certified {
-        true => Ok(()),
-        false => {
+        Some(name) => Ok(Some(name)),
+        None => {
             broker
                 .auth
-                .authenticate(c.username.as_deref(), c.password.as_deref())
+                .authenticate(c.username.as_deref(), c.password.as_deref(), loopback, wait)
                 .await
         }
     };
     match verdict {
-        Ok(()) => {
+        Ok(identity) => {
             if let Some(will) = &c.will {
                 let action = crate::auth::acl::Action::Publish(&will.topic);
                 if !broker
                     .auth
-                    .allows(c.username.as_deref(), &c.client_id, action)
+                    .allows(identity.as_deref(), &c.client_id, action)
                 {
                     crate::broker::Metrics::add(&broker.metrics.acl_denied_publish, 1);
                     return Err(Refusal::new(
@@ -299,8 +348,9 @@ async fn authenticate(c: &Connect, broker: &Broker, certified: bool) -> Result<(
                     ));
                 }
             }
-            Ok(())
+            Ok(identity)
         }
+        Err(crate::auth::Denied::Busy) => Err(Refusal::limit(Limit::ConcurrentHashes)),
         Err(crate::auth::Denied::BadCredentials) => {
             crate::broker::Metrics::add(&broker.metrics.auth_bad_credentials, 1);
             Err(Refusal::new(
@@ -314,7 +364,7 @@ async fn authenticate(c: &Connect, broker: &Broker, certified: bool) -> Result<(
             Err(Refusal::new(
                 reason::NOT_AUTHORIZED,
                 v3_return::NOT_AUTHORIZED,
-                "a user name and password are required (auth.allow_anonymous = false)",
+                "a verified user name is required here (auth.allow_anonymous)",
             ))
         }
     }
@@ -361,13 +411,15 @@ fn check_will(w: &crate::codec::Will, config: &crate::config::Config) -> Result<
     Ok(())
 }
 
-/// Attaches the session, sends CONNACK and resends what was in flight.
+/// Attaches the session, sends CONNACK and resends what was in flight; refused when the
+/// client id's session belongs to another identity.
 async fn establish(
     c: Connect,
     peer: SocketAddr,
     broker: &Arc<Broker>,
     ip_guard: Option<super::listener::IpGuard>,
-) -> Connection {
+    identity: Option<Arc<str>>,
+) -> Result<Connection, Refusal> {
     let config = &broker.config.mqtt;
     let v5 = c.protocol.is_v5();
     let mut ack_props = Properties::default();
@@ -433,10 +485,21 @@ async fn establish(
             &client_id,
             c.clean_start,
             &control,
-            expiry_interval,
-            will.as_ref(),
+            (expiry_interval, will.as_ref()),
+            identity.as_ref(),
         )
         .await;
+    let attached = match attached {
+        Ok(attached) => attached,
+        Err(crate::broker::AttachRefused::OwnedByAnother) => {
+            crate::broker::Metrics::add(&broker.metrics.auth_clientid_owned, 1);
+            return Err(Refusal::new(
+                reason::NOT_AUTHORIZED,
+                v3_return::NOT_AUTHORIZED,
+                "this client id belongs to another user's session (auth.clientid_ownership)",
+            ));
+        }
+    };
     tracing::debug!(%peer, client_id = %printable(&client_id), protocol = c.protocol.name(), session_present = attached.session_present, "client connected");
 
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
@@ -445,7 +508,7 @@ async fn establish(
         peer,
         protocol: c.protocol,
         client_id,
-        username: c.username.as_deref().map(Arc::from),
+        identity,
         acl_rules: std::cell::RefCell::new(None),
         session: attached.session,
         control,
@@ -476,7 +539,7 @@ async fn establish(
     };
     conn.send(&Packet::ConnAck(ack));
     conn.resend_inflight();
-    conn
+    Ok(conn)
 }
 
 /// Per-process salt so assigned client ids differ between restarts.

@@ -37,8 +37,7 @@ impl Connection {
                 continue;
             };
             // Read access to the topic itself: a deny inside a wider grant (`#`) holds.
-            if acl && !self.acl_allows(crate::auth::acl::Action::Receive(&delivery.message.topic)) {
-                Metrics::add(&self.broker.metrics.acl_denied_receive, 1);
+            if acl && !self.may_receive(&delivery) {
                 st.finished(&delivery);
                 continue;
             }
@@ -92,10 +91,23 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether this client may read what `delivery` carries, as the connection now
+    /// connected is (its identity's rules): a message queued or in flight for an earlier
+    /// connection of the session, or before an ACL reload, is checked again here. False is
+    /// counted.
+    fn may_receive(&self, delivery: &Delivery) -> bool {
+        let allowed = self.acl_allows(crate::auth::acl::Action::Receive(&delivery.message.topic));
+        if !allowed {
+            Metrics::add(&self.broker.metrics.acl_denied_receive, 1);
+        }
+        allowed
+    }
+
     /// After a session resumes: in the original order, PUBREL what was received and PUBLISH
     /// again (DUP, same packet id) what was not acknowledged (MQTT-4.4.0-1), as far as the
     /// client's Receive Maximum, which may be smaller now, allows. The rest is marked unsent
-    /// and goes out from `resend_within_window` as acknowledgements make room.
+    /// and goes out from `resend_within_window` as acknowledgements make room. A message the
+    /// client now connected may not read is not sent again: it is finished with, counted.
     pub(super) fn resend_inflight(&mut self) {
         let session = self.session.clone();
         let now = Instant::now();
@@ -103,7 +115,13 @@ impl Connection {
         let inflight = std::mem::take(&mut st.inflight);
         let mut outstanding = 0;
         let mut unsent = 0;
+        let acl = self.broker.auth.has_acl();
         for mut f in inflight {
+            // Past PUBREC the client has the message: only the PUBREL is left to send.
+            if acl && f.state != InflightState::AwaitPubComp && !self.may_receive(&f.delivery) {
+                st.finished(&f.delivery);
+                continue;
+            }
             if f.held_for != 0 {
                 // Never sent: it goes out from `resend_within_window` once its id is kept.
                 f.sent = false;
@@ -130,13 +148,19 @@ impl Connection {
     }
 
     /// Sends again, in order, the in-flight messages marked unsent, while fewer than the
-    /// window are outstanding.
+    /// window are outstanding (each checked against the client's read access, as
+    /// `resend_inflight` does).
     fn resend_within_window(&mut self, st: &mut SessionState, now: Instant) {
         let mut outstanding = st.inflight.iter().filter(|f| f.sent).count();
         let mut i = 0;
+        let acl = self.broker.auth.has_acl();
         while i < st.inflight.len() && outstanding < self.window && st.unsent_inflight > 0 {
             if st.inflight[i].sent {
                 i += 1;
+                continue;
+            }
+            if acl && !self.may_receive(&st.inflight[i].delivery) {
+                st.remove_inflight(i);
                 continue;
             }
             let f = &st.inflight[i];
@@ -204,7 +228,7 @@ impl Connection {
         };
         if publish_size(&out, self.protocol) > self.client_max_packet {
             Metrics::add(&self.broker.metrics.dropped_too_large, 1);
-            tracing::debug!(client_id = %self.client_id, topic = %topic, "message exceeds the client's maximum packet size; dropped");
+            tracing::debug!(client_id = %crate::limits::printable(&self.client_id), topic = %crate::limits::printable(topic), "message exceeds the client's maximum packet size; dropped");
             return false;
         }
         encode_publish(&mut self.wbuf, &out, self.protocol);

@@ -220,6 +220,37 @@ pub struct SessionMeta {
     pub disconnected_at_ms: Option<u64>,
     /// The will of its connection, or the one waiting for its delay.
     pub will: Option<StoredWill>,
+    /// The verified identity that owns the session (`auth.clientid_ownership`); None: made
+    /// anonymously, or stored before sessions had owners.
+    pub owner: Option<String>,
+}
+
+/// A session record as stores written before sessions had owners keep it.
+#[derive(Deserialize)]
+struct SessionMetaWithoutOwner {
+    expiry_interval: u32,
+    disconnected_at_ms: Option<u64>,
+    will: Option<StoredWill>,
+}
+
+impl SessionMeta {
+    /// Reads a session record, of this version or of one before owners (which reads as
+    /// owned by nobody).
+    pub fn decode(bytes: &[u8]) -> Result<SessionMeta, String> {
+        let current = decode::<SessionMeta>(bytes);
+        if current.is_ok() {
+            return current;
+        }
+        match decode::<SessionMetaWithoutOwner>(bytes) {
+            Ok(old) => Ok(SessionMeta {
+                expiry_interval: old.expiry_interval,
+                disconnected_at_ms: old.disconnected_at_ms,
+                will: old.will,
+                owner: None,
+            }),
+            Err(_) => current,
+        }
+    }
 }
 
 /// A subscription as stored.
@@ -329,6 +360,31 @@ mod tests {
         assert!(stored.clone().into_message().is_some());
         stored.expires_at_ms = Some(now_ms() - 1);
         assert!(stored.into_message().is_none());
+    }
+
+    #[test]
+    fn session_records_of_stores_before_owners_still_read() {
+        #[derive(Serialize)]
+        struct Before {
+            expiry_interval: u32,
+            disconnected_at_ms: Option<u64>,
+            will: Option<StoredWill>,
+        }
+        let old = encode(&Before {
+            expiry_interval: 60,
+            disconnected_at_ms: Some(5),
+            will: None,
+        });
+        let meta = SessionMeta::decode(&old).unwrap();
+        assert_eq!((meta.expiry_interval, meta.owner), (60, None));
+        let now = SessionMeta {
+            expiry_interval: 7,
+            disconnected_at_ms: None,
+            will: None,
+            owner: Some("alice".into()),
+        };
+        assert_eq!(SessionMeta::decode(&encode(&now)).unwrap(), now);
+        assert!(SessionMeta::decode(&[0xff; 3]).is_err());
     }
 
     #[test]

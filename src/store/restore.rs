@@ -65,7 +65,7 @@ pub fn read_all(db: &Db) -> Result<Restored, String> {
     for kv in entries(&db.sessions) {
         let (key, value) = kv?;
         let client: Arc<str> = String::from_utf8_lossy(&key).into();
-        match records::decode::<SessionMeta>(&value) {
+        match SessionMeta::decode(&value) {
             Ok(meta) => {
                 index.insert(client.clone(), out.sessions.len());
                 out.sessions.push(RestoredSession {

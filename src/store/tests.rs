@@ -79,6 +79,7 @@ fn a_session_and_retained_messages_come_back_as_they_were_left() {
             expiry_interval: 3600,
             disconnected_at_ms: None,
             will: None,
+            owner: Some("alice".into()),
         },
     });
     let record = SubscriptionRecord {
@@ -128,6 +129,7 @@ fn a_session_and_retained_messages_come_back_as_they_were_left() {
     let s = &restored.sessions[0];
     assert_eq!(&*s.client, "c1");
     assert_eq!(s.meta.expiry_interval, 3600);
+    assert_eq!(s.meta.owner.as_deref(), Some("alice"), "the owner is kept");
     assert_eq!(s.subscriptions, vec![("q/#".to_string(), record)]);
     let payloads: Vec<_> = s
         .deliveries
@@ -167,6 +169,7 @@ fn an_ended_session_leaves_nothing_even_what_was_queued_in_the_same_commit() {
                 expiry_interval: 60,
                 disconnected_at_ms: Some(crate::broker::now_ms()),
                 will: None,
+                owner: None,
             },
         });
         store.submit(Op::Queued {

@@ -51,8 +51,9 @@ pub(super) fn spawn(i: usize, broker: Arc<Broker>, world: Arc<Mutex<World>>) {
             }
             let control = ConnectionControl::new(broker.next_connection_id());
             let session = broker
-                .attach(&Arc::from(CLIENT), false, &control, EXPIRY, None)
+                .attach(&Arc::from(CLIENT), false, &control, (EXPIRY, None), None)
                 .await
+                .expect("anonymous sessions belong to nobody")
                 .session;
             let subscribed = session.state.lock().subscriptions.contains_key(FILTER);
             if !subscribed {
