@@ -354,21 +354,35 @@ async fn a_capture_of_the_peer_ports_shows_no_payload_in_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_links_in_tls_accept_only_certificates_of_the_cluster_ca() {
-    use common::certs::{make_ca, make_cert, scratch};
+    use common::certs::{make_ca, make_cert_with, scratch};
     let dir = scratch("peer-tls");
+    // The nodes' CA, the devices' CA (tls.client_ca_file: MQTT clients' certificates), and
+    // one nobody here trusts.
     make_ca(&dir, "cluster-ca").await;
+    make_ca(&dir, "device-ca").await;
     make_ca(&dir, "other-ca").await;
-    for (name, ca) in [
-        ("node1", "cluster-ca"),
-        ("node2", "cluster-ca"),
-        ("outsider", "other-ca"),
+    let named = |dns: &str| format!("subjectAltName=DNS:{dns},IP:127.0.0.1\n");
+    for (name, ca, dns) in [
+        ("node1", "cluster-ca", "node1.peers.test"),
+        ("node2", "cluster-ca", "node2.peers.test"),
+        ("outsider", "other-ca", "outsider.peers.test"),
+        ("device", "device-ca", "device.peers.test"),
+        ("misnamed", "cluster-ca", "misnamed.elsewhere.test"),
     ] {
-        make_cert(&dir, name, ca).await;
+        make_cert_with(&dir, name, ca, 2, Some(&named(dns))).await;
     }
     let tls = |name: &str| {
         let file = |f: String| dir.join(f).display().to_string();
         vec![
             ("VIBEMQ_CLUSTER_TLS".to_string(), "true".to_string()),
+            (
+                "VIBEMQ_CLUSTER_CA_FILE".to_string(),
+                file("cluster-ca.pem".into()),
+            ),
+            (
+                "VIBEMQ_CLUSTER_TLS_PEER_NAME".to_string(),
+                "*.peers.test".to_string(),
+            ),
             (
                 "VIBEMQ_TLS_CERT_FILE".to_string(),
                 file(format!("{name}.pem")),
@@ -379,7 +393,7 @@ async fn peer_links_in_tls_accept_only_certificates_of_the_cluster_ca() {
             ),
             (
                 "VIBEMQ_TLS_CLIENT_CA_FILE".to_string(),
-                file("cluster-ca.pem".into()),
+                file("device-ca.pem".into()),
             ),
         ]
     };
@@ -406,20 +420,23 @@ async fn peer_links_in_tls_accept_only_certificates_of_the_cluster_ca() {
         .unwrap()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), payload);
-    // A node whose certificate another CA signed (same secret, so gossip reaches it) gets
-    // no link: its TLS handshakes fail and are counted.
-    let failures_before = n1.metric("vibemq_cluster_auth_failures").await;
-    let mut env = tls("outsider");
-    env.push(("VIBEMQ_CLUSTER_NODE_ID".to_string(), "outsider".to_string()));
-    let outsider = ProcessNode::start_with(3, n1.gossip, free_port(), env).await;
-    n1.wait_metric_above(
-        "vibemq_cluster_auth_failures",
-        failures_before,
-        "the outsider never tried to link",
-    )
-    .await;
-    let (_, cluster) = common::http::get(outsider.http_addr(), "/api/v1/cluster").await;
-    assert!(!cluster.contains("\"link\":\"up\""), "{cluster}");
-    drop(outsider);
+    // Nodes whose certificates another CA signed (same secret, so gossip reaches them) get
+    // no link: their TLS handshakes fail and are counted. A device's client certificate (the
+    // CA of tls.client_ca_file) is not a node's; nor is one of the cluster's CA without the
+    // name cluster.tls_peer_name requires.
+    for name in ["outsider", "device", "misnamed"] {
+        let failures_before = n1.metric("vibemq_cluster_auth_failures").await;
+        let mut env = tls(name);
+        env.push(("VIBEMQ_CLUSTER_NODE_ID".to_string(), name.to_string()));
+        let stranger = ProcessNode::start_with(3, n1.gossip, free_port(), env).await;
+        n1.wait_metric_above(
+            "vibemq_cluster_auth_failures",
+            failures_before,
+            &format!("{name} never tried to link"),
+        )
+        .await;
+        let (_, cluster) = common::http::get(stranger.http_addr(), "/api/v1/cluster").await;
+        assert!(!cluster.contains("\"link\":\"up\""), "{name}: {cluster}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -78,12 +78,18 @@ pub(super) async fn serve(
 ) -> Result<(), String> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let (resume_after, mut records) = tokio::time::timeout(
+    let (resume_after, mut records, secret) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(link, cluster, &mut reader, &mut writer, &mut rbuf),
     )
     .await
     .map_err(|_| "handshake timed out".to_string())??;
+    // A SIGHUP that takes the secret this connection was made under out of force ends it; the
+    // link comes back under one still in force.
+    let mut secret_changes = cluster.secrets.changes();
+    if !cluster.secrets.still_holds(secret.as_ref()) {
+        return Err(super::SECRET_WITHDRAWN.into());
+    }
     link.resume(resume_after);
     link.connected.store(true, Ordering::Relaxed);
     cluster.note_linked();
@@ -111,7 +117,7 @@ pub(super) async fn serve(
                 Frame::Ack { upto } => link.ack(upto),
                 Frame::Applied { upto } => link.note_applied(upto),
                 Frame::Refused { reason } => return Err(format!("refused: {reason}")),
-                other => return Err(format!("unexpected frame from acceptor: {other:?}")),
+                other => return Err(format!("unexpected frame from acceptor: {}", other.kind())),
             }
         }
         if out.is_empty() {
@@ -143,6 +149,13 @@ pub(super) async fn serve(
             }
             _ = link.wake.notified(), if out.is_empty() && !link.has_more() => {}
             _ = reserved(&reserving), if reserving.is_some() => {}
+            _ = secret_changes.changed() => {
+                if !cluster.secrets.still_holds(secret.as_ref()) {
+                    Metrics::add(&cluster.metrics.links_closed_secret_withdrawn, 1);
+                    tracing::info!(peer = %link.node_id, addr = %link.addr, "{}", super::SECRET_WITHDRAWN);
+                    return Err(super::SECRET_WITHDRAWN.into());
+                }
+            }
             _ = heartbeat.tick() => {
                 if ticked.elapsed() >= timeout {
                     // This node was the one paused (SIGSTOP, a VM pause): the silence is ours.
@@ -178,7 +191,7 @@ async fn handshake(
     reader: &mut (impl AsyncRead + Unpin),
     writer: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
-) -> Result<(u64, Records), String> {
+) -> Result<(u64, Records, Option<[u8; 32]>), String> {
     let my_nonce = wire::nonce();
     let hello = Frame::Hello {
         version: wire::PROTOCOL_VERSION,
@@ -200,15 +213,17 @@ async fn handshake(
         } => (node_id, generation, nonce, proof),
         Frame::Refused { reason } => {
             Metrics::add(&cluster.metrics.auth_failures, 1);
-            tracing::warn!(peer = %link.node_id, addr = %link.addr, %reason, "peer refused our link");
+            tracing::warn!(peer = %link.node_id, addr = %link.addr, reason = %crate::limits::printable(&reason), "peer refused our link (unauthenticated answer)");
             return Err(format!("refused: {reason}"));
         }
-        other => return Err(format!("expected Welcome, got {other:?}")),
+        other => return Err(format!("expected Welcome, got {}", other.kind())),
     };
     if their_id != *link.node_id {
         return Err(format!(
-            "expected node {} at {}, found {their_id}",
-            link.node_id, link.addr
+            "expected node {} at {}, found {}",
+            link.node_id,
+            link.addr,
+            crate::limits::printable(&their_id)
         ));
     }
     // A restarted peer at the same address is another run: this link's queue (and its
@@ -250,23 +265,46 @@ async fn handshake(
         },
     )
     .await?;
-    match wire::read_frame(reader, rbuf).await? {
-        Frame::Ready { resume_after } => {
-            // From here on, with a secret, every byte is sealed (keys of this connection).
-            let records = match &secret {
-                Some(secret) => {
-                    let (to_acceptor, to_dialer) = seal::link_keys(secret, &ids);
-                    Records::sealed(to_acceptor, to_dialer, rbuf)
-                }
-                None => Records::plain(),
-            };
-            Ok((resume_after, records))
+    // From here on, with a secret, every byte is sealed (keys of this connection): the
+    // acceptor's Ready first, so where to resume cannot be forged by whoever sits between the
+    // nodes (a forged resume point would make this side drop frames the peer never had).
+    let mut records = match &secret {
+        Some(secret) => {
+            let (to_acceptor, to_dialer) = seal::link_keys(secret, &ids);
+            Records::sealed(to_acceptor, to_dialer, rbuf)
         }
+        None => Records::plain(),
+    };
+    let first = async {
+        records.open_buffered(rbuf)?;
+        loop {
+            if let Some(frame) = wire::decode_frame_within(rbuf, wire::HANDSHAKE_FRAME_MAX)? {
+                return Ok::<Frame, String>(frame);
+            }
+            if records.read(reader, rbuf).await? == 0 {
+                return Err("connection closed".into());
+            }
+        }
+    };
+    let first = match first.await {
+        Ok(frame) => frame,
+        Err(e) => {
+            if secret.is_some() {
+                // A peer that refused our proof answers in clear; anything else that does not
+                // open is forged or altered on the way.
+                Metrics::add(&cluster.metrics.auth_failures, 1);
+                tracing::warn!(peer = %their_id, addr = %link.addr, error = %e, "peer's answer to our proof did not open (wrong cluster secret, or the connection was tampered with)");
+            }
+            return Err(format!("after our proof: {e}"));
+        }
+    };
+    match first {
+        Frame::Ready { resume_after } => Ok((resume_after, records, secret)),
         Frame::Refused { reason } => {
             Metrics::add(&cluster.metrics.auth_failures, 1);
-            tracing::warn!(peer = %their_id, addr = %link.addr, %reason, "peer refused our link");
+            tracing::warn!(peer = %their_id, addr = %link.addr, reason = %crate::limits::printable(&reason), "peer refused our link");
             Err(format!("refused: {reason}"))
         }
-        other => Err(format!("expected Ready, got {other:?}")),
+        other => Err(format!("expected Ready, got {}", other.kind())),
     }
 }

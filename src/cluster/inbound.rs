@@ -28,6 +28,7 @@ type LinkKeys = ([u8; 32], [u8; 32]);
 use super::inbound_marks::Marks;
 use super::wire::{self, Frame, HandshakeIds};
 use crate::broker::{Held, Metrics};
+use crate::limits::printable;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new connection waits for the one it replaces to stop.
@@ -47,27 +48,46 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 /// what it gave them while the rest of a large read waits its turn, instead of after it.
 const PROCESS_BUDGET: usize = 64;
 
-/// Accepts peer links until shutdown.
+/// A refused handshake is logged at most this often (counted every time).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Accepts peer links until shutdown. At most `cluster.max_pending_handshakes` connections
+/// are authenticating at once (TLS, then the secret's proof): past it a new connection is
+/// closed at once, counted (`vibemq_cluster_handshakes_refused_total`) and logged once per
+/// episode, so strangers cannot hold this node's memory or tasks.
 pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
     mut shutdown: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(
+        cluster.config.max_pending_handshakes,
+    ));
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                        Metrics::add(&cluster.metrics.handshakes_refused, 1);
+                        if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                            last_refusal_log = Some(Instant::now());
+                            tracing::warn!(%addr, limit = cluster.config.max_pending_handshakes, "peer connection refused: cluster.max_pending_handshakes connections are still authenticating (logged once a minute; vibemq_cluster_handshakes_refused_total counts each)");
+                        }
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let cluster = cluster.clone();
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         let served = match tls {
-                            None => receive(stream, &cluster).await,
+                            None => receive(stream, &cluster, Some(permit)).await,
                             Some(acceptor) => {
                                 let limit = Duration::from_millis(cluster.config.link_timeout_ms);
                                 match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => receive(stream, &cluster).await,
+                                    Ok(Ok(stream)) => receive(stream, &cluster, Some(permit)).await,
                                     Ok(Err(e)) => {
                                         Metrics::add(&cluster.metrics.auth_failures, 1);
                                         tracing::warn!(%addr, error = %e, "peer TLS handshake failed (cluster.tls)");
@@ -187,7 +207,7 @@ impl Receiving {
                     self.last_awaited = seq;
                 }
                 Frame::Heartbeat => {}
-                other => return Err(format!("unexpected frame from dialer: {other:?}")),
+                other => return Err(format!("unexpected frame from dialer: {}", other.kind())),
             }
         }
         Ok(true)
@@ -195,31 +215,38 @@ impl Receiving {
 }
 
 /// Serves one accepted peer connection to its end (also driven by the simulation).
+/// `pending`: its place among the connections still authenticating, given up once the peer
+/// has proved itself.
 pub(crate) async fn receive(
     stream: impl AsyncRead + AsyncWrite + Unpin,
     cluster: &Arc<Cluster>,
+    pending: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<(), String> {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let (peer, generation, epoch, keys) = tokio::time::timeout(
+    let mut rbuf = BytesMut::with_capacity(wire::HANDSHAKE_FRAME_MAX);
+    let (peer, generation, epoch, keys, secret) = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(cluster, &mut reader, &mut writer, &mut rbuf),
     )
     .await
     .map_err(|_| "handshake timed out".to_string())??;
+    drop(pending);
     let peer: Arc<str> = peer.into();
+    // From here on, with a secret, every byte is sealed (keys of this connection), the Ready
+    // (where the dialer resumes) first: nobody between the nodes can forge or alter it.
+    let mut records = match keys {
+        Some((to_acceptor, to_dialer)) => Records::sealed(to_dialer, to_acceptor, &mut rbuf),
+        None => Records::plain(),
+    };
     // One connection per peer run at a time: the one being served (a connection the peer
     // already gave up on, say) stops first, so two never process the same frames.
     let Some(mut turn) = cluster.enter_link(&peer, generation) else {
         let reason =
             "that run of your node is over here (a newer one joined, or it was given up on)";
-        let _ = wire::write_frame(
-            &mut writer,
-            &Frame::Refused {
-                reason: reason.into(),
-            },
-        )
-        .await;
+        let refused = Frame::Refused {
+            reason: reason.into(),
+        };
+        let _ = write_sealed(&mut writer, &mut records, &refused).await;
         return Err(reason.into());
     };
     let _gate = tokio::time::timeout(TAKEOVER_WAIT, turn.gate.clone().lock_owned())
@@ -240,12 +267,17 @@ pub(crate) async fn receive(
             .map_err(|_| "the store did not keep up".to_string())?
             .map_err(|_| "the store closed".to_string())?;
     }
-    wire::write_frame(&mut writer, &Frame::Ready { resume_after: last }).await?;
-    // From here on, with a secret, every byte is sealed (keys of this connection).
-    let mut records = match keys {
-        Some((to_acceptor, to_dialer)) => Records::sealed(to_dialer, to_acceptor, &mut rbuf),
-        None => Records::plain(),
-    };
+    // A SIGHUP that takes the secret this connection was made under out of force ends it.
+    let mut secret_changes = cluster.secrets.changes();
+    if !cluster.secrets.still_holds(secret.as_ref()) {
+        return Err(super::SECRET_WITHDRAWN.into());
+    }
+    write_sealed(
+        &mut writer,
+        &mut records,
+        &Frame::Ready { resume_after: last },
+    )
+    .await?;
     let mut plain = BytesMut::new();
     records.open_buffered(&mut plain)?;
     let mut rbuf = plain;
@@ -349,6 +381,13 @@ pub(crate) async fn receive(
             _ = turn.superseded.changed() => {
                 return Err("superseded by a newer connection from the same peer".into());
             }
+            _ = secret_changes.changed() => {
+                if !cluster.secrets.still_holds(secret.as_ref()) {
+                    Metrics::add(&cluster.metrics.links_closed_secret_withdrawn, 1);
+                    tracing::info!(peer = %state.peer, "{}", super::SECRET_WITHDRAWN);
+                    return Err(super::SECRET_WITHDRAWN.into());
+                }
+            }
         }
     }
 }
@@ -371,12 +410,25 @@ fn process(
     result
 }
 
+/// Writes one frame through `records` (sealed, with a secret).
+async fn write_sealed(
+    writer: &mut (impl AsyncWrite + Unpin),
+    records: &mut Records,
+    frame: &Frame,
+) -> Result<(), String> {
+    let mut plain = BytesMut::new();
+    wire::encode_frame(frame, &mut plain)?;
+    let mut out = BytesMut::new();
+    records.seal(&mut plain, &mut out)?;
+    writer.write_all(&out).await.map_err(|e| e.to_string())
+}
+
 async fn handshake(
     cluster: &Cluster,
     reader: &mut (impl AsyncRead + Unpin),
     writer: &mut (impl AsyncWrite + Unpin),
     rbuf: &mut BytesMut,
-) -> Result<(String, u64, u64, Option<LinkKeys>), String> {
+) -> Result<(String, u64, u64, Option<LinkKeys>, Option<[u8; 32]>), String> {
     let refuse = |reason: String| Frame::Refused { reason };
     let (version, their_cluster, their_id, their_gen, epoch, their_nonce) =
         match wire::read_frame(reader, rbuf).await? {
@@ -388,7 +440,7 @@ async fn handshake(
                 link_epoch,
                 nonce,
             } => (version, cluster, node_id, generation, link_epoch, nonce),
-            other => return Err(format!("expected Hello, got {other:?}")),
+            other => return Err(format!("expected Hello, got {}", other.kind())),
         };
     if version != wire::PROTOCOL_VERSION {
         let reason = format!(
@@ -396,13 +448,17 @@ async fn handshake(
             wire::PROTOCOL_VERSION
         );
         let _ = wire::write_frame(writer, &refuse(reason.clone())).await;
-        tracing::warn!(peer = %their_id, %reason, "refused peer link");
+        tracing::warn!(peer = %printable(&their_id), %reason, "refused peer link");
         return Err(reason);
     }
     if their_cluster != cluster.name {
-        let reason = format!("cluster name {their_cluster:?} is not {:?}", cluster.name);
+        let reason = format!(
+            "cluster name \"{}\" is not \"{}\"",
+            printable(&their_cluster),
+            cluster.name
+        );
         let _ = wire::write_frame(writer, &refuse(reason.clone())).await;
-        tracing::warn!(peer = %their_id, %reason, "refused peer link");
+        tracing::warn!(peer = %printable(&their_id), %reason, "refused peer link");
         return Err(reason);
     }
     let my_nonce = wire::nonce();
@@ -430,15 +486,17 @@ async fn handshake(
     wire::write_frame(writer, &welcome).await?;
     let their_proof = match wire::read_frame(reader, rbuf).await? {
         Frame::Proof { proof } => proof,
-        Frame::Refused { reason } => return Err(format!("dialer refused us: {reason}")),
-        other => return Err(format!("expected Proof, got {other:?}")),
+        Frame::Refused { reason } => {
+            return Err(format!("dialer refused us: {}", printable(&reason)));
+        }
+        other => return Err(format!("expected Proof, got {}", other.kind())),
     };
     let Ok(secret) = seal::proving_secret(&secrets, "dialer", &ids, &their_proof) else {
         Metrics::add(&cluster.metrics.auth_failures, 1);
-        tracing::warn!(peer = %their_id, "refused peer link: authentication failed (wrong cluster secret?)");
+        tracing::warn!(peer = %printable(&their_id), "refused peer link: authentication failed (wrong cluster secret?)");
         let _ = wire::write_frame(writer, &refuse("authentication failed".into())).await;
         return Err("dialer failed authentication".into());
     };
     let keys = secret.as_ref().map(|secret| seal::link_keys(secret, &ids));
-    Ok((their_id, their_gen, epoch, keys))
+    Ok((their_id, their_gen, epoch, keys, secret))
 }

@@ -25,6 +25,12 @@ pub struct ClusterMetrics {
     /// replayed, reordered).
     pub frames_rejected: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Peer connections closed because a reload took the secret they were made under out of
+    /// force (they come back under a secret in force).
+    pub links_closed_secret_withdrawn: AtomicU64,
+    /// Peer connections closed at once because `cluster.max_pending_handshakes` others were
+    /// still proving themselves.
+    pub handshakes_refused: AtomicU64,
     /// Gossip datagrams refused for not being sealed with this cluster's secret.
     pub gossip_rejected: Arc<AtomicU64>,
     /// Sealed gossip datagrams replayed or stamped outside the replay window.

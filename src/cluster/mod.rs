@@ -57,6 +57,10 @@ use progress::{RelayProgress, Turn};
 use routes::{LocalRoutes, RemoteRoutes};
 use wire::WireMessage;
 
+/// Why a peer connection made under a secret a reload withdrew closes.
+pub(crate) const SECRET_WITHDRAWN: &str =
+    "the cluster secret this peer connection was made under is no longer in force: reconnecting";
+
 /// A connection to a peer's relay port: a TCP stream in production, a simulated one in the
 /// simulation.
 pub(crate) trait PeerIo:
@@ -218,7 +222,8 @@ impl Cluster {
         ));
         let peer_tls = match config.tls {
             true => Some(
-                peer_tls::PeerTls::load(&broker.config.tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+                peer_tls::PeerTls::load(&broker.config.tls, &config)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
             ),
             false => None,
         };

@@ -40,13 +40,26 @@ pub fn derive(secret: &[u8; 32], purpose: Purpose) -> [u8; 32] {
 /// restart: add the new one second, then first, then drop the old, node by node.
 pub struct Secrets {
     ring: parking_lot::RwLock<std::sync::Arc<Vec<[u8; 32]>>>,
+    /// Bumped whenever the ring is replaced: links made under a secret that left it close.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Secrets {
     pub fn new(keys: Vec<[u8; 32]>) -> Secrets {
         Secrets {
             ring: parking_lot::RwLock::new(std::sync::Arc::new(keys)),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes whenever the secrets in force are replaced.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether a link made under `secret` may go on (None: a cluster without secrets).
+    pub fn still_holds(&self, secret: Option<&[u8; 32]>) -> bool {
+        secret.is_none_or(|s| self.ring.read().contains(s))
     }
 
     /// Whether the cluster runs with a secret at all.
@@ -67,6 +80,7 @@ impl Secrets {
             return Err("a cluster secret can be rotated on reload, not turned on or off (restart for that)".into());
         }
         *self.ring.write() = std::sync::Arc::new(keys);
+        self.changes.send_modify(|n| *n += 1);
         Ok(())
     }
 }

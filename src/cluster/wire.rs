@@ -21,7 +21,13 @@ use crate::codec::{Properties, QoS};
 /// MAC uses a key derived for it.
 /// 5: `Route` is reliable (sequenced and acknowledged), so a node knows when a peer has
 /// applied a route it pushed (`cluster.subscribe_ack`).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// 8: with a secret, the acceptor's `Ready` (and any refusal after the dialer's proof) is the
+/// first sealed frame; claims carry the connection's identity and session copies their owner
+/// (`auth.clientid_ownership`).
+pub const PROTOCOL_VERSION: u16 = 8;
+/// Largest frame read before the other side has proved the cluster secret (Hello, Welcome,
+/// Proof, a refusal): a stranger gets no more of this node's memory than this.
+pub const HANDSHAKE_FRAME_MAX: usize = 8 * 1024;
 /// Largest frame accepted. It covers a publish frame carrying the largest packet the broker
 /// can be configured to accept (`mqtt.max_packet_size` at most 268,435,460 bytes) with room to
 /// spare; retained snapshots are built in batches of `RETAINED_BATCH_BYTES`, far below it.
@@ -163,6 +169,27 @@ pub enum Frame {
     Applied { upto: u64 },
 }
 
+impl Frame {
+    /// The frame's name, for errors and logs (never its contents: a peer's strings and
+    /// payloads stay out of log lines).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Proof { .. } => "Proof",
+            Frame::Ready { .. } => "Ready",
+            Frame::Refused { .. } => "Refused",
+            Frame::Publish { .. } => "Publish",
+            Frame::Ack { .. } => "Ack",
+            Frame::Heartbeat => "Heartbeat",
+            Frame::Route { .. } => "Route",
+            Frame::Retained { .. } => "Retained",
+            Frame::Session { .. } => "Session",
+            Frame::Applied { .. } => "Applied",
+        }
+    }
+}
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
@@ -277,12 +304,17 @@ pub fn frame_bytes(frame: &Frame) -> Result<Bytes, String> {
 
 /// Takes one whole frame off the front of `buf`, if there is one.
 pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
+    decode_frame_within(buf, MAX_FRAME)
+}
+
+/// As `decode_frame`, refusing a frame longer than `max` before waiting for its bytes.
+pub fn decode_frame_within(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, String> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_FRAME {
-        return Err(format!("frame of {len} bytes exceeds {MAX_FRAME}"));
+    if len > max {
+        return Err(format!("frame of {len} bytes exceeds {max}"));
     }
     if buf.len() < 4 + len {
         buf.reserve(4 + len - buf.len());
@@ -295,13 +327,14 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Reads the next frame, waiting for more bytes as needed.
+/// Reads the next handshake frame (at most `HANDSHAKE_FRAME_MAX` bytes), waiting for more
+/// bytes as needed.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
 ) -> Result<Frame, String> {
     loop {
-        if let Some(frame) = decode_frame(buf)? {
+        if let Some(frame) = decode_frame_within(buf, HANDSHAKE_FRAME_MAX)? {
             return Ok(frame);
         }
         match reader.read_buf(buf).await {
@@ -484,6 +517,16 @@ mod tests {
         assert!(decode_frame(&mut buf).is_err());
         let mut buf = BytesMut::from(&[0, 0, 0, 2, 0xff, 0xff][..]);
         assert!(decode_frame(&mut buf).is_err());
+        // Before the secret is proved, a frame announcing more than a few KiB is refused at
+        // once, its bytes never waited for (a relay frame of that size is fine after it).
+        let big = (HANDSHAKE_FRAME_MAX as u32 + 1).to_be_bytes();
+        let mut buf = BytesMut::from(&big[..]);
+        assert!(decode_frame_within(&mut buf, HANDSHAKE_FRAME_MAX).is_err());
+        let mut buf = BytesMut::from(&big[..]);
+        assert!(
+            matches!(decode_frame(&mut buf), Ok(None)),
+            "waits for the rest"
+        );
     }
 
     #[test]

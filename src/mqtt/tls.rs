@@ -1,5 +1,6 @@
 //! MQTT over TLS (rustls, ring): the `[tls]` certificate and key (PEM), optionally a client CA
-//! that every client must present a certificate from (mTLS), loaded at start-up (a bad file
+//! that every client must present a certificate from (mTLS; what a certificate must be is
+//! `client_cert`'s), loaded at start-up (a bad file
 //! stops it, naming the key) and again on SIGHUP (new connections use the new files, existing
 //! ones stay up; a bad file keeps the old ones and says why). A TLS client stream is a
 //! `ClientStream` like any other, so the connection code does not know it is encrypted.
@@ -118,17 +119,23 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
     let builder = if config.client_ca_file.is_empty() {
         builder.with_no_client_auth()
     } else {
+        let authorities = certificates("tls.client_ca_file", &config.client_ca_file)?;
         let mut roots = rustls::RootCertStore::empty();
-        for ca in certificates("tls.client_ca_file", &config.client_ca_file)? {
+        for ca in &authorities {
             roots
-                .add(ca)
+                .add(ca.clone())
                 .map_err(|e| format!("tls.client_ca_file: {}: {e}", config.client_ca_file))?;
         }
-        let verifier =
+        let algorithms = provider.signature_verification_algorithms;
+        let webpki =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| format!("tls.client_ca_file: {}: {e}", config.client_ca_file))?;
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(Arc::new(super::client_cert::ClientCertificates::new(
+            webpki,
+            authorities,
+            algorithms,
+        )))
     };
     let server = builder
         .with_single_cert(chain, key)

@@ -58,6 +58,20 @@ pub async fn make_cert(dir: &Path, name: &str, ca: &str) {
 
 /// The same, valid `days` from now (-1: it expired yesterday).
 pub async fn make_cert_for_days(dir: &Path, name: &str, ca: &str, days: i32) {
+    make_cert_with(
+        dir,
+        name,
+        ca,
+        days,
+        Some("subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+    )
+    .await
+}
+
+/// `NAME.key` and `NAME.pem` signed by `ca`, valid `days`, with the X.509 v3 extensions in
+/// `extensions` (an openssl extensions file's text), or, for None, none at all: an X.509 v1
+/// certificate, as `openssl x509 -req` makes it without `-extfile` (mosquitto's TLS guide).
+pub async fn make_cert_with(dir: &Path, name: &str, ca: &str, days: i32, extensions: Option<&str>) {
     let (key, csr, pem, subj) = (
         format!("{name}.key"),
         format!("{name}.csr"),
@@ -71,35 +85,30 @@ pub async fn make_cert_for_days(dir: &Path, name: &str, ca: &str, days: i32) {
         ],
     )
     .await;
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
     let (ca_pem, ca_key, ext) = (
         format!("{ca}.pem"),
         format!("{ca}.key"),
         format!("{name}.ext"),
     );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            &days.to_string(),
-            "-extfile",
-            &ext,
-        ],
-    )
-    .await;
+    let days = days.to_string();
+    let mut args = vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_pem,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &pem,
+        "-days",
+        &days,
+    ];
+    if let Some(text) = extensions {
+        std::fs::write(dir.join(&ext), text).unwrap();
+        args.extend(["-extfile", &ext]);
+    }
+    openssl(dir, &args).await;
 }
