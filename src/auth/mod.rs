@@ -5,6 +5,7 @@
 //! says why). The MQTT front end asks; the broker never sees a password.
 
 pub mod acl;
+mod hashing;
 pub mod passwords;
 
 use std::collections::HashMap;
@@ -102,9 +103,9 @@ pub struct Authenticator {
     generation: AtomicU64,
     /// (user) -> (SHA-256 of the password, the generation it was verified under).
     verified: Mutex<HashMap<String, ([u8; 32], u64)>>,
-    /// Password hashing (deliberately slow and memory-hungry) runs on at most this many
-    /// blocking threads at once (`auth.max_concurrent_hashes`).
-    hashing: Arc<tokio::sync::Semaphore>,
+    /// Password hashing (deliberately slow and memory-hungry) runs on a pool of
+    /// `auth.max_concurrent_hashes` threads of its own.
+    hashing: hashing::HashPool,
 }
 
 /// What a CONNECT's credentials came to.
@@ -140,7 +141,7 @@ impl Authenticator {
             users: RwLock::new(Arc::new(Users::new(users))),
             generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
-            hashing: Arc::new(tokio::sync::Semaphore::new(config.hash_slots())),
+            hashing: hashing::HashPool::new(config.hash_slots()),
         })
     }
 
@@ -156,7 +157,7 @@ impl Authenticator {
             users: RwLock::new(Arc::new(Users::new(HashMap::new()))),
             generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
-            hashing: Arc::new(tokio::sync::Semaphore::new(1)),
+            hashing: hashing::HashPool::new(1),
         }
     }
 
@@ -217,9 +218,9 @@ impl Authenticator {
     /// Decides a CONNECT's credentials: Ok(Some(user)) when the password file verified the
     /// user name, Ok(None) for a client admitted as anonymous (no user name, or one that
     /// nothing can verify: it selects no ACL rules), or why it is refused. `loopback`: the
-    /// listener is bound to a loopback address. Hashing (deliberately slow) runs off the
-    /// async workers on at most `auth.max_concurrent_hashes` threads, waiting at most `wait`
-    /// for one; a user and password verified once are remembered until the next reload.
+    /// listener is bound to a loopback address. Hashing (deliberately slow) runs on the
+    /// `auth.max_concurrent_hashes` threads of `hashing`, waiting at most `wait` for one; a
+    /// user and password verified once are remembered until the next reload.
     pub async fn authenticate(
         self: &Arc<Self>,
         username: Option<&str>,
@@ -259,20 +260,9 @@ impl Authenticator {
             // An empty file: nothing to verify against, and nothing to learn by timing.
             return Err(Denied::BadCredentials);
         };
-        let permit = match tokio::time::timeout(wait, self.hashing.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(Denied::Busy),
+        let Ok(ok) = self.hashing.verify(hash, password, wait).await else {
+            return Err(Denied::Busy);
         };
-        let password = password.to_vec();
-        // The permit goes with the hash: a connection that gives up waiting does not free a
-        // slot whose thread is still hashing.
-        let ok = tokio::task::spawn_blocking(move || {
-            let ok = hash.verify(&password);
-            drop(permit);
-            ok
-        })
-        .await
-        .unwrap_or(false);
         if !ok || !known {
             return Err(Denied::BadCredentials);
         }
@@ -434,7 +424,7 @@ mod tests {
         let a = auth(Some(&line), "auto");
         assert!(a.users.read().decoy.is_some(), "a decoy from the file");
         // Every slot taken: a check waits, and past its wait is refused as busy.
-        let held = a.hashing.clone().acquire_many_owned(2).await.unwrap();
+        let held = a.hashing.take_all().await;
         let short = Duration::from_millis(50);
         assert_eq!(
             a.authenticate(Some("alice"), Some(b"s3cret"), true, short)
@@ -459,7 +449,7 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert_eq!(a.hashing.available_permits(), 2, "every slot given back");
+        assert_eq!(a.hashing.free_slots(), 2, "every slot given back");
     }
 
     #[tokio::test]

@@ -74,6 +74,13 @@ impl Hash {
 
     /// Whether `password` matches (in constant time for the comparison).
     pub fn verify(&self, password: &[u8]) -> bool {
+        self.verify_with(password, &mut Vec::new())
+    }
+
+    /// As `verify`, with argon2's working memory in `memory` (grown as needed and kept by
+    /// the caller: a hashing thread reuses one buffer instead of allocating tens of
+    /// megabytes per check, which the allocator would keep around in pieces).
+    pub fn verify_with(&self, password: &[u8], memory: &mut Vec<argon2::Block>) -> bool {
         match self {
             Hash::Pbkdf2Sha512 {
                 iterations,
@@ -90,17 +97,31 @@ impl Hash {
                 digest.update(salt);
                 constant_time_eq(&digest.finalize(), hash)
             }
-            Hash::Argon2(phc) => {
-                use argon2::password_hash::PasswordVerifier;
-                let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(phc) else {
-                    return false;
-                };
-                argon2::Argon2::default()
-                    .verify_password(password, &parsed)
-                    .is_ok()
-            }
+            Hash::Argon2(phc) => argon2_matches(phc, password, memory).unwrap_or(false),
         }
     }
+}
+
+/// Whether `password` gives the argon2 PHC string's hash, computed in `memory`; None when
+/// the string's parameters are not ones argon2 takes.
+fn argon2_matches(phc: &str, password: &[u8], memory: &mut Vec<argon2::Block>) -> Option<bool> {
+    let parsed = argon2::password_hash::phc::PasswordHash::new(phc).ok()?;
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm.as_str()).ok()?;
+    let version = match parsed.version {
+        Some(v) => argon2::Version::try_from(v).ok()?,
+        None => argon2::Version::default(),
+    };
+    let params = argon2::Params::try_from(&parsed).ok()?;
+    let (salt, expected) = (parsed.salt.as_ref()?, parsed.hash.as_ref()?);
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    argon2::Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+        .ok()?;
+    Some(constant_time_eq(&out, expected.as_ref()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -1,0 +1,144 @@
+//! Password hashing cannot be turned against the node: 500 concurrent CONNECTs with wrong
+//! passwords for a known user (argon2id, about 19 MiB and tens of milliseconds each) hash on
+//! at most `auth.max_concurrent_hashes` threads, so the node's peak memory stays bounded and a
+//! client whose password was verified before is served within a second in the middle of it.
+//! The control: the same flood with many hashing slots costs the node hundreds of megabytes.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::process::{BrokerProcess, free_port};
+use common::*;
+use vibemq::codec::{Protocol, reason};
+
+/// The node's peak resident memory so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc")
+        * 1024
+}
+
+fn alice(id: &str, password: &'static [u8]) -> vibemq::codec::Connect {
+    let mut c = connect_packet(Protocol::V5, id, true);
+    c.username = Some("alice".into());
+    c.password = Some(Bytes::from_static(password));
+    c
+}
+
+/// `count` connections at once with a wrong password; resolves with their CONNACK codes.
+fn flood(addr: std::net::SocketAddr, count: usize) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for i in 0..count {
+            tasks.push(tokio::spawn(async move {
+                let c = alice(&format!("flood-{i}"), b"wrong");
+                let mut client = RawClient::open(addr, Protocol::V5).await;
+                client
+                    .send(&vibemq::codec::Packet::Connect(Box::new(c)))
+                    .await;
+                match client.try_recv_within(Duration::from_secs(60)).await {
+                    Ok(Some(vibemq::codec::Packet::ConnAck(ack))) => ack.code,
+                    other => panic!("expected a CONNACK, got {other:?}"),
+                }
+            }));
+        }
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap());
+        }
+        codes
+    })
+}
+
+/// A node with alice in its password file and `slots` hashing slots; its growth in peak
+/// memory over the flood of `count`, and how long alice's reconnect took in the middle of it.
+async fn run_flood(dir: &Path, slots: usize, count: usize) -> (u64, Duration) {
+    let config = dir.join(format!("vibemq-{slots}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\npassword_file = \"{}\"\nmax_concurrent_hashes = {slots}\n",
+            dir.join("passwords").display()
+        ),
+    )
+    .unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let b = BrokerProcess::start(&[
+        "--config",
+        &config.display().to_string(),
+        "--http-bind",
+        &http,
+    ])
+    .await;
+    let pid = b.child.id().unwrap();
+    // alice has connected before: her password is verified and remembered.
+    let (_, ack) = RawClient::connect_with(b.addr, alice("probe", b"right")).await;
+    assert_eq!(ack.code, 0);
+    let before = peak_rss(pid);
+    let attack = flood(b.addr, count);
+    // In the middle of it (the hashing slots busy), alice reconnects.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = common::http::get(http.parse().unwrap(), "/metrics").await;
+        if metrics.contains("vibemq_auth_failures_total{reason=\"bad_credentials\"} ")
+            && !metrics.contains("vibemq_auth_failures_total{reason=\"bad_credentials\"} 0\n")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never got hashed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let (_, ack) = RawClient::connect_with(b.addr, alice("probe", b"right")).await;
+    let probe = started.elapsed();
+    assert_eq!(ack.code, 0);
+    let codes = attack.await.unwrap();
+    assert_eq!(codes.len(), count);
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == reason::BAD_USER_NAME_OR_PASSWORD || *c == reason::SERVER_BUSY),
+        "every wrong password refused: {codes:?}"
+    );
+    (peak_rss(pid).saturating_sub(before), probe)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_hashes_in_bounded_memory_and_others_are_served() {
+    let dir = std::env::temp_dir().join(format!("vibemq-hash-flood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    vibemq::auth::passwords::set_password(&dir.join("passwords"), "alice", b"right").unwrap();
+
+    let (grew, probe) = run_flood(&dir, 2, 500).await;
+    println!(
+        "2 slots, 500 wrong passwords: peak memory grew {} MiB; a verified client served in {probe:?}",
+        grew >> 20
+    );
+    assert!(probe < Duration::from_secs(1), "served in {probe:?}");
+    // Two slots of argon2 (19 MiB each), not one per CONNECT.
+    assert!(grew < 64 << 20, "peak memory grew {} MiB", grew >> 20);
+    // The control: the bound is what keeps the memory down.
+    let (grew_wide, _) = run_flood(&dir, 32, 200).await;
+    println!(
+        "32 slots, 200 wrong passwords: peak memory grew {} MiB",
+        grew_wide >> 20
+    );
+    assert!(
+        grew_wide > grew + (200 << 20),
+        "32 slots grew {} MiB, 2 slots {} MiB",
+        grew_wide >> 20,
+        grew >> 20
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
