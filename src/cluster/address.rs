@@ -8,6 +8,12 @@ use std::sync::Arc;
 use crate::config::ClusterConfig;
 
 /// This node's id: the configured one, else the host name.
+/// Whether `id` can be a node id: 1 to 255 bytes, no control characters (so a node id read
+/// from gossip never forges or breaks a log line).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=255).contains(&id.len()) && !id.chars().any(char::is_control)
+}
+
 pub fn node_id(config: &ClusterConfig) -> Arc<str> {
     if config.node_id.is_empty() {
         gethostname::gethostname()

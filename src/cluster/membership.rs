@@ -95,6 +95,12 @@ fn apply(
         if *id.node_id == *cluster.node_id {
             continue;
         }
+        // Not a node id any node of ours could have (a stranger on a cluster without a
+        // secret): ignored.
+        if !super::address::valid_node_id(&id.node_id) {
+            tracing::debug!(node_id = %crate::limits::printable(&id.node_id), "gossip from a node whose id is not valid: ignored");
+            continue;
+        }
         let slot = newest.entry(&id.node_id).or_insert((id, state));
         if id.generation_id > slot.0.generation_id {
             *slot = (id, state);

@@ -7,7 +7,7 @@
 //! in the store (`link_store`, `progress`), so a node restarted even after kill -9 resumes its
 //! links, and its peers resume theirs to it, without losing or repeating a frame.
 
-mod address;
+pub(crate) mod address;
 mod dial;
 mod discovery;
 mod forward;

@@ -337,6 +337,11 @@ impl Config {
         if c.name.is_empty() {
             return Err(err("cluster.name: must not be empty"));
         }
+        if !c.node_id.is_empty() && !crate::cluster::address::valid_node_id(&c.node_id) {
+            return Err(err(
+                "cluster.node_id: 1 to 255 bytes without control characters",
+            ));
+        }
         let secrets = c.secret_keys()?;
         let beyond_loopback = !c.gossip_addr.ip().is_loopback() || !c.peer_addr.ip().is_loopback();
         if c.enabled && beyond_loopback && secrets.is_empty() && !c.allow_insecure {

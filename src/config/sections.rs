@@ -206,6 +206,8 @@ pub struct ServerConfig {
     /// Given to v5 clients with DISCONNECT 0x9C (use another server) when this node stops
     /// while others serve; empty: 0x9C without it.
     pub server_reference: String,
+    /// Browser origins a WebSocket upgrade may come from (empty: any).
+    pub ws_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

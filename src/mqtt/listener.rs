@@ -227,7 +227,12 @@ impl Opening {
             return;
         }
         let max_packet = broker.config.mqtt.max_packet_size as usize;
-        match tokio::time::timeout_at(deadline, super::websocket::accept(stream, max_packet)).await
+        let origins = &broker.config.server.ws_allowed_origins;
+        match tokio::time::timeout_at(
+            deadline,
+            super::websocket::accept(stream, max_packet, origins),
+        )
+        .await
         {
             Ok(Ok(ws)) => {
                 let entry = (admission, self.loopback);

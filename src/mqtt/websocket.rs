@@ -2,7 +2,10 @@
 //! subprotocol `mqtt` (or the older `mqttv3.1`), then binary messages read and written as
 //! one byte stream, so MQTT packets may span messages and a message may hold several
 //! (MQTT-6.0.0-2, -3). A text message closes the connection (MQTT-6.0.0-1). The stream is a
-//! `ClientStream` like TCP, so the same limits and flow control apply unchanged.
+//! `ClientStream` like TCP, so the same limits and flow control apply unchanged. With
+//! `server.ws_allowed_origins` set, a browser's upgrade from a page of another origin is
+//! refused (403): a web page a user visits cannot use their network position to reach the
+//! broker. Clients that send no Origin (not browsers) are not affected.
 
 use std::io;
 use std::pin::Pin;
@@ -32,7 +35,12 @@ pub struct Refused(pub String);
 
 /// Performs the upgrade on `stream` (already through TLS for wss). Messages larger than
 /// `max_packet_size` plus a little slack close the connection, as an oversized packet does.
-pub async fn accept<S>(stream: S, max_packet_size: usize) -> Result<WsByteStream<S>, Refused>
+/// `allowed_origins`: the browser origins admitted (empty: any).
+pub async fn accept<S>(
+    stream: S,
+    max_packet_size: usize,
+    allowed_origins: &[String],
+) -> Result<WsByteStream<S>, Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -44,7 +52,14 @@ where
         .write_buffer_size(0)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, choose, Some(config))
+    // The signature is tungstenite's callback's (as `choose`'s).
+    #[allow(clippy::result_large_err)]
+    let check =
+        |request: &Request, response: Response| match origin_refused(request, allowed_origins) {
+            Some(refused) => Err(refused),
+            None => choose(request, response),
+        };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
         .await
         .map_err(|e| Refused(e.to_string()))?;
     Ok(WsByteStream {
@@ -92,6 +107,26 @@ fn choose(request: &Request, mut response: Response) -> Result<Response, ErrorRe
             "the WebSocket subprotocol must be mqtt (or mqttv3.1)",
         )),
     }
+}
+
+/// A browser's upgrade from an origin `allowed` does not list (an empty list, or `*` in it,
+/// admits any; a request without an Origin header is not a browser's and passes).
+fn origin_refused(request: &Request, allowed: &[String]) -> Option<ErrorResponse> {
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+        return None;
+    }
+    let origin = request.headers().get("origin")?;
+    let admitted = origin.to_str().is_ok_and(|origin| {
+        allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    });
+    (!admitted).then(|| {
+        refusal(
+            StatusCode::FORBIDDEN,
+            "this page's origin is not in server.ws_allowed_origins",
+        )
+    })
 }
 
 fn refusal(status: StatusCode, why: &str) -> ErrorResponse {
@@ -226,5 +261,28 @@ mod tests {
         assert_eq!(other.status(), StatusCode::BAD_REQUEST);
         let path = choose(&request("/", Some("mqtt")), Response::default()).unwrap_err();
         assert_eq!(path.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn browsers_from_other_origins_are_refused_when_origins_are_listed() {
+        let from = |origin: Option<&str>| {
+            let mut r = Request::builder().uri("/mqtt");
+            if let Some(o) = origin {
+                r = r.header("Origin", o);
+            }
+            r.body(()).unwrap()
+        };
+        let listed = vec!["https://app.example.com/".to_string()];
+        let refused = origin_refused(&from(Some("https://evil.example")), &listed).unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(origin_refused(&from(Some("https://APP.example.com")), &listed).is_none());
+        assert!(
+            origin_refused(&from(None), &listed).is_none(),
+            "not a browser"
+        );
+        // The control: no list (the default), or `*`, admits any origin.
+        assert!(origin_refused(&from(Some("https://evil.example")), &[]).is_none());
+        let any = vec!["*".to_string()];
+        assert!(origin_refused(&from(Some("https://evil.example")), &any).is_none());
     }
 }
