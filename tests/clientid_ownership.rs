@@ -1,0 +1,336 @@
+//! Client ids belong to the identity that made their session (`auth.clientid_ownership`):
+//! user bob connecting with user alice's client id, with mosquitto_sub as an attacker would,
+//! is refused (v5 0x87, v3 0x05) and counted, on the node that holds alice's session and on
+//! another node of the cluster, while alice stays connected and keeps her session; with
+//! ownership off (the control) the same connect takes the session over. And what is resent
+//! from a session taken over passes the read check of the client now connected.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::nodes::{LIMIT, ProcessNode};
+use common::process::{BrokerProcess, free_port, run, spawn};
+use common::*;
+use vibemq::codec::{Packet, Properties, Protocol, QoS, reason};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vibemq-owner-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A password file with alice and bob (password "pw"), and an ACL where alice alone reads
+/// `private/#` and both use `shared/#`.
+async fn users(dir: &Path) -> (String, String) {
+    let passwords = dir.join("passwords").display().to_string();
+    run(
+        "mosquitto_passwd",
+        &["-c", "-b", &passwords, "alice", "pw"],
+        LIMIT,
+    )
+    .await;
+    run("mosquitto_passwd", &["-b", &passwords, "bob", "pw"], LIMIT).await;
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "user alice\ntopic readwrite private/#\ntopic readwrite shared/#\n\
+         user bob\ntopic readwrite shared/#\n",
+    )
+    .unwrap();
+    (passwords, acl.display().to_string())
+}
+
+/// A v5 CONNECT as `user` for client id `id`, keeping its session for 300 s.
+fn connect_as(user: &str, id: &str, clean_start: bool) -> vibemq::codec::Connect {
+    let mut c = connect_packet(Protocol::V5, id, clean_start);
+    c.username = Some(user.into());
+    c.password = Some(Bytes::from_static(b"pw"));
+    c.properties.session_expiry_interval = Some(300);
+    c
+}
+
+/// mosquitto_sub as bob with `id` (persistent, -c): its exit code and what it said.
+async fn bob_takes(port: &str, id: &str, version: &str) -> (Option<i32>, String) {
+    let child = spawn(
+        "mosquitto_sub",
+        &[
+            "-p", port, "-V", version, "-i", id, "-c", "-u", "bob", "-P", "pw", "-t", "shared/#",
+            "-C", "1", "-W", "2",
+        ],
+    );
+    let out = tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("mosquitto_sub ends")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn metric_line(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const OWNED: &str = "vibemq_auth_failures_total{reason=\"clientid_owned\"}";
+
+#[tokio::test]
+async fn another_user_cannot_take_a_client_id_on_one_node() {
+    let dir = scratch("one-node");
+    let (passwords, acl) = users(&dir).await;
+    let http = free_port();
+    let config = dir.join("vibemq.toml");
+    let start = |ownership: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\npassword_file = \"{passwords}\"\nacl_file = \"{acl}\"\nclientid_ownership = \"{ownership}\"\n"
+            ),
+        )
+        .unwrap();
+        let (config, http_bind) = (config.display().to_string(), format!("127.0.0.1:{http}"));
+        async move { BrokerProcess::start(&["--config", &config, "--http-bind", &http_bind]).await }
+    };
+    let b = start("enforce").await;
+    let (mut alice, ack) = RawClient::connect_with(b.addr, connect_as("alice", "dev1", true)).await;
+    assert_eq!(ack.code, 0);
+    alice.subscribe("private/#", QoS::AtLeastOnce).await;
+    // bob, with mosquitto_sub, in both protocol versions: refused, and alice stays.
+    for version in ["mqttv5", "mqttv311"] {
+        let (code, said) = bob_takes(&b.port(), "dev1", version).await;
+        assert_ne!(code, Some(0), "{version}: {said}");
+        assert!(
+            said.to_lowercase().contains("not authori"),
+            "{version}: {said}"
+        );
+    }
+    let (bob, ack) = RawClient::connect_with(b.addr, connect_as("bob", "dev1", false)).await;
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED);
+    drop(bob);
+    let (_, metrics) =
+        common::http::get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").await;
+    assert_eq!(metric_line(&metrics, OWNED), 3.0, "each refusal counted");
+    alice.expect_silence(Duration::from_millis(200)).await;
+    // alice's connection and session are whole: a message for her arrives.
+    run(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &b.port(),
+            "-u",
+            "alice",
+            "-P",
+            "pw",
+            "-t",
+            "private/x",
+            "-m",
+            "1",
+            "-q",
+            "1",
+        ],
+        LIMIT,
+    )
+    .await;
+    match alice.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"1"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    // Offline, her stored session is still hers: bob is refused, alice resumes it.
+    drop(alice);
+    let (_, ack) = RawClient::connect_with(b.addr, connect_as("bob", "dev1", false)).await;
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED);
+    let (_, ack) = RawClient::connect_with(b.addr, connect_as("alice", "dev1", false)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true));
+    drop(b);
+
+    // The control: with ownership off, bob's connect takes the session over.
+    let b = start("off").await;
+    let (mut alice, _) = RawClient::connect_with(b.addr, connect_as("alice", "dev1", true)).await;
+    let (code, said) = bob_takes(&b.port(), "dev1", "mqttv5").await;
+    assert_eq!(code, Some(27), "connected, then timed out waiting: {said}");
+    assert_eq!(
+        alice.expect_closed().await,
+        Some(reason::SESSION_TAKEN_OVER)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_take_a_client_id_across_the_cluster() {
+    let dir = scratch("cluster");
+    let (passwords, acl) = users(&dir).await;
+    let env = |ownership: &str| {
+        vec![
+            ("VIBEMQ_AUTH_PASSWORD_FILE".to_string(), passwords.clone()),
+            ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.clone()),
+            (
+                "VIBEMQ_AUTH_CLIENTID_OWNERSHIP".to_string(),
+                ownership.to_string(),
+            ),
+        ]
+    };
+    let n1 = ProcessNode::start_with(1, 0, free_port(), env("enforce")).await;
+    let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), env("enforce")).await;
+    n1.wait_linked(1).await;
+    n2.wait_linked(1).await;
+    let (mut alice, ack) =
+        RawClient::connect_with(n1.addr(), connect_as("alice", "dev2", true)).await;
+    assert_eq!(ack.code, 0);
+    alice.subscribe("private/#", QoS::AtLeastOnce).await;
+    // bob at the other node, live session and stored one alike.
+    let (code, said) = bob_takes(&n2.port(), "dev2", "mqttv5").await;
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.to_lowercase().contains("not authori"), "{said}");
+    assert!(
+        n2.metric("vibemq_auth_failures_total{reason=\"clientid_owned\"}")
+            .await
+            >= 1.0
+    );
+    alice.expect_silence(Duration::from_millis(300)).await;
+    drop(alice);
+    // Offline at node1, queued for: bob at node2 is refused, alice at node2 resumes it all.
+    run(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &n1.port(),
+            "-u",
+            "alice",
+            "-P",
+            "pw",
+            "-t",
+            "private/q",
+            "-m",
+            "queued",
+            "-q",
+            "1",
+        ],
+        LIMIT,
+    )
+    .await;
+    let (_, ack) = RawClient::connect_with(n2.addr(), connect_as("bob", "dev2", false)).await;
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED);
+    let (mut alice, ack) =
+        RawClient::connect_with(n2.addr(), connect_as("alice", "dev2", false)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true));
+    match alice.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"queued"),
+        other => panic!("expected the queued message, got {other:?}"),
+    }
+    drop((alice, n1, n2));
+
+    // The control: ownership off on both nodes, and bob at node2 takes alice's session.
+    let n1 = ProcessNode::start_with(1, 0, free_port(), env("off")).await;
+    let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), env("off")).await;
+    n1.wait_linked(1).await;
+    n2.wait_linked(1).await;
+    let (mut alice, _) =
+        RawClient::connect_with(n1.addr(), connect_as("alice", "dev3", true)).await;
+    let (bob, ack) = RawClient::connect_with(n2.addr(), connect_as("bob", "dev3", false)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true));
+    assert_eq!(
+        alice.expect_closed().await,
+        Some(reason::SESSION_TAKEN_OVER)
+    );
+    drop(bob);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn what_is_resent_passes_the_read_check_of_the_client_now_connected() {
+    let dir = scratch("resend");
+    let (passwords, acl) = users(&dir).await;
+    let http = free_port();
+    let config = dir.join("vibemq.toml");
+    // Ownership off: the one case where another user may take a session over (as MQTT says).
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\npassword_file = \"{passwords}\"\nacl_file = \"{acl}\"\nclientid_ownership = \"off\"\n"
+        ),
+    )
+    .unwrap();
+    let http_bind = format!("127.0.0.1:{http}");
+    let b = BrokerProcess::start(&[
+        "--config",
+        &config.display().to_string(),
+        "--http-bind",
+        &http_bind,
+    ])
+    .await;
+    let in_flight = |user: &'static str| {
+        let addr = b.addr;
+        async move {
+            RawClient::connect_with(addr, connect_as(user, "dev4", false))
+                .await
+                .0
+        }
+    };
+    // alice receives a private message and does not acknowledge it: it stays in flight.
+    let (mut alice, _) = RawClient::connect_with(b.addr, connect_as("alice", "dev4", true)).await;
+    alice.subscribe("private/#", QoS::AtLeastOnce).await;
+    let mut publisher = RawClient::connect_with(b.addr, connect_as("alice", "pub", true))
+        .await
+        .0;
+    publisher
+        .publish_with(
+            "private/x",
+            b"for alice",
+            QoS::AtLeastOnce,
+            false,
+            7,
+            Properties::default(),
+        )
+        .await;
+    match alice.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"for alice"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    drop(alice);
+    // bob takes the session: the message in flight is not resent to him, and that is counted.
+    let mut bob = in_flight("bob").await;
+    bob.expect_silence(Duration::from_millis(500)).await;
+    let (_, metrics) = common::http::get(http_bind.parse().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("vibemq_acl_denied_total{action=\"receive\"} 1"),
+        "{metrics}"
+    );
+    drop(bob);
+    // The control: alice back instead gets an in-flight message resent (a second one, since
+    // bob's connection finished the first).
+    let mut alice = in_flight("alice").await;
+    alice.subscribe("private/#", QoS::AtLeastOnce).await;
+    publisher
+        .publish_with(
+            "private/y",
+            b"again",
+            QoS::AtLeastOnce,
+            false,
+            8,
+            Properties::default(),
+        )
+        .await;
+    match alice.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"again"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    drop(alice);
+    let mut alice = in_flight("alice").await;
+    match alice.recv().await {
+        Packet::Publish(p) => {
+            assert!(p.dup, "a resend");
+            assert_eq!(&p.payload[..], b"again");
+        }
+        other => panic!("expected the resend, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
