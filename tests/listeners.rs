@@ -431,3 +431,64 @@ async fn proxy_protocol_behind_haproxy_gives_the_client_address() {
     assert!(after > before, "{before} -> {after}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The HTTP status of a WebSocket upgrade at `addr` sent with `origin` (None: no Origin
+/// header, as clients that are not browsers send it).
+async fn upgrade_status(addr: std::net::SocketAddr, origin: Option<&str>) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    if let Some(o) = origin {
+        request.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    match tokio::time::timeout(LIMIT, tokio_tungstenite::client_async(request, tcp))
+        .await
+        .expect("an answer in time")
+    {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_browser_from_an_origin_not_listed_cannot_open_a_websocket() {
+    // The Origin header is what a browser sends with every WebSocket a page opens.
+    let node = common::start(|c| {
+        c.server.ws_bind = "127.0.0.1:0".into();
+        c.server.ws_allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let addr = node.listener_addr(ListenerKind::WebSocket).expect("ws on");
+    assert_eq!(
+        upgrade_status(addr, Some("https://evil.example")).await,
+        403
+    );
+    assert_eq!(
+        upgrade_status(addr, Some("https://app.example.com")).await,
+        101
+    );
+    assert_eq!(upgrade_status(addr, None).await, 101, "not a browser");
+    // The refusal is counted (once the upgrade's task has seen it fail).
+    let counted = || {
+        node.broker()
+            .metrics
+            .websocket_upgrade_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while counted() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted(), 1);
+    // The control: the default (no list) lets any page's browser in.
+    let open = common::start(|c| c.server.ws_bind = "127.0.0.1:0".into()).await;
+    let addr = open.listener_addr(ListenerKind::WebSocket).expect("ws on");
+    assert_eq!(
+        upgrade_status(addr, Some("https://evil.example")).await,
+        101
+    );
+}

@@ -84,10 +84,10 @@ impl ClientCertificates {
         &self,
         message: &[u8],
         leaf: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        (scheme, signature): (SignatureScheme, &[u8]),
         tls13: bool,
     ) -> Result<HandshakeSignatureValid, Error> {
-        if tls13 && !tls13_scheme(dss.scheme) {
+        if tls13 && !tls13_scheme(scheme) {
             return Err(Error::PeerMisbehaved(
                 rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
             ));
@@ -100,11 +100,11 @@ impl ClientCertificates {
             .algorithms
             .mapping
             .iter()
-            .find(|(scheme, _)| *scheme == dss.scheme)
+            .find(|(s, _)| *s == scheme)
             .map_or(&[], |(_, algs)| algs);
         let verified = candidates.iter().any(|alg| {
             alg.public_key_alg_id().as_ref() == key_algorithm
-                && alg.verify_signature(key, message, dss.signature()).is_ok()
+                && alg.verify_signature(key, message, signature).is_ok()
         });
         match verified {
             true => Ok(HandshakeSignatureValid::assertion()),
@@ -171,7 +171,7 @@ impl ClientCertVerifier for ClientCertificates {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
         if is_v1(cert) {
-            return self.verify_v1_signature(message, cert, dss, false);
+            return self.verify_v1_signature(message, cert, (dss.scheme, dss.signature()), false);
         }
         self.webpki.verify_tls12_signature(message, cert, dss)
     }
@@ -183,7 +183,7 @@ impl ClientCertVerifier for ClientCertificates {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
         if is_v1(cert) {
-            return self.verify_v1_signature(message, cert, dss, true);
+            return self.verify_v1_signature(message, cert, (dss.scheme, dss.signature()), true);
         }
         self.webpki.verify_tls13_signature(message, cert, dss)
     }
@@ -339,6 +339,105 @@ fn advice(error: &std::io::Error) -> Option<(&'static str, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, UnixTime};
+
+    fn pem(text: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(text.as_bytes()).unwrap()
+    }
+
+    /// The checks over the CAs in `authorities` (a webpki verifier over the first of them
+    /// behind, for v3 certificates).
+    fn verifier(authorities: &[&str]) -> ClientCertificates {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let authorities: Vec<_> = authorities.iter().map(|a| pem(a)).collect();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(authorities[0].clone()).unwrap();
+        let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        ClientCertificates::new(
+            webpki,
+            authorities,
+            provider.signature_verification_algorithms,
+        )
+    }
+
+    const CA: &str = include_str!("testdata/v1-ca.pem");
+    const LEAF: &str = include_str!("testdata/v1-leaf.pem");
+    const LEAF_KEY: &str = include_str!("testdata/v1-leaf.key");
+    const IMPOSTOR: &str = include_str!("testdata/v1-impostor-ca.pem");
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    /// 2030-01-01, within the fixtures' validity; and 2200, past it.
+    const IN_2030: u64 = 1_893_456_000;
+    const IN_2200: u64 = 7_258_118_400;
+
+    #[test]
+    fn a_v1_leaf_is_checked_against_its_ca_and_its_dates() {
+        let leaf = pem(LEAF);
+        assert!(is_v1(&leaf) && !is_v1(&pem(CA)));
+        let v = verifier(&[CA]);
+        assert!(v.verify_client_cert(&leaf, &[], at(IN_2030)).is_ok());
+        assert_eq!(
+            v.verify_client_cert(&leaf, &[], at(IN_2200)).unwrap_err(),
+            Error::InvalidCertificate(CertificateError::Expired)
+        );
+        // A CA of the same name with another key: the signature does not verify.
+        let impostor = verifier(&[IMPOSTOR]);
+        assert_eq!(
+            impostor
+                .verify_client_cert(&leaf, &[], at(IN_2030))
+                .unwrap_err(),
+            Error::InvalidCertificate(CertificateError::BadSignature)
+        );
+        // Signed by no configured CA: unknown issuer (v1 certificates make no chains).
+        let stranger = ClientCertificates {
+            authorities: Vec::new(),
+            ..verifier(&[CA])
+        };
+        assert_eq!(
+            stranger
+                .verify_client_cert(&leaf, &[], at(IN_2030))
+                .unwrap_err(),
+            Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        );
+    }
+
+    #[test]
+    fn the_handshake_signature_of_a_v1_leaf_is_verified_with_its_key() {
+        let key = PrivateKeyDer::from_pem_slice(LEAF_KEY.as_bytes()).unwrap();
+        let signing = rustls::crypto::ring::sign::any_ecdsa_type(&key).unwrap();
+        let scheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+        let signer = signing.choose_scheme(&[scheme]).unwrap();
+        let message = b"the handshake transcript";
+        let signature = signer.sign(message).unwrap();
+        let v = verifier(&[CA]);
+        let leaf = pem(LEAF);
+        let check = |message: &[u8], signed: (SignatureScheme, &[u8]), tls13| {
+            v.verify_v1_signature(message, &leaf, signed, tls13).is_ok()
+        };
+        assert!(check(message, (scheme, &signature), true));
+        assert!(check(message, (scheme, &signature), false));
+        // Another message, or a signature altered, is refused.
+        assert!(!check(b"another", (scheme, &signature), true));
+        let mut altered = signature.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(!check(message, (scheme, &altered), false));
+        // A scheme TLS 1.3 does not allow is refused there.
+        assert!(!check(
+            message,
+            (SignatureScheme::RSA_PKCS1_SHA256, &signature),
+            true
+        ));
+    }
 
     #[test]
     fn der_reading_takes_what_it_knows_and_refuses_the_rest() {
