@@ -440,7 +440,19 @@ def check_compose():
         compose = yaml.safe_load(f)
     names = known_env_names()
     configs = {}
+    # The one-shot service that makes the cluster secret: where it writes it.
+    secret_path = None
     for name, svc in compose["services"].items():
+        command = svc.get("command") or []
+        if command[:1] == ["secret"]:
+            secret_path = command[1]
+            ok(f"service {name} makes the cluster secret at {secret_path}")
+    secret_dir = tempfile.mkdtemp()
+    with open(os.path.join(secret_dir, "cluster"), "w") as f:
+        f.write(base64.b64encode(b"k" * 32).decode() + "\n")
+    for name, svc in compose["services"].items():
+        if (svc.get("command") or [])[:1] == ["secret"]:
+            continue
         env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
         for k in env:
             if k not in names:
@@ -458,13 +470,36 @@ def check_compose():
                 problem(f"service {name} mounts {src}, which does not exist")
             elif src.endswith(".toml"):
                 with open(path) as f:
-                    configs[name] = check_config(f.read(), env, f"service {name}'s {src}")
+                    text = f.read()
+                # The secret as the node sees it once cluster-secret has run.
+                checked = text.replace(os.path.dirname(secret_path), secret_dir) if secret_path else text
+                configs[name] = check_config(checked, env, f"service {name}'s {src}")
+                configs[name] = tomllib.loads(text)
         nofile = (svc.get("ulimits") or {}).get("nofile")
         if not nofile:
             problem(f"service {name}: no ulimits nofile (a container's default 1024 caps its connections)")
         aliases = ((svc.get("networks") or {}).get("cluster") or {}).get("aliases") or []
         if "vibemq" not in aliases:
             problem(f"service {name}: not on the cluster network as alias vibemq (the seeds' name)")
+    # The secret: every node reads the file cluster-secret writes, from its volume, after it ran.
+    for name, c in configs.items():
+        svc = compose["services"][name]
+        secret_file = c["cluster"].get("secret_file", "")
+        if not c["cluster"].get("secret") and not secret_file:
+            problem(f"service {name}: the cluster runs without a secret")
+        elif secret_file and secret_file != secret_path:
+            problem(f"service {name}: reads the cluster secret at {secret_file}, the service makes it at {secret_path}")
+        depends = (svc.get("depends_on") or {}).get("cluster-secret") or {}
+        if secret_file and depends.get("condition") != "service_completed_successfully":
+            problem(f"service {name}: does not wait for cluster-secret to complete")
+        # Anonymous clients (auth.allow_anonymous = true) only where the host's loopback alone
+        # reaches the published MQTT ports.
+        anonymous = str(c.get("auth", {}).get("allow_anonymous", "auto")).lower() == "true"
+        for p in svc.get("ports", []):
+            if anonymous and not str(p).startswith("127.0.0.1:"):
+                problem(f"service {name}: publishes {p} beyond the host's loopback while admitting anonymous clients")
+    if configs:
+        ok("every node reads the cluster secret cluster-secret makes, after it ran; anonymous MQTT only on the host's loopback")
     # Every node alike: the same ports inside its container, and seeds of its own that name
     # the alias every node answers to (no node is the one the others need).
     inside = {

@@ -5,7 +5,8 @@
 # persistent session (its volume), node2 stopped while node1 and node3 go on, node2 back, scaled up and
 # down through the service name's DNS, a session on node3 resumed at node1 after node3 is
 # killed, node3 cut off the network and healed, and node2 and node3 forming a cluster while
-# node1 is down (no node is the seed). Every step is
+# node1 is down (no node is the seed); the cluster runs under the secret the one-shot
+# service cluster-secret made, MQTT published on the host's loopback only. Every step is
 # bounded; everything is torn down even when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,11 @@ log "starting node1..3"
 compose up -d --no-build node1 node2 node3
 for n in node1 node2 node3; do wait_for "healthy $n" 90; done
 wait_for "links_up 2" 30
+# The cluster runs under the secret the one-shot service cluster-secret made, and MQTT is
+# published on the host's loopback only.
+api | grep -q '"secret":true' || fail "the Compose cluster runs without a secret"
+docker port "$(container node1)" 1883/tcp | grep -qx '127.0.0.1:1883' \
+    || fail "node1's MQTT port is published beyond the host's loopback: $(docker port "$(container node1)" 1883/tcp)"
 
 log "subscribe on node1 (1883), publish on node2 (1884) and node3 (1885)"
 mosquitto_sub -p 1883 -t 'ct/#' -q 1 -v > "$workdir/sub.out" &
