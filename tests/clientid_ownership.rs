@@ -334,3 +334,103 @@ async fn what_is_resent_passes_the_read_check_of_the_client_now_connected() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumed_from_its_copy_is_still_its_owners() {
+    let dir = scratch("copy");
+    let (passwords, acl) = users(&dir).await;
+    let env = vec![
+        ("VIBEMQ_AUTH_PASSWORD_FILE".to_string(), passwords.clone()),
+        ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.clone()),
+    ];
+    let mut n1 = ProcessNode::start_with(1, 0, free_port(), env.clone()).await;
+    let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), env).await;
+    n1.wait_linked(1).await;
+    n2.wait_linked(1).await;
+    // alice's session at node1, offline with a message queued; its copy at node2.
+    let (mut alice, _) =
+        RawClient::connect_with(n1.addr(), connect_as("alice", "dev5", true)).await;
+    alice.subscribe("private/#", QoS::AtLeastOnce).await;
+    drop(alice);
+    run(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &n1.port(),
+            "-u",
+            "alice",
+            "-P",
+            "pw",
+            "-t",
+            "private/c",
+            "-m",
+            "kept",
+            "-q",
+            "1",
+        ],
+        LIMIT,
+    )
+    .await;
+    n2.wait_metric_above(
+        "vibemq_session_replica_messages",
+        0.0,
+        "no copy of the message",
+    )
+    .await;
+    // node1 dies; the copy at node2 is what is left of the session, and it is alice's.
+    n1.kill9().await;
+    let (_, ack) = RawClient::connect_with(n2.addr(), connect_as("bob", "dev5", false)).await;
+    assert_eq!(ack.code, reason::NOT_AUTHORIZED, "the copy is alice's");
+    let (mut alice, ack) =
+        RawClient::connect_with(n2.addr(), connect_as("alice", "dev5", false)).await;
+    assert_eq!((ack.code, ack.session_present), (0, true));
+    match alice.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], b"kept"),
+        other => panic!("expected the queued message, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_claims_never_make_the_owner_lose_her_connect() {
+    let dir = scratch("rival");
+    let (passwords, acl) = users(&dir).await;
+    let env = vec![
+        ("VIBEMQ_AUTH_PASSWORD_FILE".to_string(), passwords.clone()),
+        ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.clone()),
+    ];
+    let [n1, n2, n3] = ProcessNode::three(env).await;
+    // alice's session at node1.
+    let (alice, _) = RawClient::connect_with(n1.addr(), connect_as("alice", "dev6", true)).await;
+    drop(alice);
+    // bob claims her client id at node2 over and over, while she connects at node3, then
+    // at node2, then at node1 ...: each of her connects must stay (no 0x8E for a rival claim).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rival = {
+        let (addr, stop) = (n2.addr(), stop.clone());
+        tokio::spawn(async move {
+            let mut refused = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (_, ack) =
+                    RawClient::connect_with(addr, connect_as("bob", "dev6", false)).await;
+                assert_eq!(ack.code, reason::NOT_AUTHORIZED, "bob got alice's session");
+                refused += 1;
+            }
+            refused
+        })
+    };
+    for round in 0..12 {
+        let at = [&n3, &n2, &n1][round % 3];
+        let (mut alice, ack) =
+            RawClient::connect_with(at.addr(), connect_as("alice", "dev6", false)).await;
+        assert_eq!((ack.code, ack.session_present), (0, true), "round {round}");
+        // Still connected a moment later: not taken over by a claim of bob's.
+        alice.expect_silence(Duration::from_millis(300)).await;
+        drop(alice);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = rival.await.unwrap();
+    println!("bob was refused {refused} times while alice moved between the nodes");
+    assert!(refused > 12, "bob's claims ran alongside ({refused})");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -46,15 +46,18 @@ pub struct SessionImage {
 pub type Subscriptions = Vec<(String, StoredSubscription)>;
 
 /// What a claim found: its order, and the nodes that hold a session for the client id, with
-/// its subscriptions (none for a clean start: those sessions ended).
+/// its subscriptions and the identity that owns it (none for a clean start: those sessions
+/// ended).
 #[derive(Debug)]
 pub struct Claim {
     pub order: ClaimOrder,
-    pub holders: Vec<(Arc<str>, Subscriptions)>,
+    pub holders: Vec<(Arc<str>, Subscriptions, Option<String>)>,
     /// A newer claim answered first: the connection goes once attached.
     pub superseded: bool,
     /// A node holds the session for another identity: the connection is refused.
     pub owned_elsewhere: bool,
+    /// A node was claiming the client id for another identity at the same time.
+    pub contested: bool,
 }
 
 /// What a node holds for a claimed client id.
@@ -65,11 +68,16 @@ pub enum Holding {
     /// A newer claim has the client id: the claimant's connection must go.
     Superseded,
     /// A session, kept whole (its connection closed) until the claimant releases it: its
-    /// subscriptions, which the claimant makes first so that nothing published meanwhile is lost.
-    Session(Subscriptions),
+    /// subscriptions, which the claimant makes first so that nothing published meanwhile is
+    /// lost, and the identity that owns it (it keeps its owner, or none, as it moves).
+    Session(Subscriptions, Option<String>),
     /// A session that belongs to another identity (`auth.clientid_ownership`): left as it
     /// is, its connection untouched; the claimant's CONNECT is refused.
     Owned,
+    /// No session here, but a connect of another identity is claiming the client id here
+    /// right now (`auth.clientid_ownership`): the session may be on its way here; the
+    /// claimant does not take the id unless a session of its own is offered.
+    Contested,
 }
 
 /// How long a session whose connection was closed for a claim stays at least, waiting for the
@@ -150,6 +158,7 @@ impl Broker {
                 .iter()
                 .map(|(f, r)| (f.clone(), StoredSubscription::from_record(r)))
                 .collect(),
+            st.owner.as_deref().map(str::to_string),
         )
     }
 
@@ -160,6 +169,15 @@ impl Broker {
             && self.sessions.get(client_id).is_some_and(|s| {
                 let st = s.state.lock();
                 !st.ended && !super::session::may_take(st.owner.as_deref(), identity)
+            })
+    }
+
+    /// Whether a session of `client_id` here is `identity`'s own (made by that verified user).
+    pub fn owned_by(&self, client_id: &str, identity: Option<&str>) -> bool {
+        identity.is_some()
+            && self.sessions.get(client_id).is_some_and(|s| {
+                let st = s.state.lock();
+                !st.ended && st.owner.as_deref() == identity
             })
     }
 

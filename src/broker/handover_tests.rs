@@ -75,7 +75,7 @@ async fn a_session_moves_whole_and_its_copies_are_dropped() {
         node: "z".into(),
     };
     match a.hold_for_claim(&client, false, &order, None).await {
-        Holding::Session(subs) => {
+        Holding::Session(subs, _) => {
             assert_eq!(subs.len(), 1);
             assert_eq!(subs[0].0, "t/#");
             assert_eq!(subs[0].1.id, Some(7));

@@ -90,7 +90,7 @@ pub trait ClusterHook: Send + Sync {
     /// Resolves once this node has processed what every live peer sent it before now.
     fn drain<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, ()>;
     /// The claim's connection is attached: false if a newer claim came meanwhile.
-    fn settle_claim(&self, client_id: &str, order: &ClaimOrder) -> bool;
+    fn settle_claim(&self, client_id: &str, order: &ClaimOrder, identity: Option<&str>) -> bool;
     /// Whether a connection may attach now (`cluster.allow_connect_during_partition`).
     fn admits_connect(&self) -> bool;
     /// `cluster.session_replicas`.
@@ -196,6 +196,8 @@ struct Attaching<'a> {
     expiry_interval: u32,
     will: Option<&'a PendingWill>,
     identity: Option<&'a Arc<str>>,
+    /// Who owns the session if this attach makes it.
+    owner: Option<Arc<str>>,
 }
 
 /// What a closing connection leaves behind for its session.
@@ -480,13 +482,30 @@ impl Broker {
                 let claim = cluster
                     .claim(client_id, clean_start, identity.map(|i| &**i))
                     .await;
-                if claim.owned_elsewhere {
-                    cluster.settle_claim(client_id, &claim.order);
-                    return Err(AttachRefused::OwnedByAnother);
+                if claim.owned_elsewhere || claim.contested {
+                    // Another user's session elsewhere (or another user's connect claiming the
+                    // id at the same moment, whose session may be on its way) refuses this
+                    // connect, unless this user has a session of their own here or was offered
+                    // one: two sessions under two users for one client id (made on either side
+                    // of a partition) each stay their owner's.
+                    let own = self.owned_by(client_id, identity.map(|i| &**i));
+                    if !own && claim.holders.is_empty() {
+                        cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i));
+                        return Err(AttachRefused::OwnedByAnother);
+                    }
+                    if claim.owned_elsewhere {
+                        tracing::warn!(client_id = %crate::limits::printable(client_id), "another user's session for this client id is held at another node (made there during a partition?): each stays its owner's");
+                    }
                 }
                 Some(claim)
             }
             None => None,
+        };
+        // A session brought from another node keeps its owner (or none); a new one is the
+        // connecting user's.
+        let owner = match claim.as_ref().and_then(|c| c.holders.first()) {
+            Some((_, _, owner)) => owner.as_deref().map(Arc::from),
+            None => identity.cloned(),
         };
         let attaching = Attaching {
             clean_start,
@@ -494,12 +513,13 @@ impl Broker {
             expiry_interval,
             will,
             identity,
+            owner,
         };
         let mut attached = match self.attach_here(client_id, &attaching).await {
             Ok(attached) => attached,
             Err(refused) => {
                 if let (Some(cluster), Some(claim)) = (&cluster, &claim) {
-                    cluster.settle_claim(client_id, &claim.order);
+                    cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i));
                 }
                 return Err(refused);
             }
@@ -509,7 +529,7 @@ impl Broker {
         };
         attached.session.state.lock().claim = Some(claim.order.clone());
         if !claim.superseded {
-            for (node, subscriptions) in &claim.holders {
+            for (node, subscriptions, _) in &claim.holders {
                 self.subscribe_for_handover(&cluster, &attached.session, subscriptions)
                     .await;
                 if let Some(image) = cluster.release(node, client_id, &claim.order).await {
@@ -526,7 +546,9 @@ impl Broker {
                 }
             }
         }
-        if !cluster.settle_claim(client_id, &claim.order) || claim.superseded {
+        if !cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i))
+            || claim.superseded
+        {
             self.claim_lost(client_id, control.id);
         }
         Ok(attached)
@@ -551,6 +573,12 @@ impl Broker {
         let (clean_start, control, expiry_interval, will) =
             (a.clean_start, a.control, a.expiry_interval, a.will);
         let enforce = self.ownership_enforced();
+        let identity = a.identity.map(|i| &**i);
+        // Whether a session (its state locked) is another identity's: checked at every step
+        // that would touch it, so a session made or resumed meanwhile is never taken.
+        let foreign = |st: &session::SessionState| {
+            enforce && !st.ended && !session::may_take(st.owner.as_deref(), identity)
+        };
         loop {
             let existing = self.sessions.get(client_id).map(|s| s.clone());
             if let Some(session) = &existing {
@@ -558,10 +586,7 @@ impl Broker {
                     let mut st = session.state.lock();
                     // Before the connection there is closed: a CONNECT under another
                     // identity neither takes the session nor ends it.
-                    if enforce
-                        && !st.ended
-                        && !session::may_take(st.owner.as_deref(), a.identity.map(|i| &**i))
-                    {
+                    if foreign(&st) {
                         return Err(AttachRefused::OwnedByAnother);
                     }
                     match &st.connection {
@@ -581,6 +606,9 @@ impl Broker {
                 Some(session) => (session, true),
                 None => {
                     if let Some(old) = self.sessions.get(client_id).map(|s| s.clone()) {
+                        if foreign(&old.state.lock()) {
+                            return Err(AttachRefused::OwnedByAnother);
+                        }
                         self.end_session(&old);
                     }
                     let mqtt = &self.config.mqtt;
@@ -589,22 +617,28 @@ impl Broker {
                         max_bytes: mqtt.max_queued_bytes,
                     };
                     let session = Session::new(client_id.clone(), bounds, mqtt.queue_qos0_offline);
-                    self.sessions.insert(client_id.clone(), session.clone());
+                    // Owned from its first moment in the map: nobody sees it unowned.
+                    session.state.lock().owner = a.owner.clone();
+                    match self.sessions.entry(client_id.clone()) {
+                        dashmap::Entry::Vacant(slot) => {
+                            slot.insert(session.clone());
+                        }
+                        // Another connect made one meanwhile: judged again from the top.
+                        dashmap::Entry::Occupied(_) => continue,
+                    }
                     (session, false)
                 }
             };
             let mut st = session.state.lock();
+            if foreign(&st) {
+                return Err(AttachRefused::OwnedByAnother);
+            }
             if st.connection.is_some() || st.ended {
                 // Another connection got in between; go round again.
                 continue;
             }
             st.connection = Some(control.clone());
             st.generation += 1;
-            // A verified identity owns what it attaches to (an anonymous session becomes its
-            // own); an anonymous connection leaves the owner as it is (none, or it was refused).
-            if let Some(identity) = a.identity {
-                st.owner = Some(identity.clone());
-            }
             // A new connection before the will delay elapsed cancels the will (MQTT-3.1.3-9),
             // and the session no longer expires.
             st.will = None;

@@ -168,8 +168,9 @@ pub struct SessionState {
     /// Just after the session moved here: the messages it came with (see
     /// `handover::MessageId`), so that copies still on their way here are not queued twice.
     pub moved_in: Option<Box<std::collections::HashSet<super::handover::MessageId>>>,
-    /// The verified identity (user name) that made the session or last resumed it; None for
-    /// a session made anonymously, which belongs to nobody (`auth.clientid_ownership`).
+    /// The verified identity (user name) that made the session; None for a session made
+    /// anonymously (or stored before sessions had owners), which belongs to nobody and stays
+    /// so (`auth.clientid_ownership`).
     pub owner: Option<Arc<str>>,
 }
 

@@ -225,8 +225,8 @@ impl ClusterHook for Cluster {
         Box::pin(self.drain_from_peers(None, client_id))
     }
 
-    fn settle_claim(&self, client_id: &str, order: &ClaimOrder) -> bool {
-        Cluster::settle_claim(self, client_id, order)
+    fn settle_claim(&self, client_id: &str, order: &ClaimOrder, identity: Option<&str>) -> bool {
+        Cluster::settle_claim(self, client_id, order, identity)
     }
 
     fn admits_connect(&self) -> bool {

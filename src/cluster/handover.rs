@@ -102,14 +102,20 @@ pub(super) fn encode(message: &SessionMessage) -> Option<Bytes> {
     }
 }
 
+/// The claims on one client id under way at this node, by the identity each is for (one key,
+/// None, when ownership is off), with the newest order seen for it.
+type ClaimsFor = HashMap<Option<Arc<str>>, ClaimOrder>;
+
 /// Requests under way and claims this node made that are not settled yet.
 #[derive(Default)]
 pub(crate) struct Handover {
     next_request: AtomicU64,
     pub(super) waiting: Mutex<HashMap<u64, oneshot::Sender<SessionMessage>>>,
-    /// Client id -> the newest claim seen for it while this node's own claim is under way
-    /// (the claim's own order until a newer one arrives).
-    pending: Mutex<HashMap<Arc<str>, ClaimOrder>>,
+    /// Client id -> for each identity this node is claiming it for now, the newest claim seen
+    /// for that identity (the claim's own order until a newer one arrives). With
+    /// `auth.clientid_ownership = "enforce"` claims of different users are apart: neither
+    /// supersedes the other, here or elsewhere; with it off every claim is under one key.
+    pending: Mutex<HashMap<Arc<str>, ClaimsFor>>,
 }
 
 impl Cluster {
@@ -191,7 +197,9 @@ impl Cluster {
         self.handover
             .pending
             .lock()
-            .insert(client.clone(), order.clone());
+            .entry(client.clone())
+            .or_default()
+            .insert(self.claim_key(identity), order.clone());
         // The live peers are asked; the others, as this node sees them, are gone, and the
         // claim says so: a peer that has not seen one of them go yet still gives up the copy it
         // keeps of that node's session (a copy is otherwise promised only once its holder is
@@ -212,6 +220,7 @@ impl Cluster {
             holders: Vec::new(),
             superseded: false,
             owned_elsewhere: false,
+            contested: false,
         };
         let names = |nodes: &[Arc<str>]| nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let answered = self
@@ -250,11 +259,13 @@ impl Cluster {
         // A copy kept here of a session whose node died: this node is a holder too.
         if !claim.superseded && !claim.owned_elsewhere {
             match self.claim_replica(client, &claim.order, clean_start, &gone, identity) {
-                Holding::Session(subscriptions) => {
-                    claim.holders.push((self.node_id.clone(), subscriptions))
+                Holding::Session(subscriptions, owner) => {
+                    claim
+                        .holders
+                        .push((self.node_id.clone(), subscriptions, owner))
                 }
                 Holding::Owned => claim.owned_elsewhere = true,
-                Holding::Nothing | Holding::Superseded => {}
+                Holding::Nothing | Holding::Superseded | Holding::Contested => {}
             }
         }
         claim
@@ -293,10 +304,11 @@ impl Cluster {
                     match holding {
                         Holding::Nothing => {}
                         Holding::Superseded => claim.superseded = true,
-                        Holding::Session(subscriptions) => {
-                            claim.holders.push((node.clone(), subscriptions))
+                        Holding::Session(subscriptions, owner) => {
+                            claim.holders.push((node.clone(), subscriptions, owner))
                         }
                         Holding::Owned => claim.owned_elsewhere = true,
+                        Holding::Contested => claim.contested = true,
                     }
                     answered.push(node);
                 }
@@ -364,13 +376,33 @@ impl Cluster {
     }
 
     /// The claim `order` attached its connection: false if a newer claim came meanwhile.
-    pub(crate) fn settle_claim(&self, client: &str, order: &ClaimOrder) -> bool {
+    pub(crate) fn settle_claim(
+        &self,
+        client: &str,
+        order: &ClaimOrder,
+        identity: Option<&str>,
+    ) -> bool {
+        let key = self.claim_key(identity);
         let mut pending = self.handover.pending.lock();
-        let current = pending.get(client) == Some(order);
-        if pending.get(client).is_some_and(|o| o <= order) {
-            pending.remove(client);
+        let Some(claims) = pending.get_mut(client) else {
+            return false;
+        };
+        let current = claims.get(&key) == Some(order);
+        if claims.get(&key).is_some_and(|o| o <= order) {
+            claims.remove(&key);
+            if claims.is_empty() {
+                pending.remove(client);
+            }
         }
         current
+    }
+
+    /// The key claims for `identity` are kept under (`pending`).
+    fn claim_key(&self, identity: Option<&str>) -> Option<Arc<str>> {
+        match self.ownership_enforced() {
+            true => identity.map(Arc::from),
+            false => None,
+        }
     }
 
     /// A peer did not take part in a claim: counted, and logged (the client may find part of
@@ -505,14 +537,31 @@ impl Cluster {
         if broker.owned_by_another(client, identity) {
             return Holding::Owned;
         }
+        let mut contested = false;
         {
+            let key = self.claim_key(identity);
             let mut pending = self.handover.pending.lock();
-            if let Some(mine) = pending.get_mut(client) {
-                if *mine > *order {
-                    return Holding::Superseded;
+            if let Some(claims) = pending.get_mut(client) {
+                // Claims of the same user (or any, with ownership off): the newer wins.
+                if let Some(mine) = claims.get_mut(&key) {
+                    if *mine > *order {
+                        return Holding::Superseded;
+                    }
+                    *mine = order.clone();
                 }
-                *mine = order.clone();
+                // Claims for other users neither supersede nor are superseded (a stranger's
+                // claims must not make the owner's connect lose): this node says it is
+                // claiming the id for another user, and the session, if any, decides.
+                contested = claims.keys().any(|k| *k != key);
             }
+        }
+        if contested {
+            // Nothing held here (checked above), and this node's own claim is another
+            // user's: its session may be on its way here.
+            return match self.claim_replica(client, order, clean_start, gone, identity) {
+                Holding::Nothing => Holding::Contested,
+                holding => holding,
+            };
         }
         match broker
             .hold_for_claim(client, clean_start, order, identity)

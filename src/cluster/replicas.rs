@@ -256,12 +256,14 @@ impl Cluster {
     ) -> Holding {
         self.claim_replica_subscriptions(client, order, clean_start, gone, identity)
             .map_or(Holding::Nothing, |owned| {
-                owned.map_or(Holding::Owned, Holding::Session)
+                owned.map_or(Holding::Owned, |(subs, owner)| {
+                    Holding::Session(subs, owner)
+                })
             })
     }
 
     /// `claim_replica`'s work: None when there is no copy to claim, Some(None) when it is
-    /// owned by another identity.
+    /// owned by another identity, else its subscriptions and owner.
     fn claim_replica_subscriptions(
         &self,
         client: &str,
@@ -269,7 +271,7 @@ impl Cluster {
         clean_start: bool,
         gone: &[String],
         identity: Option<&str>,
-    ) -> Option<Option<Subscriptions>> {
+    ) -> Option<Option<(Subscriptions, Option<String>)>> {
         let mut held = self.replicas.held.lock();
         let orphans: Vec<CopyKey> = held
             .iter()
@@ -303,12 +305,13 @@ impl Cluster {
             return None;
         }
         r.claimed = Some(order.clone());
-        Some(Some(
+        Some(Some((
             r.subscriptions
                 .iter()
                 .map(|(f, s)| (f.clone(), *s))
                 .collect(),
-        ))
+            r.owner.clone(),
+        )))
     }
 
     /// Whether client ids belong to their sessions' identities here

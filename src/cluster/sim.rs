@@ -283,7 +283,7 @@ async fn node(i: usize, world: Arc<Mutex<World>>) -> turmoil::Result {
         while let Ok((stream, _)) = listener.accept().await {
             let cluster = accepting.clone();
             tokio::task::spawn_local(async move {
-                let _ = inbound::receive(stream, &cluster, None).await;
+                let _ = inbound::receive(stream, &cluster, None::<()>).await;
             });
         }
     });
@@ -632,7 +632,7 @@ fn a_link_meant_for_an_earlier_run_of_the_peer_is_not_used_with_a_later_one() {
             let (stream, _) = listener.accept().await?;
             let cluster = cluster.clone();
             tokio::task::spawn_local(async move {
-                let _ = inbound::receive(stream, &cluster, None).await;
+                let _ = inbound::receive(stream, &cluster, None::<()>).await;
             });
         }
     });
