@@ -26,10 +26,11 @@ pub enum Limit {
     Connections,
     InboundQos2,
     ConcurrentHashes,
+    HashesPerIp,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 15] = [
+    pub const ALL: [Limit; 16] = [
         Limit::TopicLevels,
         Limit::TopicLength,
         Limit::SubscriptionsPerClient,
@@ -45,6 +46,7 @@ impl Limit {
         Limit::Connections,
         Limit::InboundQos2,
         Limit::ConcurrentHashes,
+        Limit::HashesPerIp,
     ];
 
     /// The limit a topic name or filter ran into.
@@ -73,6 +75,7 @@ impl Limit {
             Limit::Connections => "server.max_connections",
             Limit::InboundQos2 => "mqtt.max_inflight",
             Limit::ConcurrentHashes => "auth.max_concurrent_hashes",
+            Limit::HashesPerIp => "auth.max_hashes_per_ip",
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Password hashing cannot be turned against the node: 500 concurrent CONNECTs with wrong
-//! passwords for a known user (argon2id, about 19 MiB and tens of milliseconds each) hash on
-//! at most `auth.max_concurrent_hashes` threads, so the node's peak memory stays bounded and a
-//! client whose password was verified before is served within a second in the middle of it.
-//! The control: the same flood with many hashing slots costs the node hundreds of megabytes.
+//! passwords for a known user (argon2id, about 19 MiB and tens of milliseconds each) from one
+//! address hash on at most `auth.max_concurrent_hashes` threads, at most
+//! `auth.max_hashes_per_ip` of them queued (the rest refused at once with 0x89), so the node's
+//! peak memory stays bounded and a client from another address, its password never checked
+//! before, is served within a second in the middle of it. The control: the same flood with
+//! many hashing slots and no share per address costs the node hundreds of megabytes.
 
 mod common;
 
@@ -57,14 +59,32 @@ fn flood(addr: std::net::SocketAddr, count: usize) -> tokio::task::JoinHandle<Ve
     })
 }
 
-/// A node with alice in its password file and `slots` hashing slots; its growth in peak
-/// memory over the flood of `count`, and how long alice's reconnect took in the middle of it.
-async fn run_flood(dir: &Path, slots: usize, count: usize) -> (u64, Duration) {
+/// A RawClient connected from the loopback address `from`.
+async fn open_from(from: &str, addr: std::net::SocketAddr) -> RawClient {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    RawClient {
+        stream: socket.connect(addr).await.unwrap(),
+        buf: bytes::BytesMut::new(),
+        protocol: Protocol::V5,
+    }
+}
+
+/// A node with alice in its password file, `slots` hashing slots and `per_ip` checks per
+/// address; its growth in peak memory over the flood of `count`, how long alice took to be
+/// served (from another address, her password never checked before) in the middle of it, and
+/// how many of the flood were refused at once for their address's share.
+async fn run_flood(
+    dir: &Path,
+    slots: usize,
+    per_ip: usize,
+    count: usize,
+) -> (u64, Duration, usize) {
     let config = dir.join(format!("vibemq-{slots}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[auth]\npassword_file = \"{}\"\nmax_concurrent_hashes = {slots}\n",
+            "[auth]\npassword_file = \"{}\"\nmax_concurrent_hashes = {slots}\nmax_hashes_per_ip = {per_ip}\n",
             dir.join("passwords").display()
         ),
     )
@@ -78,9 +98,6 @@ async fn run_flood(dir: &Path, slots: usize, count: usize) -> (u64, Duration) {
     ])
     .await;
     let pid = b.child.id().unwrap();
-    // alice has connected before: her password is verified and remembered.
-    let (_, ack) = RawClient::connect_with(b.addr, alice("probe", b"right")).await;
-    assert_eq!(ack.code, 0);
     let before = peak_rss(pid);
     let attack = flood(b.addr, count);
     // In the middle of it (the hashing slots busy), alice reconnects.
@@ -99,9 +116,18 @@ async fn run_flood(dir: &Path, slots: usize, count: usize) -> (u64, Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = std::time::Instant::now();
-    let (_, ack) = RawClient::connect_with(b.addr, alice("probe", b"right")).await;
-    let probe = started.elapsed();
-    assert_eq!(ack.code, 0);
+    let mut probe = open_from("127.0.0.2", b.addr).await;
+    probe
+        .send(&vibemq::codec::Packet::Connect(Box::new(alice(
+            "probe", b"right",
+        ))))
+        .await;
+    let code = match probe.recv().await {
+        vibemq::codec::Packet::ConnAck(ack) => ack.code,
+        other => panic!("expected a CONNACK, got {other:?}"),
+    };
+    let served = started.elapsed();
+    assert_eq!(code, 0);
     let codes = attack.await.unwrap();
     assert_eq!(codes.len(), count);
     assert!(
@@ -110,7 +136,8 @@ async fn run_flood(dir: &Path, slots: usize, count: usize) -> (u64, Duration) {
             .all(|c| *c == reason::BAD_USER_NAME_OR_PASSWORD || *c == reason::SERVER_BUSY),
         "every wrong password refused: {codes:?}"
     );
-    (peak_rss(pid).saturating_sub(before), probe)
+    let busy = codes.iter().filter(|c| **c == reason::SERVER_BUSY).count();
+    (peak_rss(pid).saturating_sub(before), served, busy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,18 +147,22 @@ async fn a_flood_of_wrong_passwords_hashes_in_bounded_memory_and_others_are_serv
     std::fs::create_dir_all(&dir).unwrap();
     vibemq::auth::passwords::set_password(&dir.join("passwords"), "alice", b"right").unwrap();
 
-    let (grew, probe) = run_flood(&dir, 2, 500).await;
+    let (grew, probe, busy) = run_flood(&dir, 2, 8, 500).await;
     println!(
-        "2 slots, 500 wrong passwords: peak memory grew {} MiB; a verified client served in {probe:?}",
+        "2 slots, 8 per address, 500 wrong passwords ({busy} refused at once): peak memory grew {} MiB; a client from another address served in {probe:?}",
         grew >> 20
     );
     assert!(probe < Duration::from_secs(1), "served in {probe:?}");
+    assert!(
+        busy > 400,
+        "the flood's address got its share, no more ({busy} refused)"
+    );
     // Two slots of argon2 (19 MiB each), not one per CONNECT.
     assert!(grew < 64 << 20, "peak memory grew {} MiB", grew >> 20);
     // The control: the bound is what keeps the memory down.
-    let (grew_wide, _) = run_flood(&dir, 32, 200).await;
+    let (grew_wide, _, _) = run_flood(&dir, 32, 1000, 200).await;
     println!(
-        "32 slots, 200 wrong passwords: peak memory grew {} MiB",
+        "32 slots, no share per address, 200 wrong passwords: peak memory grew {} MiB",
         grew_wide >> 20
     );
     assert!(

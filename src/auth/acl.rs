@@ -126,18 +126,15 @@ impl Acl {
         !self.users.is_empty()
     }
 
-    /// Whether a pattern names the user name (`%u`).
-    pub fn has_user_patterns(&self) -> bool {
-        self.patterns.iter().any(|r| r.filter.contains("%u"))
-    }
-
     /// The rules that apply to one client, its patterns filled in. `user` must be a name
     /// something verified (a password, a certificate): an unverified name is anonymous.
     ///
     /// A client id or user name is data, never part of a filter: where the value put in for
-    /// `%c` or `%u` is empty or holds `+`, `#` or `/` (which would widen the filter or reach
-    /// into another level, mosquitto's CVE-2017-7650), a granting pattern grants that client
-    /// nothing and a `deny` pattern denies it everything.
+    /// `%c` or `%u` is empty, holds `+`, `#` or `/` (which would widen the filter or reach into
+    /// another level, mosquitto's CVE-2017-7650) or starts with `$` (which would make it a
+    /// `$SYS` or `$share` filter), a granting pattern grants that client nothing and a `deny`
+    /// pattern denies it everything. Both are put in in one pass: a client id `%u` stays
+    /// `%u`, never becoming the user name.
     pub fn rules_for(&self, user: Option<&str>, client_id: &str) -> ClientRules {
         let own = match user {
             Some(u) => self.users.get(u).map_or(&[][..], Vec::as_slice),
@@ -157,10 +154,7 @@ impl Acl {
                 deny_all |= r.access == Access::Deny;
                 return None;
             }
-            let filter = r
-                .filter
-                .replace("%c", client_id)
-                .replace("%u", user.unwrap_or(""));
+            let filter = substitute(&r.filter, client_id, user.unwrap_or(""));
             Some(Rule {
                 access: r.access,
                 filter,
@@ -171,9 +165,35 @@ impl Acl {
     }
 }
 
-/// Whether a client id or user name can stand for exactly one topic level.
+/// Whether a client id or user name can stand for exactly one ordinary topic level.
 fn safe_level(value: &str) -> bool {
-    !value.is_empty() && !value.contains(['+', '#', '/'])
+    !value.is_empty() && !value.contains(['+', '#', '/']) && !value.starts_with('$')
+}
+
+/// `pattern` with `%c` and `%u` replaced by `client_id` and `user`, in one pass (what is put
+/// in is never read again for another `%`).
+fn substitute(pattern: &str, client_id: &str, user: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + client_id.len());
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.chars().next() {
+            Some('c') => out.push_str(client_id),
+            Some('u') => out.push_str(user),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+        rest = after.get(1..).unwrap_or("");
+        if after.is_empty() {
+            break;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The rules of one client, resolved once (a connection keeps them until the ACL is reloaded),
@@ -319,6 +339,15 @@ pattern read users/%u/inbox
             assert!(!rules.allows(Action::Receive("users/carol/inbox")));
         }
         assert!(a.allows(Some("carol"), "c9", Action::Receive("users/carol/inbox")));
+        // Put in once: a client id `%u` is not the user name, and `$SYS` is no level.
+        let both = Acl::parse("pattern readwrite t/%c/%u/#\n").unwrap();
+        assert!(both.allows(Some("gw"), "dev", Action::Publish("t/dev/gw/x")));
+        assert!(!both.allows(Some("gw"), "%u", Action::Publish("t/gw/gw/x")));
+        assert!(both.allows(Some("gw"), "%u", Action::Publish("t/%u/gw/x")));
+        let sys = Acl::parse("pattern read %c/#\n").unwrap();
+        assert!(!sys.allows(None, "$SYS", Action::Subscribe("$SYS/#")));
+        assert!(sys.allows(None, "dev", Action::Subscribe("dev/#")));
+        assert_eq!(substitute("a%b%", "c", "u"), "a%b%");
         // A deny pattern that cannot be filled in safely denies everything.
         let deny = Acl::parse("topic readwrite #\npattern deny private/%c/#\n").unwrap();
         assert!(deny.allows(None, "ok", Action::Publish("x")));

@@ -29,9 +29,19 @@ pub enum Denied {
     BadCredentials,
     /// No credentials where they are required (v5 0x87, v3 0x05).
     Required,
-    /// No hashing slot came free within the wait (`auth.max_concurrent_hashes`; v5 0x89
-    /// Server busy, v3 server unavailable).
-    Busy,
+    /// No hashing slot came free within the wait (`auth.max_concurrent_hashes`), or the
+    /// source address has `auth.max_hashes_per_ip` checks under way (v5 0x89 Server busy, v3
+    /// server unavailable).
+    Busy(crate::limits::Limit),
+}
+
+/// Where a CONNECT comes from, as far as deciding its credentials needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// The client's address (the PROXY header's, behind one).
+    pub ip: std::net::IpAddr,
+    /// The listener is bound to a loopback address (and not behind the PROXY protocol).
+    pub loopback_listener: bool,
 }
 
 /// Who may connect without credentials (`auth.allow_anonymous`).
@@ -71,18 +81,39 @@ impl Anonymous {
 /// The users of the password file in force, with what verification needs beside them.
 struct Users {
     by_name: HashMap<String, passwords::Hash>,
-    /// A hash from the file, verified (and its verdict ignored) for names the file does not
-    /// know, so that they take as long to refuse as known names with a wrong password (user
-    /// names are not enumerable by timing).
-    decoy: Option<passwords::Hash>,
+    /// The file's hashes, as decoys: a name the file does not know is checked against one of
+    /// them (chosen by the name, the same one each time), its verdict ignored, so unknown
+    /// names take as long to refuse as known ones with a wrong password and show the same
+    /// spread of times when the file mixes kinds of hashes: user names are not enumerable by
+    /// timing.
+    decoys: Vec<passwords::Hash>,
+    /// Keys the choice of decoy, fresh for each process.
+    pick: std::collections::hash_map::RandomState,
 }
 
 impl Users {
     fn new(by_name: HashMap<String, passwords::Hash>) -> Users {
-        // The decoy is of the slowest kind the file holds, so an unknown name costs at
-        // least what a known one does.
-        let decoy = by_name.values().max_by_key(|h| h.cost_rank()).cloned();
-        Users { by_name, decoy }
+        let mut names: Vec<&String> = by_name.keys().collect();
+        names.sort();
+        let decoys = names.iter().map(|n| by_name[*n].clone()).collect();
+        Users {
+            by_name,
+            decoys,
+            pick: Default::default(),
+        }
+    }
+
+    /// The hash `user`'s password is checked against: theirs, or a decoy (false).
+    fn hash_for(&self, user: &str) -> Option<(passwords::Hash, bool)> {
+        use std::hash::BuildHasher;
+        if let Some(hash) = self.by_name.get(user) {
+            return Some((hash.clone(), true));
+        }
+        let n = self.decoys.len();
+        (n > 0).then(|| {
+            let i = (self.pick.hash_one(user) % n as u64) as usize;
+            (self.decoys[i].clone(), false)
+        })
     }
 }
 
@@ -141,7 +172,7 @@ impl Authenticator {
             users: RwLock::new(Arc::new(Users::new(users))),
             generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
-            hashing: hashing::HashPool::new(config.hash_slots()),
+            hashing: hashing::HashPool::new(config.hash_slots(), config.hashes_per_ip()),
         })
     }
 
@@ -157,7 +188,7 @@ impl Authenticator {
             users: RwLock::new(Arc::new(Users::new(HashMap::new()))),
             generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
-            hashing: hashing::HashPool::new(1),
+            hashing: hashing::HashPool::new(1, 1),
         }
     }
 
@@ -217,19 +248,19 @@ impl Authenticator {
 
     /// Decides a CONNECT's credentials: Ok(Some(user)) when the password file verified the
     /// user name, Ok(None) for a client admitted as anonymous (no user name, or one that
-    /// nothing can verify: it selects no ACL rules), or why it is refused. `loopback`: the
-    /// listener is bound to a loopback address. Hashing (deliberately slow) runs on the
-    /// `auth.max_concurrent_hashes` threads of `hashing`, waiting at most `wait` for one; a
-    /// user and password verified once are remembered until the next reload.
+    /// nothing can verify: it selects no ACL rules), or why it is refused. Hashing
+    /// (deliberately slow) runs on the `auth.max_concurrent_hashes` threads of `hashing`,
+    /// waiting at most `wait` for one, at most `auth.max_hashes_per_ip` checks of one address
+    /// at once; a user and password verified once are remembered until the next reload.
     pub async fn authenticate(
         self: &Arc<Self>,
         username: Option<&str>,
         password: Option<&[u8]>,
-        loopback: bool,
+        from: Source,
         wait: Duration,
     ) -> Verdict {
         let anonymous = || {
-            if self.anonymous.admits(loopback) {
+            if self.anonymous.admits(from.loopback_listener) {
                 Ok(None)
             } else {
                 Err(Denied::Required)
@@ -244,24 +275,26 @@ impl Authenticator {
             return anonymous();
         }
         let users = self.users.read().clone();
-        let (hash, known) = match users.by_name.get(user) {
-            Some(hash) => (Some(hash.clone()), true),
-            None => (users.decoy.clone(), false),
-        };
         let Some(password) = password else {
             return Err(Denied::BadCredentials);
         };
         let fingerprint: [u8; 32] = Sha256::digest(password).into();
         let generation = self.generation.load(Ordering::SeqCst);
-        if known && self.verified.lock().get(user) == Some(&(fingerprint, generation)) {
-            return Ok(Some(Arc::from(user)));
-        }
-        let Some(hash) = hash else {
+        let Some((hash, known)) = users.hash_for(user) else {
             // An empty file: nothing to verify against, and nothing to learn by timing.
             return Err(Denied::BadCredentials);
         };
-        let Ok(ok) = self.hashing.verify(hash, password, wait).await else {
-            return Err(Denied::Busy);
+        if known && self.verified.lock().get(user) == Some(&(fingerprint, generation)) {
+            return Ok(Some(Arc::from(user)));
+        }
+        let ok = match self.hashing.verify(hash, password, wait, from.ip).await {
+            Ok(ok) => ok,
+            Err(hashing::Busy::Slots) => {
+                return Err(Denied::Busy(crate::limits::Limit::ConcurrentHashes));
+            }
+            Err(hashing::Busy::Source) => {
+                return Err(Denied::Busy(crate::limits::Limit::HashesPerIp));
+            }
         };
         if !ok || !known {
             return Err(Denied::BadCredentials);
@@ -332,6 +365,15 @@ mod tests {
     use super::*;
 
     const WAIT: Duration = Duration::from_secs(5);
+    /// A client on a loopback listener, and one on a listener beyond it.
+    const LOCAL: Source = Source {
+        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        loopback_listener: true,
+    };
+    const REMOTE: Source = Source {
+        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        loopback_listener: false,
+    };
 
     fn file(text: &str) -> String {
         use std::sync::atomic::AtomicUsize;
@@ -365,7 +407,7 @@ mod tests {
         let line = format!("alice:{}\n", passwords::hash_argon2id(b"s3cret").unwrap());
         let a = auth(Some(&line), "auto");
         let alice = Some(Arc::from("alice"));
-        let check = |user, pw| a.authenticate(user, pw, true, WAIT);
+        let check = |user, pw| a.authenticate(user, pw, LOCAL, WAIT);
         assert_eq!(
             check(Some("alice"), Some(b"s3cret")).await,
             Ok(alice.clone())
@@ -387,33 +429,34 @@ mod tests {
         // A password file turns anonymous clients away unless allowed, even on loopback.
         assert_eq!(check(None, None).await, Err(Denied::Required));
         let open = auth(Some(&line), "true");
-        assert_eq!(open.authenticate(None, None, false, WAIT).await, Ok(None));
+        assert_eq!(open.authenticate(None, None, REMOTE, WAIT).await, Ok(None));
     }
 
     #[tokio::test]
     async fn anonymous_by_default_only_on_loopback_and_names_without_a_file_verify_nothing() {
         let a = auth(None, "auto");
         assert_eq!(a.anonymous(), Anonymous::LoopbackOnly);
-        assert_eq!(a.authenticate(None, None, true, WAIT).await, Ok(None));
+        assert_eq!(a.authenticate(None, None, LOCAL, WAIT).await, Ok(None));
         assert_eq!(
-            a.authenticate(None, None, false, WAIT).await,
+            a.authenticate(None, None, REMOTE, WAIT).await,
             Err(Denied::Required),
             "auto never means open beyond loopback"
         );
         // A claimed name is no identity: anonymous (and refused where anonymous is).
         assert_eq!(
-            a.authenticate(Some("admin"), Some(b"x"), true, WAIT).await,
+            a.authenticate(Some("admin"), Some(b"x"), LOCAL, WAIT).await,
             Ok(None)
         );
         assert_eq!(
-            a.authenticate(Some("admin"), Some(b"x"), false, WAIT).await,
+            a.authenticate(Some("admin"), Some(b"x"), REMOTE, WAIT)
+                .await,
             Err(Denied::Required)
         );
         let open = auth(None, "true");
-        assert_eq!(open.authenticate(None, None, false, WAIT).await, Ok(None));
+        assert_eq!(open.authenticate(None, None, REMOTE, WAIT).await, Ok(None));
         let closed = auth(None, "false");
         assert_eq!(
-            closed.authenticate(None, None, true, WAIT).await,
+            closed.authenticate(None, None, LOCAL, WAIT).await,
             Err(Denied::Required)
         );
     }
@@ -422,30 +465,36 @@ mod tests {
     async fn unknown_users_pay_a_hash_and_hashing_waits_for_a_slot() {
         let line = format!("alice:{}\n", passwords::hash_argon2id(b"s3cret").unwrap());
         let a = auth(Some(&line), "auto");
-        assert!(a.users.read().decoy.is_some(), "a decoy from the file");
+        assert!(
+            a.users
+                .read()
+                .hash_for("mallory")
+                .is_some_and(|(_, known)| !known),
+            "a decoy from the file"
+        );
         // Every slot taken: a check waits, and past its wait is refused as busy.
         let held = a.hashing.take_all().await;
         let short = Duration::from_millis(50);
         assert_eq!(
-            a.authenticate(Some("alice"), Some(b"s3cret"), true, short)
+            a.authenticate(Some("alice"), Some(b"s3cret"), LOCAL, short)
                 .await,
-            Err(Denied::Busy)
+            Err(Denied::Busy(crate::limits::Limit::ConcurrentHashes))
         );
         // An unknown user waits for a slot too: it is hashed like a known one.
         assert_eq!(
-            a.authenticate(Some("mallory"), Some(b"x"), true, short)
+            a.authenticate(Some("mallory"), Some(b"x"), LOCAL, short)
                 .await,
-            Err(Denied::Busy)
+            Err(Denied::Busy(crate::limits::Limit::ConcurrentHashes))
         );
         // The control: with a slot free, the same checks complete.
         drop(held);
         assert_eq!(
-            a.authenticate(Some("mallory"), Some(b"x"), true, WAIT)
+            a.authenticate(Some("mallory"), Some(b"x"), LOCAL, WAIT)
                 .await,
             Err(Denied::BadCredentials)
         );
         assert!(
-            a.authenticate(Some("alice"), Some(b"s3cret"), true, WAIT)
+            a.authenticate(Some("alice"), Some(b"s3cret"), LOCAL, WAIT)
                 .await
                 .is_ok()
         );
@@ -464,7 +513,7 @@ mod tests {
         };
         let a = Arc::new(Authenticator::from_config(&cfg, false).unwrap());
         assert!(
-            a.authenticate(Some("alice"), Some(b"old"), true, WAIT)
+            a.authenticate(Some("alice"), Some(b"old"), LOCAL, WAIT)
                 .await
                 .is_ok()
         );
@@ -480,15 +529,89 @@ mod tests {
         a.remember("alice", Sha256::digest(b"old").into(), 0);
         assert!(a.verified.lock().is_empty());
         assert_eq!(
-            a.authenticate(Some("alice"), Some(b"old"), true, WAIT)
+            a.authenticate(Some("alice"), Some(b"old"), LOCAL, WAIT)
                 .await,
             Err(Denied::BadCredentials)
         );
         assert!(
-            a.authenticate(Some("alice"), Some(b"new"), true, WAIT)
+            a.authenticate(Some("alice"), Some(b"new"), LOCAL, WAIT)
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn one_address_gets_its_share_of_checks_and_no_more() {
+        let line = format!("alice:{}\n", passwords::hash_argon2id(b"s3cret").unwrap());
+        let cfg = AuthConfig {
+            password_file: file(&line),
+            max_concurrent_hashes: 1,
+            max_hashes_per_ip: 2,
+            ..AuthConfig::default()
+        };
+        let a = Arc::new(Authenticator::from_config(&cfg, false).unwrap());
+        // The one slot taken: two checks from REMOTE's address wait, a third is refused at
+        // once, while another address still gets in line.
+        let held = a.hashing.take_all().await;
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    a.authenticate(Some("alice"), Some(b"wrong"), REMOTE, WAIT)
+                        .await
+                })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while a.hashing.waiting_from(REMOTE.ip) < 2 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            a.authenticate(Some("alice"), Some(b"wrong"), REMOTE, WAIT)
+                .await,
+            Err(Denied::Busy(crate::limits::Limit::HashesPerIp))
+        );
+        let other = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.authenticate(Some("alice"), Some(b"s3cret"), LOCAL, WAIT)
+                    .await
+            })
+        };
+        drop(held);
+        assert_eq!(other.await.unwrap(), Ok(Some(Arc::from("alice"))));
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Err(Denied::BadCredentials));
+        }
+        assert_eq!(
+            a.hashing.waiting_from(REMOTE.ip),
+            0,
+            "every share given back"
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_checked_against_hashes_of_the_file_each_always_the_same() {
+        let users = Users::new(
+            passwords::parse_file(&format!(
+                "a:{}\nb:$7$101$WsF3kjeR+oBiqOe0$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==\n",
+                passwords::hash_argon2id(b"x").unwrap()
+            ))
+            .unwrap(),
+        );
+        let decoy = |name: &str| {
+            users
+                .hash_for(name)
+                .map(|(h, known)| (h.cost_rank(), known))
+        };
+        // The same decoy for a name every time; over many names, both kinds of the file.
+        assert_eq!(decoy("mallory"), decoy("mallory"));
+        let kinds: std::collections::HashSet<u64> = (0..64)
+            .map(|i| decoy(&format!("name{i}")).unwrap().0)
+            .collect();
+        assert_eq!(kinds.len(), 2, "decoys of both kinds");
+        assert_eq!(decoy("a").map(|(_, k)| k), Some(true));
     }
 
     #[test]
@@ -504,7 +627,9 @@ mod tests {
         assert!(Authenticator::from_config(&cfg, true).is_ok());
         let with_file = AuthConfig {
             acl_file: acl,
-            password_file: file("alice:$7$101$AAAA$BBBB\n"),
+            password_file: file(
+                "alice:$7$101$WsF3kjeR+oBiqOe0$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==\n",
+            ),
             ..AuthConfig::default()
         };
         assert!(Authenticator::from_config(&with_file, false).is_ok());

@@ -34,6 +34,18 @@ impl Hash {
             return Ok(Hash::Argon2(text.to_string()));
         }
         let b64 = |s: &str| STANDARD.decode(s).map_err(|_| "not base64".to_string());
+        // A hash shorter than this would match too much (an empty one: every password).
+        let bytes = |s: &str, what: &str, min: usize, max: usize| -> Result<Vec<u8>, String> {
+            let v = b64(s)?;
+            if (min..=max).contains(&v.len()) {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "{what} of {} bytes (expected {min} to {max})",
+                    v.len()
+                ))
+            }
+        };
         let parts: Vec<&str> = text.split('$').collect();
         match parts.as_slice() {
             ["", "7", iterations, salt, hash] => Ok(Hash::Pbkdf2Sha512 {
@@ -42,12 +54,13 @@ impl Hash {
                     .ok()
                     .filter(|n| (1..=10_000_000).contains(n))
                     .ok_or("iteration count not a number from 1 to 10000000")?,
-                salt: b64(salt)?,
-                hash: b64(hash)?,
+                salt: bytes(salt, "salt", 8, 1024)?,
+                hash: bytes(hash, "hash", 32, 64)?,
             }),
             ["", "6", salt, hash] => Ok(Hash::Sha512 {
-                salt: b64(salt)?,
-                hash: b64(hash)?,
+                salt: bytes(salt, "salt", 8, 1024)?,
+                // A SHA-512 digest, whole.
+                hash: bytes(hash, "hash", 64, 64)?,
             }),
             _ => Err("not a hash this broker knows ($7$, $6$ or $argon2id$)".into()),
         }
@@ -235,8 +248,13 @@ mod tests {
 
     #[test]
     fn one_round_of_sha512_and_few_iterations_are_weak() {
+        let old = format!(
+            "$6${}${}",
+            STANDARD.encode(b"0123456789ab"),
+            STANDARD.encode(Sha512::digest(b"pw0123456789ab"))
+        );
         let users = parse_file(&format!(
-            "{MOSQUITTO_2}\nfew:$7$10$WsF3kjeR+oBiqOe0$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==\nold:$6$AAAA$BBBB\nnew:{}\n",
+            "{MOSQUITTO_2}\nfew:$7$10$WsF3kjeR+oBiqOe0$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==\nold:{old}\nnew:{}\n",
             hash_argon2id(b"x").unwrap()
         ))
         .unwrap();
@@ -250,11 +268,25 @@ mod tests {
 
     #[test]
     fn a_bad_line_names_its_number_and_not_the_hash() {
-        let err = parse_file("a:$7$101$AAAA$BBBB\nb:plaintext\n").unwrap_err();
+        let err = parse_file(&format!("{MOSQUITTO_2}\nb:plaintext\n")).unwrap_err();
         assert!(err.starts_with("line 2:"), "{err}");
         assert!(!err.contains("plaintext"), "{err}");
         assert!(parse_file("nocolon").is_err());
-        assert!(parse_file("a:$7$0$AAAA$BBBB").is_err(), "zero iterations");
+        let zero = MOSQUITTO_2.replace("$101$", "$0$");
+        assert!(parse_file(&zero).is_err(), "zero iterations");
+        // An empty or short hash would accept any password (or many): refused at load.
+        for short in [
+            "alice:$7$101$WsF3kjeR+oBiqOe0$",
+            "alice:$7$101$WsF3kjeR+oBiqOe0$AAAA",
+        ] {
+            let e = parse_file(short).unwrap_err();
+            assert!(e.contains("hash of"), "{short}: {e}");
+        }
+        assert!(parse_file("alice:$7$101$$7ZfmKsaYZezhc9ItK2IfHfGyldWpfrYvLb+yinLUO1IovqBh44/TayByzNJdqDIfeljp7NrfDvF4QOSwhIE34w==").is_err(), "no salt");
+        assert!(
+            parse_file("old:$6$MDEyMzQ1Njc4OWFi$").is_err(),
+            "an empty SHA-512"
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ impl Config {
                 self.auth.allow_anonymous
             )));
         }
+        if self.auth.max_hashes_per_ip == 0 {
+            return Err(err("auth.max_hashes_per_ip: must be at least 1 (got 0)"));
+        }
         if !self.auth.password_file.is_empty() {
             crate::auth::passwords::load(std::path::Path::new(&self.auth.password_file))
                 .map_err(|e| err(format!("auth.password_file: {e}")))?;

@@ -126,6 +126,8 @@ pub struct AuthConfig {
     pub acl_file: String,
     /// Password hashes verified at once, at most (0: as many as the machine has cores).
     pub max_concurrent_hashes: usize,
+    /// Password checks of one source address waiting or running at once, at most.
+    pub max_hashes_per_ip: usize,
     /// Whether a client id belongs to the identity that made its session.
     pub clientid_ownership: ClientIdOwnership,
 }
@@ -137,6 +139,7 @@ impl Default for AuthConfig {
             password_file: String::new(),
             acl_file: String::new(),
             max_concurrent_hashes: 0,
+            max_hashes_per_ip: 8,
             clientid_ownership: ClientIdOwnership::Enforce,
         }
     }
@@ -172,6 +175,11 @@ impl AuthConfig {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }
+    }
+
+    /// How many password checks of one address may wait or run at once.
+    pub fn hashes_per_ip(&self) -> usize {
+        self.max_hashes_per_ip.max(1)
     }
 }
 

@@ -75,7 +75,13 @@ pub(super) async fn handshake<S: ClientStream>(
     let mut identity = None;
     if checked.is_ok() {
         checked = match certificate_user(&mut connect, stream.certificate_identity(), broker) {
-            Ok(certified) => authenticate(&connect, broker, certified, loopback).await,
+            Ok(certified) => {
+                let from = crate::auth::Source {
+                    ip: peer.ip(),
+                    loopback_listener: loopback,
+                };
+                authenticate(&connect, broker, certified, from).await
+            }
             Err(refusal) => Err(refusal),
         }
         .map(|verified| identity = verified);
@@ -224,6 +230,10 @@ impl Refusal {
                 reason::SERVER_BUSY,
                 "no password check slot came free in time (auth.max_concurrent_hashes)",
             ),
+            Limit::HashesPerIp => (
+                reason::SERVER_BUSY,
+                "too many password checks from this address at once (auth.max_hashes_per_ip)",
+            ),
             _ => (reason::QUOTA_EXCEEDED, "a limit was reached"),
         };
         Refusal {
@@ -320,7 +330,7 @@ async fn authenticate(
     c: &Connect,
     broker: &Broker,
     certified: Option<Arc<str>>,
-    loopback: bool,
+    from: crate::auth::Source,
 ) -> Result<Option<Arc<str>>, Refusal> {
     let wait = Duration::from_secs(broker.config.server.connect_timeout);
     let verdict = match certified {
@@ -328,7 +338,7 @@ async fn authenticate(
         None => {
             broker
                 .auth
-                .authenticate(c.username.as_deref(), c.password.as_deref(), loopback, wait)
+                .authenticate(c.username.as_deref(), c.password.as_deref(), from, wait)
                 .await
         }
     };
@@ -350,7 +360,7 @@ async fn authenticate(
             }
             Ok(identity)
         }
-        Err(crate::auth::Denied::Busy) => Err(Refusal::limit(Limit::ConcurrentHashes)),
+        Err(crate::auth::Denied::Busy(limit)) => Err(Refusal::limit(limit)),
         Err(crate::auth::Denied::BadCredentials) => {
             crate::broker::Metrics::add(&broker.metrics.auth_bad_credentials, 1);
             Err(Refusal::new(
