@@ -116,7 +116,9 @@ pub(super) async fn serve(
             match frame {
                 Frame::Ack { upto } => link.ack(upto),
                 Frame::Applied { upto } => link.note_applied(upto),
-                Frame::Refused { reason } => return Err(format!("refused: {reason}")),
+                Frame::Refused { reason } => {
+                    return Err(format!("refused: {}", crate::limits::printable(&reason)));
+                }
                 other => return Err(format!("unexpected frame from acceptor: {}", other.kind())),
             }
         }
@@ -212,8 +214,10 @@ async fn handshake(
             proof,
         } => (node_id, generation, nonce, proof),
         Frame::Refused { reason } => {
-            Metrics::add(&cluster.metrics.auth_failures, 1);
-            tracing::warn!(peer = %link.node_id, addr = %link.addr, reason = %crate::limits::printable(&reason), "peer refused our link (unauthenticated answer)");
+            // Our Hello refused (another version or cluster name), in clear: anyone on the
+            // path could have sent it, so it counts as no authentication failure.
+            let reason = crate::limits::printable(&reason);
+            tracing::warn!(peer = %link.node_id, addr = %link.addr, %reason, "peer refused our link (an unauthenticated answer)");
             return Err(format!("refused: {reason}"));
         }
         other => return Err(format!("expected Welcome, got {}", other.kind())),
@@ -302,7 +306,8 @@ async fn handshake(
         Frame::Ready { resume_after } => Ok((resume_after, records, secret)),
         Frame::Refused { reason } => {
             Metrics::add(&cluster.metrics.auth_failures, 1);
-            tracing::warn!(peer = %their_id, addr = %link.addr, reason = %crate::limits::printable(&reason), "peer refused our link");
+            let reason = crate::limits::printable(&reason);
+            tracing::warn!(peer = %their_id, addr = %link.addr, %reason, "peer refused our link");
             Err(format!("refused: {reason}"))
         }
         other => Err(format!("expected Ready, got {}", other.kind())),

@@ -48,32 +48,100 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 /// what it gave them while the rest of a large read waits its turn, instead of after it.
 const PROCESS_BUDGET: usize = 64;
 
-/// A refused handshake is logged at most this often (counted every time).
+/// A refused handshake of one kind is logged at most this often (counted every time).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Kinds of refusal, each logged at most once per `REFUSAL_LOG_EVERY`.
+#[derive(Clone, Copy)]
+enum Refusal {
+    Pending = 0,
+    Version = 1,
+    ClusterName = 2,
+    Authentication = 3,
+}
+
+/// Whether a refusal of `kind` may be logged now: strangers knocking must not flood the log.
+fn worth_logging(kind: Refusal) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    let now = crate::broker::now_ms().max(1);
+    let last = &LAST_MS[kind as usize];
+    let before = last.load(Ordering::Relaxed);
+    (before == 0 || now.saturating_sub(before) >= REFUSAL_LOG_EVERY.as_millis() as u64)
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// Connections authenticating now, by source address: one address gets at most a quarter of
+/// `cluster.max_pending_handshakes` (at least one), so a stranger cannot take them all.
+#[derive(Default)]
+struct PendingBySource {
+    counts: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One pending connection's place, given back when it has authenticated or gone.
+struct PendingPlace {
+    by_source: Arc<PendingBySource>,
+    ip: std::net::IpAddr,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for PendingPlace {
+    fn drop(&mut self) {
+        let mut counts = self.by_source.counts.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts peer links until shutdown. At most `cluster.max_pending_handshakes` connections
-/// are authenticating at once (TLS, then the secret's proof): past it a new connection is
-/// closed at once, counted (`vibemq_cluster_handshakes_refused_total`) and logged once per
-/// episode, so strangers cannot hold this node's memory or tasks.
+/// are authenticating at once (TLS, then the secret's proof), and at most a quarter of them
+/// from one address: past either a new connection is closed at once, counted
+/// (`vibemq_cluster_handshakes_refused_total`) and logged once a minute, so strangers cannot
+/// hold this node's memory or tasks, nor keep its peers out.
 pub async fn serve(
     listener: TcpListener,
     cluster: Arc<Cluster>,
     mut shutdown: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let pending = Arc::new(tokio::sync::Semaphore::new(
-        cluster.config.max_pending_handshakes,
-    ));
-    let mut last_refusal_log: Option<Instant> = None;
+    let total = cluster.config.max_pending_handshakes;
+    let per_source = total.div_ceil(4).max(1);
+    let pending = Arc::new(tokio::sync::Semaphore::new(total));
+    let by_source = Arc::new(PendingBySource::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    let place = {
+                        let mut counts = by_source.counts.lock();
+                        let n = counts.entry(addr.ip()).or_insert(0);
+                        match pending.clone().try_acquire_owned() {
+                            Ok(slot) if *n < per_source => {
+                                *n += 1;
+                                Some(PendingPlace {
+                                    by_source: by_source.clone(),
+                                    ip: addr.ip(),
+                                    _slot: slot,
+                                })
+                            }
+                            _ => {
+                                if *n == 0 {
+                                    counts.remove(&addr.ip());
+                                }
+                                None
+                            }
+                        }
+                    };
+                    let Some(permit) = place else {
                         Metrics::add(&cluster.metrics.handshakes_refused, 1);
-                        if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                            last_refusal_log = Some(Instant::now());
-                            tracing::warn!(%addr, limit = cluster.config.max_pending_handshakes, "peer connection refused: cluster.max_pending_handshakes connections are still authenticating (logged once a minute; vibemq_cluster_handshakes_refused_total counts each)");
+                        if worth_logging(Refusal::Pending) {
+                            tracing::warn!(%addr, limit = total, per_address = per_source, "peer connection refused: cluster.max_pending_handshakes connections (or a quarter of them from this address) are still authenticating (logged once a minute; vibemq_cluster_handshakes_refused_total counts each)");
                         }
                         drop(stream);
                         continue;
@@ -220,7 +288,7 @@ impl Receiving {
 pub(crate) async fn receive(
     stream: impl AsyncRead + AsyncWrite + Unpin,
     cluster: &Arc<Cluster>,
-    pending: Option<tokio::sync::OwnedSemaphorePermit>,
+    pending: Option<impl Send>,
 ) -> Result<(), String> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(wire::HANDSHAKE_FRAME_MAX);
@@ -448,7 +516,9 @@ async fn handshake(
             wire::PROTOCOL_VERSION
         );
         let _ = wire::write_frame(writer, &refuse(reason.clone())).await;
-        tracing::warn!(peer = %printable(&their_id), %reason, "refused peer link");
+        if worth_logging(Refusal::Version) {
+            tracing::warn!(peer = %printable(&their_id), %reason, "refused peer link (logged once a minute)");
+        }
         return Err(reason);
     }
     if their_cluster != cluster.name {
@@ -458,7 +528,9 @@ async fn handshake(
             cluster.name
         );
         let _ = wire::write_frame(writer, &refuse(reason.clone())).await;
-        tracing::warn!(peer = %printable(&their_id), %reason, "refused peer link");
+        if worth_logging(Refusal::ClusterName) {
+            tracing::warn!(peer = %printable(&their_id), %reason, "refused peer link (logged once a minute)");
+        }
         return Err(reason);
     }
     let my_nonce = wire::nonce();
@@ -493,7 +565,9 @@ async fn handshake(
     };
     let Ok(secret) = seal::proving_secret(&secrets, "dialer", &ids, &their_proof) else {
         Metrics::add(&cluster.metrics.auth_failures, 1);
-        tracing::warn!(peer = %printable(&their_id), "refused peer link: authentication failed (wrong cluster secret?)");
+        if worth_logging(Refusal::Authentication) {
+            tracing::warn!(peer = %printable(&their_id), "refused peer link: authentication failed (wrong cluster secret?) (logged once a minute; vibemq_cluster_auth_failures_total counts each)");
+        }
         let _ = wire::write_frame(writer, &refuse("authentication failed".into())).await;
         return Err("dialer failed authentication".into());
     };

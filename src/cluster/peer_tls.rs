@@ -130,8 +130,8 @@ impl PeerName {
         }
     }
 
-    /// Whether the certificate carries the name (as a DNS subject alternative name or as its
-    /// Common Name).
+    /// Whether the certificate carries the name: as one of its DNS subject alternative names,
+    /// or, when it has none, as its Common Name (RFC 6125).
     fn carried_by(&self, certificate: &CertificateDer<'_>) -> bool {
         if *self == PeerName::Any {
             return true;
@@ -159,10 +159,11 @@ impl PeerName {
             .iter_common_name()
             .filter_map(|cn| cn.as_str().ok().map(str::to_string))
             .collect::<Vec<_>>();
-        dns_names
-            .iter()
-            .chain(common_names.iter())
-            .any(|n| self.matches(n))
+        let names = match dns_names.is_empty() {
+            true => &common_names,
+            false => &dns_names,
+        };
+        names.iter().any(|n| self.matches(n))
     }
 
     fn refusal(&self) -> rustls::Error {
