@@ -380,10 +380,14 @@ fn secret(file: &std::path::Path) -> ExitCode {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options
-        .open(file)
-        .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()))
-    {
+    let written = options.open(file).and_then(|mut f| {
+        // Readable by its owner only, also when the file was there (empty) before.
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()
+    });
+    match written {
         Ok(()) => {
             println!("{}: new cluster secret written", file.display());
             ExitCode::SUCCESS

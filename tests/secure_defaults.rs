@@ -88,8 +88,14 @@ async fn a_node_with_no_configuration_answers_on_loopback_only() {
         LIMIT,
     )
     .await;
-    let (status, _) = common::http::get("127.0.0.1:9090".parse().unwrap(), "/api/v1/clients").await;
+    let api: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+    let (status, _) = common::http::get(api, "/api/v1/clients").await;
     assert_eq!(status, 200);
+    // Not for a page whose name was rebound to 127.0.0.1 (DNS rebinding): a browser sends
+    // that name as the Host.
+    let (status, body) =
+        common::http::get_with(api, "/api/v1/clients", &["Host: rebound.example:9090"]).await;
+    assert_eq!(status, 403, "{body}");
     // On the machine's other address: nothing listens.
     assert!(
         !accepts(SocketAddr::new(other, 1883)).await,

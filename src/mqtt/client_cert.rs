@@ -52,6 +52,8 @@ impl ClientCertificates {
             return Err(bad(CertificateError::NotValidYet));
         }
         let signed = Signed::of(leaf.as_ref()).ok_or(bad(CertificateError::BadEncoding))?;
+        // Every CA of that name is tried (old and new during a CA's rollover share it).
+        let mut named = false;
         for authority in &self.authorities {
             let Ok((_, ca)) = x509_parser::parse_x509_certificate(authority.as_ref()) else {
                 continue;
@@ -72,11 +74,15 @@ impl ClientCertificates {
             if verified {
                 return Ok(());
             }
-            return Err(bad(CertificateError::BadSignature));
+            named = true;
         }
-        // Not signed by a configured CA directly (v1 certificates have no extensions to
-        // make a chain with).
-        Err(bad(CertificateError::UnknownIssuer))
+        match named {
+            // A CA of its issuer's name, whose key did not sign it.
+            true => Err(bad(CertificateError::BadSignature)),
+            // Not signed by a configured CA directly (v1 certificates have no extensions to
+            // make a chain with).
+            false => Err(bad(CertificateError::UnknownIssuer)),
+        }
     }
 
     /// The handshake signature by a v1 certificate's key (webpki reads v3 certificates only).
@@ -96,12 +102,17 @@ impl ClientCertificates {
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let (key_algorithm, key) = spki_parts(parsed.public_key().raw)
             .ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let candidates: &[&dyn SignatureVerificationAlgorithm] = self
+        let mapped: &[&dyn SignatureVerificationAlgorithm] = self
             .algorithms
             .mapping
             .iter()
             .find(|(s, _)| *s == scheme)
             .map_or(&[], |(_, algs)| algs);
+        // TLS 1.3 names the curve with the scheme: only its first algorithm, as webpki does.
+        let candidates = match tls13 {
+            true => &mapped[..mapped.len().min(1)],
+            false => mapped,
+        };
         let verified = candidates.iter().any(|alg| {
             alg.public_key_alg_id().as_ref() == key_algorithm
                 && alg.verify_signature(key, message, signature).is_ok()
@@ -397,6 +408,9 @@ mod tests {
                 .unwrap_err(),
             Error::InvalidCertificate(CertificateError::BadSignature)
         );
+        // A rollover: the impostor (same name, another key) first, the real CA second.
+        let rollover = verifier(&[IMPOSTOR, CA]);
+        assert!(rollover.verify_client_cert(&leaf, &[], at(IN_2030)).is_ok());
         // Signed by no configured CA: unknown issuer (v1 certificates make no chains).
         let stranger = ClientCertificates {
             authorities: Vec::new(),

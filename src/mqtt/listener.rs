@@ -111,10 +111,13 @@ pub async fn serve(
 ) {
     let mut stop = stop_accepting;
     let table = Arc::new(IpTable::default());
-    // Anonymous clients are welcome by default on a loopback listener only; behind the PROXY
-    // protocol the clients are remote whatever the listener's address.
+    // Anonymous clients are welcome by default on a loopback listener only. Behind the PROXY
+    // protocol the clients are remote whatever the listener's address; and a WebSocket
+    // listener is where browsers (any page the user visits) and reverse proxies reach in, so
+    // it is never "local" either.
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
-        && !broker.config.server.proxy_protocol;
+        && !broker.config.server.proxy_protocol
+        && !kind.uses_websocket();
     let mut accepted: u64 = 0;
     loop {
         tokio::select! {

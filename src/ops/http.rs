@@ -62,11 +62,31 @@ impl ApiToken {
     }
 }
 
-/// Whether the request bears the admin token (always, when none is set on loopback).
+/// Whether a request names this host by a loopback name (or names none): what a page in a
+/// browser cannot do for a name it rebound to 127.0.0.1 (DNS rebinding), so a token-less API
+/// on loopback answers this host's own tools only.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // The name without its port; an IPv6 literal in brackets.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether the request bears the admin token (always, when none is set on loopback and the
+/// request names this host as loopback).
 fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
     use sha2::Digest;
     let token = match &app.token {
-        ApiToken::Open => return true,
+        ApiToken::Open => return loopback_host(headers),
         ApiToken::Closed | ApiToken::Off => return false,
         ApiToken::Required(token) => token,
     };
@@ -85,6 +105,13 @@ fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
 
 /// The refusal of a request without the token (or of any, while the API is off).
 fn unauthorized(app: &AppState) -> Response {
+    if matches!(app.token, ApiToken::Open) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "without http.api_token the admin API answers requests for localhost only" })),
+        )
+            .into_response();
+    }
     if matches!(app.token, ApiToken::Off) {
         return (
             StatusCode::FORBIDDEN,
@@ -288,4 +315,40 @@ fn clients_page(app: &AppState, q: &Page) -> Json<serde_json::Value> {
         })
         .collect();
     Json(json!({ "total": total, "page": page, "per_page": per_page, "clients": rows }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(value: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = value {
+            headers.insert(header::HOST, v.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_tokenless_api_answers_requests_for_loopback_names_only() {
+        for ok in [
+            None,
+            Some("127.0.0.1:9090"),
+            Some("localhost:9090"),
+            Some("LOCALHOST"),
+            Some("[::1]:9090"),
+            Some("127.0.0.2"),
+        ] {
+            assert!(loopback_host(&host(ok)), "{ok:?}");
+        }
+        // A name a page rebound to 127.0.0.1, or any other.
+        for bad in [
+            Some("evil.example:9090"),
+            Some("evil.example"),
+            Some("192.0.2.1:9090"),
+            Some("[2001:db8::1]:9090"),
+        ] {
+            assert!(!loopback_host(&host(bad)), "{bad:?}");
+        }
+    }
 }

@@ -49,8 +49,12 @@ async fn fetch_once(
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to the HTTP endpoint");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
+        // The Host a caller names (as a browser would send it) replaces the address's.
+        let host = match extra.to_ascii_lowercase().contains("host:") {
+            true => String::new(),
+            false => format!("Host: {addr}\r\n"),
+        };
+        let request = format!("GET {path} HTTP/1.1\r\n{host}{extra}Connection: close\r\n\r\n");
         s.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();
