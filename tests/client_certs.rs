@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::certs::{make_ca, make_cert, make_cert_with, scratch};
-use common::process::{BrokerProcess, free_port, run, spawn};
+use common::process::{BrokerProcess, free_port, run, spawn, wait_port_open};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -135,14 +135,7 @@ async fn v1_client_certificates_signed_by_the_ca_are_accepted_and_others_refused
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
-        .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "TLS port not open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_port_open(tls_port).await;
     // Both TLS versions: the handshake's signature by a v1 certificate's key is checked in
     // each its own way.
     for tls12 in [false, true] {
@@ -205,14 +198,7 @@ async fn a_user_name_claimed_on_the_plain_listener_is_not_a_certificate() {
     .unwrap();
     // The plain listener (on loopback: anonymous clients admitted) beside the mTLS one.
     let b = BrokerProcess::start(&["--config", &p("vibemq.toml")]).await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
-        .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "TLS port not open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_port_open(tls_port).await;
     // The sensor, by its certificate, leaves a retained reading.
     let tls = tls_port.to_string();
     run(

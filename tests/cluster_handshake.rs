@@ -13,49 +13,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::nodes::{LIMIT, ProcessNode, assert_nothing_acknowledged_lost, bench};
+use common::nodes::{LIMIT, ProcessNode, assert_nothing_acknowledged_lost, qos1_pubsub};
 use common::process::{free_port, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// QoS 1 from `from` to a subscriber on `to` for `secs` seconds, in the background.
-fn traffic(
-    from: &ProcessNode,
-    to: &ProcessNode,
-    topic: &str,
-    secs: u64,
-) -> tokio::task::JoinHandle<serde_json::Value> {
-    let (pub_host, sub_host) = (from.mqtt_addr(), to.mqtt_addr());
-    let (topic, sub_topic) = (format!("{topic}/%i"), format!("{topic}/+"));
-    let duration = secs.to_string();
-    tokio::spawn(async move {
-        bench(
-            &[
-                "pubsub",
-                "--pub-host",
-                &pub_host,
-                "--sub-host",
-                &sub_host,
-                "--publishers",
-                "2",
-                "--topic",
-                &topic,
-                "--sub-topic",
-                &sub_topic,
-                "--qos",
-                "1",
-                "--rate",
-                "300",
-                "--duration",
-                &duration,
-                "--drain",
-                "30",
-            ],
-            Duration::from_secs(120),
-        )
-        .await
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_altered_answer_to_the_proof_is_refused_and_nothing_is_lost() {
@@ -64,7 +25,7 @@ async fn an_altered_answer_to_the_proof_is_refused_and_nothing_is_lost() {
     let n2 = ProcessNode::start(2, n1.gossip).await;
     n1.wait_linked(1).await;
     n2.wait_linked(1).await;
-    let load = traffic(&n2, &n1, "ready", 6);
+    let load = qos1_pubsub(&n2, &n1, "ready", 6);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let failures = n2.metric("vibemq_cluster_auth_failures").await;

@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::nodes::{LIMIT, ProcessNode, assert_nothing_acknowledged_lost, bench};
+use common::nodes::{LIMIT, ProcessNode, assert_nothing_acknowledged_lost, qos1_pubsub};
 use common::process::{free_port, run};
 
 const OLD: &str = "b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQ=";
@@ -41,45 +41,6 @@ async fn sighup(node: &ProcessNode) {
     run("kill", &["-HUP", &pid], LIMIT).await;
 }
 
-/// QoS 1 from node2 to a subscriber on node1 for `secs` seconds, in the background.
-fn load(
-    n2: &ProcessNode,
-    n1: &ProcessNode,
-    topic: &str,
-    secs: u64,
-) -> tokio::task::JoinHandle<serde_json::Value> {
-    let (pub_host, sub_host) = (n2.mqtt_addr(), n1.mqtt_addr());
-    let (topic, sub_topic) = (format!("{topic}/%i"), format!("{topic}/+"));
-    let duration = secs.to_string();
-    tokio::spawn(async move {
-        bench(
-            &[
-                "pubsub",
-                "--pub-host",
-                &pub_host,
-                "--sub-host",
-                &sub_host,
-                "--publishers",
-                "2",
-                "--topic",
-                &topic,
-                "--sub-topic",
-                &sub_topic,
-                "--qos",
-                "1",
-                "--rate",
-                "300",
-                "--duration",
-                &duration,
-                "--drain",
-                "30",
-            ],
-            Duration::from_secs(120),
-        )
-        .await
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secret_rotates_across_three_nodes_under_traffic_losing_nothing() {
     for n in 1..=4 {
@@ -92,7 +53,7 @@ async fn the_secret_rotates_across_three_nodes_under_traffic_losing_nothing() {
     for n in [&n1, &n2, &n3] {
         n.wait_linked(2).await;
     }
-    let traffic = load(&n2, &n1, "rotate", 12);
+    let traffic = qos1_pubsub(&n2, &n1, "rotate", 12);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reconnects_before = n2.metric("vibemq_cluster_link_reconnects").await;
     // The three steps, each on every node in turn: the new secret accepted, then sealing,
@@ -149,7 +110,7 @@ async fn a_tampered_peer_connection_is_rejected_and_recovered_from() {
     let n2 = ProcessNode::start(2, n1.gossip).await;
     n1.wait_linked(1).await;
     n2.wait_linked(1).await;
-    let traffic = load(&n2, &n1, "tamper", 6);
+    let traffic = qos1_pubsub(&n2, &n1, "tamper", 6);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         proxy.tamper_next();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::certs::{make_ca, make_cert, scratch};
-use common::process::{BrokerProcess, free_port, run, spawn};
+use common::process::{BrokerProcess, free_port, run, spawn, wait_port_open};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -72,20 +72,6 @@ async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
         .expect("the client is still running")
 }
 
-async fn wait_open(port: u16) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "port {port} not open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -125,8 +111,8 @@ async fn paho_over_websocket_and_secure_websocket_meets_tcp_clients() {
     );
     let http_bind = format!("127.0.0.1:{http}");
     let b = BrokerProcess::start(&["--config", &config, "--http-bind", &http_bind]).await;
-    wait_open(ws).await;
-    wait_open(wss).await;
+    wait_port_open(ws).await;
+    wait_port_open(wss).await;
     let (ws_s, wss_s, ca) = (ws.to_string(), wss.to_string(), p("ca.pem"));
 
     // An MQTT 5 subscriber over ws gets a TCP publish and a 300 KB publish over wss (one
@@ -407,8 +393,8 @@ async fn proxy_protocol_behind_haproxy_gives_the_client_address() {
     let b = BrokerProcess::start(&["--config", &config, "--http-bind", &http_bind]).await;
     let (v2, v1) = (free_port(), free_port());
     let _haproxy = haproxy(&dir, v2, v1, b.addr.port());
-    wait_open(v2).await;
-    wait_open(v1).await;
+    wait_port_open(v2).await;
+    wait_port_open(v1).await;
 
     // Through PROXY v2 from 127.0.0.5: connected, and the broker knows the address.
     let (_first, line) = hold_from(v2, "127.0.0.5", "behind-v2", "8").await;

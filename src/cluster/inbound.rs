@@ -58,12 +58,13 @@ enum Refusal {
     Version = 1,
     ClusterName = 2,
     Authentication = 3,
+    Tls = 4,
 }
 
 /// Whether a refusal of `kind` may be logged now: strangers knocking must not flood the log.
 fn worth_logging(kind: Refusal) -> bool {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST_MS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    static LAST_MS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
     let now = crate::broker::now_ms().max(1);
     let last = &LAST_MS[kind as usize];
     let before = last.load(Ordering::Relaxed);
@@ -158,7 +159,9 @@ pub async fn serve(
                                     Ok(Ok(stream)) => receive(stream, &cluster, Some(permit)).await,
                                     Ok(Err(e)) => {
                                         Metrics::add(&cluster.metrics.auth_failures, 1);
-                                        tracing::warn!(%addr, error = %e, "peer TLS handshake failed (cluster.tls)");
+                                        if worth_logging(Refusal::Tls) {
+                                            tracing::warn!(%addr, error = %e, "peer TLS handshake failed (cluster.tls; its certificate must chain to cluster.ca_file and carry cluster.tls_peer_name when set) (logged once a minute; vibemq_cluster_auth_failures_total counts each)");
+                                        }
                                         return;
                                     }
                                     Err(_) => Err("no TLS handshake in time".to_string()),

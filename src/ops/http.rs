@@ -84,12 +84,17 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 /// Whether the request bears the admin token (always, when none is set on loopback and the
 /// request names this host as loopback).
 fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
+    match &app.token {
+        ApiToken::Open => loopback_host(headers),
+        ApiToken::Closed | ApiToken::Off => false,
+        ApiToken::Required(token) => bearer_matches(headers, token),
+    }
+}
+
+/// Whether the request's bearer token has the SHA-256 `token`: the digests are compared in
+/// constant time, so the time taken says nothing of the token's bytes or length.
+fn bearer_matches(headers: &HeaderMap, token: &[u8; 32]) -> bool {
     use sha2::Digest;
-    let token = match &app.token {
-        ApiToken::Open => return loopback_host(headers),
-        ApiToken::Closed | ApiToken::Off => return false,
-        ApiToken::Required(token) => token,
-    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -327,6 +332,28 @@ mod tests {
             headers.insert(header::HOST, v.parse().unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn the_bearer_token_is_compared_digest_to_digest() {
+        use sha2::Digest;
+        let token: [u8; 32] = sha2::Sha256::digest(b"s3cret-token").into();
+        let bearer = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, v.parse().unwrap());
+            headers
+        };
+        assert!(bearer_matches(&bearer("Bearer s3cret-token"), &token));
+        // Shorter, longer, a prefix, another scheme, none: all refused the same way.
+        for wrong in [
+            "Bearer s3cret",
+            "Bearer s3cret-token-and-more",
+            "Bearer ",
+            "Basic s3cret-token",
+        ] {
+            assert!(!bearer_matches(&bearer(wrong), &token), "{wrong}");
+        }
+        assert!(!bearer_matches(&HeaderMap::new(), &token));
     }
 
     #[test]

@@ -339,6 +339,46 @@ pub async fn wait_routed(from: &ProcessNode, to: &ProcessNode, topic: &str) {
     }
 }
 
+/// QoS 1 from `from` (two publishers, 300 msg/s) to a subscriber on `to` for `secs`
+/// seconds, in the background: vibemq-bench's summary (sent, acknowledged, delivered, lost).
+pub fn qos1_pubsub(
+    from: &ProcessNode,
+    to: &ProcessNode,
+    topic: &str,
+    secs: u64,
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let (pub_host, sub_host) = (from.mqtt_addr(), to.mqtt_addr());
+    let (topic, sub_topic) = (format!("{topic}/%i"), format!("{topic}/+"));
+    let duration = secs.to_string();
+    tokio::spawn(async move {
+        bench(
+            &[
+                "pubsub",
+                "--pub-host",
+                &pub_host,
+                "--sub-host",
+                &sub_host,
+                "--publishers",
+                "2",
+                "--topic",
+                &topic,
+                "--sub-topic",
+                &sub_topic,
+                "--qos",
+                "1",
+                "--rate",
+                "300",
+                "--duration",
+                &duration,
+                "--drain",
+                "30",
+            ],
+            Duration::from_secs(120),
+        )
+        .await
+    })
+}
+
 /// vibemq-bench publishing on `node` with these extra arguments, run in the background.
 pub fn load(node: &ProcessNode, extra: &[&str]) -> tokio::task::JoinHandle<serde_json::Value> {
     load_on(&[node], extra)

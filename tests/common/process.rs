@@ -71,6 +71,21 @@ impl BrokerProcess {
     }
 }
 
+/// Waits (at most 10 s) until a TCP port on loopback accepts connections.
+pub async fn wait_port_open(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} not open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs a mosquitto client (or any command) to completion within `limit`; returns stdout.
 pub async fn run(program: &str, args: &[&str], limit: Duration) -> String {
     let child = spawn(program, args);
