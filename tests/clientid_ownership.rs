@@ -44,6 +44,21 @@ async fn users(dir: &Path) -> (String, String) {
     (passwords, acl.display().to_string())
 }
 
+/// The settings of a cluster node with these files and `auth.clientid_ownership`.
+fn auth_env(passwords: &str, acl: &str, ownership: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "VIBEMQ_AUTH_PASSWORD_FILE".to_string(),
+            passwords.to_string(),
+        ),
+        ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.to_string()),
+        (
+            "VIBEMQ_AUTH_CLIENTID_OWNERSHIP".to_string(),
+            ownership.to_string(),
+        ),
+    ]
+}
+
 /// A v5 CONNECT as `user` for client id `id`, keeping its session for 300 s.
 fn connect_as(user: &str, id: &str, clean_start: bool) -> vibemq::codec::Connect {
     let mut c = connect_packet(Protocol::V5, id, clean_start);
@@ -70,6 +85,14 @@ async fn bob_takes(port: &str, id: &str, version: &str) -> (Option<i32>, String)
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// The next packet `client` gets is a PUBLISH of `payload`.
+async fn expect_payload(client: &mut RawClient, payload: &[u8]) {
+    match client.recv().await {
+        Packet::Publish(p) => assert_eq!(&p.payload[..], payload),
+        other => panic!("expected a message, got {other:?}"),
+    }
 }
 
 fn metric_line(metrics: &str, name: &str) -> f64 {
@@ -140,10 +163,7 @@ async fn another_user_cannot_take_a_client_id_on_one_node() {
         LIMIT,
     )
     .await;
-    match alice.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"1"),
-        other => panic!("expected the message, got {other:?}"),
-    }
+    expect_payload(&mut alice, b"1").await;
     // Offline, her stored session is still hers: bob is refused, alice resumes it.
     drop(alice);
     let (_, ack) = RawClient::connect_with(b.addr, connect_as("bob", "dev1", false)).await;
@@ -168,16 +188,7 @@ async fn another_user_cannot_take_a_client_id_on_one_node() {
 async fn another_user_cannot_take_a_client_id_across_the_cluster() {
     let dir = scratch("cluster");
     let (passwords, acl) = users(&dir).await;
-    let env = |ownership: &str| {
-        vec![
-            ("VIBEMQ_AUTH_PASSWORD_FILE".to_string(), passwords.clone()),
-            ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.clone()),
-            (
-                "VIBEMQ_AUTH_CLIENTID_OWNERSHIP".to_string(),
-                ownership.to_string(),
-            ),
-        ]
-    };
+    let env = |ownership: &str| auth_env(&passwords, &acl, ownership);
     let n1 = ProcessNode::start_with(1, 0, free_port(), env("enforce")).await;
     let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), env("enforce")).await;
     n1.wait_linked(1).await;
@@ -222,10 +233,7 @@ async fn another_user_cannot_take_a_client_id_across_the_cluster() {
     let (mut alice, ack) =
         RawClient::connect_with(n2.addr(), connect_as("alice", "dev2", false)).await;
     assert_eq!((ack.code, ack.session_present), (0, true));
-    match alice.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"queued"),
-        other => panic!("expected the queued message, got {other:?}"),
-    }
+    expect_payload(&mut alice, b"queued").await;
     drop((alice, n1, n2));
 
     // The control: ownership off on both nodes, and bob at node2 takes alice's session.
@@ -291,10 +299,7 @@ async fn what_is_resent_passes_the_read_check_of_the_client_now_connected() {
             Properties::default(),
         )
         .await;
-    match alice.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"for alice"),
-        other => panic!("expected the message, got {other:?}"),
-    }
+    expect_payload(&mut alice, b"for alice").await;
     drop(alice);
     // bob takes the session: the message in flight is not resent to him, and that is counted.
     let mut bob = in_flight("bob").await;
@@ -319,10 +324,7 @@ async fn what_is_resent_passes_the_read_check_of_the_client_now_connected() {
             Properties::default(),
         )
         .await;
-    match alice.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"again"),
-        other => panic!("expected the message, got {other:?}"),
-    }
+    expect_payload(&mut alice, b"again").await;
     drop(alice);
     let mut alice = in_flight("alice").await;
     match alice.recv().await {
@@ -339,10 +341,7 @@ async fn what_is_resent_passes_the_read_check_of_the_client_now_connected() {
 async fn a_session_resumed_from_its_copy_is_still_its_owners() {
     let dir = scratch("copy");
     let (passwords, acl) = users(&dir).await;
-    let env = vec![
-        ("VIBEMQ_AUTH_PASSWORD_FILE".to_string(), passwords.clone()),
-        ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.clone()),
-    ];
+    let env = auth_env(&passwords, &acl, "enforce");
     let mut n1 = ProcessNode::start_with(1, 0, free_port(), env.clone()).await;
     let n2 = ProcessNode::start_with(2, n1.gossip, free_port(), env).await;
     n1.wait_linked(1).await;
@@ -384,10 +383,7 @@ async fn a_session_resumed_from_its_copy_is_still_its_owners() {
     let (mut alice, ack) =
         RawClient::connect_with(n2.addr(), connect_as("alice", "dev5", false)).await;
     assert_eq!((ack.code, ack.session_present), (0, true));
-    match alice.recv().await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"kept"),
-        other => panic!("expected the queued message, got {other:?}"),
-    }
+    expect_payload(&mut alice, b"kept").await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -395,10 +391,7 @@ async fn a_session_resumed_from_its_copy_is_still_its_owners() {
 async fn another_users_claims_never_make_the_owner_lose_her_connect() {
     let dir = scratch("rival");
     let (passwords, acl) = users(&dir).await;
-    let env = vec![
-        ("VIBEMQ_AUTH_PASSWORD_FILE".to_string(), passwords.clone()),
-        ("VIBEMQ_AUTH_ACL_FILE".to_string(), acl.clone()),
-    ];
+    let env = auth_env(&passwords, &acl, "enforce");
     let [n1, n2, n3] = ProcessNode::three(env).await;
     // alice's session at node1.
     let (alice, _) = RawClient::connect_with(n1.addr(), connect_as("alice", "dev6", true)).await;

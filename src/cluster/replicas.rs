@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::Cluster;
 use super::handover::SessionMessage;
 use crate::broker::Metrics;
-use crate::broker::handover::{ClaimOrder, Holding, SessionImage, Subscriptions};
+use crate::broker::handover::{ClaimOrder, Holding, SessionImage};
 use crate::broker::replica::{ReplicaNode, ReplicaOp, ReplicaSnapshot};
 use crate::store::records::StoredDelivery;
 use crate::store::{InflightMark, StoredSubscription};
@@ -254,24 +254,6 @@ impl Cluster {
         gone: &[String],
         identity: Option<&str>,
     ) -> Holding {
-        self.claim_replica_subscriptions(client, order, clean_start, gone, identity)
-            .map_or(Holding::Nothing, |owned| {
-                owned.map_or(Holding::Owned, |(subs, owner)| {
-                    Holding::Session(subs, owner)
-                })
-            })
-    }
-
-    /// `claim_replica`'s work: None when there is no copy to claim, Some(None) when it is
-    /// owned by another identity, else its subscriptions and owner.
-    fn claim_replica_subscriptions(
-        &self,
-        client: &str,
-        order: &ClaimOrder,
-        clean_start: bool,
-        gone: &[String],
-        identity: Option<&str>,
-    ) -> Option<Option<(Subscriptions, Option<String>)>> {
         let mut held = self.replicas.held.lock();
         let orphans: Vec<CopyKey> = held
             .iter()
@@ -282,15 +264,9 @@ impl Cluster {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        let enforce = self.ownership_enforced();
-        if enforce
-            && orphans.iter().any(|k| {
-                held.get(k).is_some_and(|r| {
-                    !crate::broker::session::may_take(r.owner.as_deref(), identity)
-                })
-            })
-        {
-            return Some(None);
+        let foreign = |r: &Replica| !crate::broker::session::may_take(r.owner.as_deref(), identity);
+        if self.ownership_enforced() && orphans.iter().any(|k| held.get(k).is_some_and(foreign)) {
+            return Holding::Owned;
         }
         if clean_start {
             for k in orphans {
@@ -298,20 +274,21 @@ impl Cluster {
                     self.forget_copy(&k.1, r.holder_generation, client);
                 }
             }
-            return None;
+            return Holding::Nothing;
         }
-        let r = held.get_mut(orphans.first()?)?;
+        let Some(r) = orphans.first().and_then(|k| held.get_mut(k)) else {
+            return Holding::Nothing;
+        };
         if r.claimed.as_ref().is_some_and(|c| c > order) {
-            return None;
+            return Holding::Nothing;
         }
         r.claimed = Some(order.clone());
-        Some(Some((
-            r.subscriptions
-                .iter()
-                .map(|(f, s)| (f.clone(), *s))
-                .collect(),
-            r.owner.clone(),
-        )))
+        let subscriptions = r
+            .subscriptions
+            .iter()
+            .map(|(f, s)| (f.clone(), *s))
+            .collect();
+        Holding::Session(subscriptions, r.owner.clone())
     }
 
     /// Whether client ids belong to their sessions' identities here
