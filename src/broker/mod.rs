@@ -2,9 +2,11 @@
 //! session lifecycle (attach on CONNECT, detach on close, expiry, wills). It speaks in
 //! messages and sessions, never in sockets or bytes: `mqtt` drives it, `cluster` will feed it.
 
+mod attach;
 pub mod clock;
 mod copies_wait;
 pub mod handover;
+mod hook;
 pub mod journal;
 mod message;
 mod metrics;
@@ -20,16 +22,16 @@ pub mod session;
 mod shared_leave;
 pub mod shared_pick;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
+pub use attach::{AttachRefused, Attached};
 pub use copies_wait::{CopiesWait, PeerWait, Unconfirmed};
 pub use handover::{Claim, ClaimOrder, SessionImage};
+pub use hook::{BoxFuture, ClusterHook};
 pub use message::{Delivery, Message, now_ms};
 pub use metrics::Metrics;
 pub use pressure::{Backlog, Held};
@@ -39,85 +41,13 @@ pub use router::{Audience, Fanned, GroupPick, Router};
 use session::PendingWill;
 pub use session::{ConnectionControl, Session};
 
-use crate::codec::{QoS, SubscriptionOptions, reason};
+use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::{Config, SlowSubscriber};
 use crate::limits::{Limit, LimitCounters};
 use crate::topic::{self, SharedFilter};
 
 /// How long a new connection waits for the connection it takes over from to finish closing.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
-
-/// The broker's view of the cluster, set once at start: it is told of every publish that
-/// entered at this node and of every route change, and forwards to the nodes that want them.
-pub trait ClusterHook: Send + Sync {
-    /// Sends `message` to the remote nodes whose routes match it (every node, for a retained
-    /// message). `local_groups` are the matching shared groups with members here; the cluster
-    /// gives each group one node and says which groups this node should deliver to.
-    /// Each local group comes with whether a member of it is connected here.
-    fn forward(&self, message: &Arc<Message>, local_groups: Vec<(Arc<str>, bool)>) -> Forwarded;
-    /// A filter (or `$share/{group}/{filter}` key) gained its first subscriber here, or lost
-    /// its last; the cluster reads the router's current state (`Router::has_route`).
-    fn route_changed(&self, key: &str);
-    /// Whether shared group `key` has a member connected here may have changed; the cluster
-    /// reads the router's current state (`Router::group_connected`) and advertises it.
-    fn group_presence_changed(&self, key: &str);
-    /// Sends `message` to one node where a member of shared group `key` is connected and
-    /// whose link delivers now, for that group alone; false when there is no such node.
-    fn hand_to_group(&self, message: &Arc<Message>, key: &str) -> bool;
-    /// What a SUBACK for subscriptions to `keys` (just made) waits for: every live peer's
-    /// acknowledgement of the route pushes queued up to now. None: nothing to wait for, or
-    /// `cluster.subscribe_ack = "local"`.
-    fn route_gate(&self, keys: &[&str]) -> Option<RouteGate>;
-    /// As `route_gate` whatever `cluster.subscribe_ack` says: what a session moving here
-    /// waits for before its old node lets go of it.
-    fn handover_gate(&self, keys: &[&str]) -> Option<RouteGate>;
-    /// A connection for `client_id` (of verified `identity`, None when anonymous) is
-    /// attaching here: every live node closes its connection for that id and says what
-    /// session it holds (see `handover`), unless the session belongs to another identity.
-    fn claim<'a>(
-        &'a self,
-        client_id: &'a Arc<str>,
-        clean_start: bool,
-        identity: Option<&'a str>,
-    ) -> BoxFuture<'a, Claim>;
-    /// Asks `node` for the session it holds for `client_id`, for the claim `order`.
-    fn release<'a>(
-        &'a self,
-        node: &'a Arc<str>,
-        client_id: &'a str,
-        order: &'a ClaimOrder,
-    ) -> BoxFuture<'a, Option<SessionImage>>;
-    /// Resolves once this node has processed what every live peer sent it before now.
-    fn drain<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, ()>;
-    /// The claim's connection is attached: false if a newer claim came meanwhile.
-    fn settle_claim(&self, client_id: &str, order: &ClaimOrder, identity: Option<&str>) -> bool;
-    /// Whether a connection may attach now (`cluster.allow_connect_during_partition`).
-    fn admits_connect(&self) -> bool;
-    /// `cluster.session_replicas`.
-    fn replica_count(&self) -> usize;
-    /// The nodes a session of `client_id` held here is replicated to now (with their runs).
-    fn replica_nodes(&self, client_id: &str) -> Vec<replica::ReplicaNode>;
-    /// The live members, with their runs: replicas are placed again when it changes.
-    fn live_runs(&self) -> Vec<replica::ReplicaNode>;
-    /// Sends a change of the session of `client_id` to its replicas on `nodes`: false if
-    /// it could not be queued for one of them.
-    fn replicate(
-        &self,
-        nodes: &[replica::ReplicaNode],
-        client_id: &str,
-        op: replica::ReplicaOp,
-    ) -> bool;
-    /// A replica missed a change: the next reconciliation sends whole sessions again.
-    fn note_stale_replica(&self);
-    /// Whether a replica missed a change since the last call.
-    fn take_stale_replicas(&self) -> bool;
-    /// What an acknowledgement of a change made now to sessions here waits for: the
-    /// confirmation of the nodes that keep their copies (None: no copies anywhere).
-    fn copies_wait(&self) -> Option<CopiesWait>;
-}
-
-/// A future the cluster hands the broker.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What became of a publish that entered here.
 #[derive(Clone)]
@@ -173,31 +103,6 @@ pub struct Broker {
     /// another server) while other nodes serve, else 0x8B (server shutting down).
     stop_reason: std::sync::OnceLock<u8>,
     me: Weak<Broker>,
-}
-
-/// The result of attaching a connection to a session.
-pub struct Attached {
-    pub session: Arc<Session>,
-    pub session_present: bool,
-}
-
-/// Why a connection could not attach to its client id's session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttachRefused {
-    /// The session (live or stored, here or on another node) belongs to another identity
-    /// (`auth.clientid_ownership = "enforce"`).
-    OwnedByAnother,
-}
-
-/// What a connection attaching brings (see `Broker::attach`).
-struct Attaching<'a> {
-    clean_start: bool,
-    control: &'a Arc<ConnectionControl>,
-    expiry_interval: u32,
-    will: Option<&'a PendingWill>,
-    identity: Option<&'a Arc<str>>,
-    /// Who owns the session if this attach makes it.
-    owner: Option<Arc<str>>,
 }
 
 /// What a closing connection leaves behind for its session.
@@ -451,225 +356,6 @@ impl Broker {
             .collect();
         for key in groups {
             self.report_group_presence(&key);
-        }
-    }
-
-    /// Attaches connection `control` to the session for `client_id`, taking it over from any
-    /// connection that has it, and starting a new session when asked or when none exists.
-    /// `expiry_interval` and `will` are the connection's: with persistence on, a session that
-    /// outlives its connection is stored from now on, with them.
-    /// In a cluster the client id is claimed from every live node first: a connection for it
-    /// elsewhere is closed (0x8E), and a session held elsewhere comes here (or ends there, for
-    /// a clean start).
-    /// `identity` is the connection's verified user name (None: anonymous): with
-    /// `auth.clientid_ownership = "enforce"` a session made under another identity, here or
-    /// on any node, is left alone and the connection refused, before anything is touched.
-    pub async fn attach(
-        &self,
-        client_id: &Arc<str>,
-        clean_start: bool,
-        control: &Arc<ConnectionControl>,
-        (expiry_interval, will): (u32, Option<&PendingWill>),
-        identity: Option<&Arc<str>>,
-    ) -> Result<Attached, AttachRefused> {
-        let started = tokio::time::Instant::now();
-        if self.owned_by_another(client_id, identity.map(|i| &**i)) {
-            return Err(AttachRefused::OwnedByAnother);
-        }
-        let cluster = self.cluster.get().cloned();
-        let claim = match &cluster {
-            Some(cluster) => {
-                let claim = cluster
-                    .claim(client_id, clean_start, identity.map(|i| &**i))
-                    .await;
-                if claim.owned_elsewhere || claim.contested {
-                    // Another user's session elsewhere (or another user's connect claiming the
-                    // id at the same moment, whose session may be on its way) refuses this
-                    // connect, unless this user has a session of their own here or was offered
-                    // one: two sessions under two users for one client id (made on either side
-                    // of a partition) each stay their owner's.
-                    let own = self.owned_by(client_id, identity.map(|i| &**i));
-                    if !own && claim.holders.is_empty() {
-                        cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i));
-                        return Err(AttachRefused::OwnedByAnother);
-                    }
-                    if claim.owned_elsewhere {
-                        tracing::warn!(client_id = %crate::limits::printable(client_id), "another user's session for this client id is held at another node (made there during a partition?): each stays its owner's");
-                    }
-                }
-                Some(claim)
-            }
-            None => None,
-        };
-        // A session brought from another node keeps its owner (or none); a new one is the
-        // connecting user's.
-        let owner = match claim.as_ref().and_then(|c| c.holders.first()) {
-            Some((_, _, owner)) => owner.as_deref().map(Arc::from),
-            None => identity.cloned(),
-        };
-        let attaching = Attaching {
-            clean_start,
-            control,
-            expiry_interval,
-            will,
-            identity,
-            owner,
-        };
-        let mut attached = match self.attach_here(client_id, &attaching).await {
-            Ok(attached) => attached,
-            Err(refused) => {
-                if let (Some(cluster), Some(claim)) = (&cluster, &claim) {
-                    cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i));
-                }
-                return Err(refused);
-            }
-        };
-        let (Some(cluster), Some(claim)) = (cluster, claim) else {
-            return Ok(attached);
-        };
-        attached.session.state.lock().claim = Some(claim.order.clone());
-        if !claim.superseded {
-            for (node, subscriptions, _) in &claim.holders {
-                self.subscribe_for_handover(&cluster, &attached.session, subscriptions)
-                    .await;
-                if let Some(image) = cluster.release(node, client_id, &claim.order).await {
-                    let moved = self.adopt(&attached.session, image);
-                    // Copies of the image's messages still on their way here are dropped
-                    // until every peer has sent all it sent before now.
-                    let (cluster, session) = (cluster.clone(), attached.session.clone());
-                    tokio::spawn(async move {
-                        cluster.drain(&session.client_id).await;
-                        session.state.lock().moved_in = None;
-                    });
-                    tracing::info!(client_id = %crate::limits::printable(client_id), from = %node, deliveries = moved, ms = started.elapsed().as_millis() as u64, "session moved here from another node");
-                    attached.session_present = true;
-                }
-            }
-        }
-        if !cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i))
-            || claim.superseded
-        {
-            self.claim_lost(client_id, control.id);
-        }
-        Ok(attached)
-    }
-
-    /// Whether a connection may attach now: in a cluster with
-    /// `cluster.allow_connect_during_partition = false`, only while every known node is live.
-    pub fn admits_connect(&self) -> bool {
-        let admitted = self.cluster.get().is_none_or(|c| c.admits_connect());
-        if !admitted {
-            Metrics::add(&self.metrics.connects_refused_partition, 1);
-        }
-        admitted
-    }
-
-    /// Attaches on this node alone (see `attach`).
-    async fn attach_here(
-        &self,
-        client_id: &Arc<str>,
-        a: &Attaching<'_>,
-    ) -> Result<Attached, AttachRefused> {
-        let (clean_start, control, expiry_interval, will) =
-            (a.clean_start, a.control, a.expiry_interval, a.will);
-        let enforce = self.ownership_enforced();
-        let identity = a.identity.map(|i| &**i);
-        // Whether a session (its state locked) is another identity's: checked at every step
-        // that would touch it, so a session made or resumed meanwhile is never taken.
-        let foreign = |st: &session::SessionState| {
-            enforce && !st.ended && !session::may_take(st.owner.as_deref(), identity)
-        };
-        loop {
-            let existing = self.sessions.get(client_id).map(|s| s.clone());
-            if let Some(session) = &existing {
-                let previous = {
-                    let mut st = session.state.lock();
-                    // Before the connection there is closed: a CONNECT under another
-                    // identity neither takes the session nor ends it.
-                    if foreign(&st) {
-                        return Err(AttachRefused::OwnedByAnother);
-                    }
-                    match &st.connection {
-                        Some(c) if c.id != control.id => st.connection.take(),
-                        _ => None,
-                    }
-                };
-                if let Some(previous) = previous {
-                    tracing::info!(client_id = %crate::limits::printable(client_id), "client id taken over by a new connection");
-                    previous.kick(reason::SESSION_TAKEN_OVER);
-                    let _ = tokio::time::timeout(TAKEOVER_WAIT, previous.closed()).await;
-                    continue;
-                }
-            }
-            let resumable = existing.filter(|s| !clean_start && !s.state.lock().ended);
-            let (session, session_present) = match resumable {
-                Some(session) => (session, true),
-                None => {
-                    if let Some(old) = self.sessions.get(client_id).map(|s| s.clone()) {
-                        if foreign(&old.state.lock()) {
-                            return Err(AttachRefused::OwnedByAnother);
-                        }
-                        self.end_session(&old);
-                    }
-                    let mqtt = &self.config.mqtt;
-                    let bounds = queue::QueueBounds {
-                        max_messages: mqtt.max_queued_messages,
-                        max_bytes: mqtt.max_queued_bytes,
-                    };
-                    let session = Session::new(client_id.clone(), bounds, mqtt.queue_qos0_offline);
-                    // Owned from its first moment in the map: nobody sees it unowned.
-                    session.state.lock().owner = a.owner.clone();
-                    match self.sessions.entry(client_id.clone()) {
-                        dashmap::Entry::Vacant(slot) => {
-                            slot.insert(session.clone());
-                        }
-                        // Another connect made one meanwhile: judged again from the top.
-                        dashmap::Entry::Occupied(_) => continue,
-                    }
-                    (session, false)
-                }
-            };
-            let mut st = session.state.lock();
-            if foreign(&st) {
-                return Err(AttachRefused::OwnedByAnother);
-            }
-            if st.connection.is_some() || st.ended {
-                // Another connection got in between; go round again.
-                continue;
-            }
-            st.connection = Some(control.clone());
-            st.generation += 1;
-            // A new connection before the will delay elapsed cancels the will (MQTT-3.1.3-9),
-            // and the session no longer expires.
-            st.will = None;
-            if let Some(timer) = st.timer.take() {
-                timer.abort();
-            }
-            st.expiry_interval = expiry_interval;
-            if st.journal.is_none() && expiry_interval > 0 {
-                let replicas = self.replica_line();
-                if self.store().is_some() || replicas.is_some() {
-                    let store = self.store().cloned();
-                    st.journal = Some(Box::new(journal::Journal::new(
-                        store,
-                        client_id.clone(),
-                        1,
-                        replicas,
-                    )));
-                }
-            }
-            if let Some(j) = &st.journal {
-                j.meta(expiry_interval, true, will, st.owner.as_deref());
-            }
-            if let Some(hook) = self.cluster.get() {
-                self.reconcile_session(&**hook, client_id, &mut st);
-            }
-            drop(st);
-            self.set_online(&session, true);
-            return Ok(Attached {
-                session,
-                session_present,
-            });
         }
     }
 
