@@ -80,6 +80,22 @@ impl Limit {
     }
 }
 
+/// The key a share per source address is counted under: the address itself for IPv4 (and
+/// IPv4-mapped IPv6), its /64 for IPv6, which one host can rotate through at will.
+pub fn source_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                std::net::IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// A hit that comes this long after the previous one starts a new episode (and is logged).
 const EPISODE_GAP: Duration = Duration::from_secs(60);
 
@@ -189,6 +205,20 @@ pub fn reason_string(mut text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_counted_by_address_or_ipv6_64() {
+        let key = |s: &str| source_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff::9"),
+            "one /64, one share"
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
 
     #[test]
     fn echoed_text_is_short_and_printable() {

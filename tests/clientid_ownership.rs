@@ -396,33 +396,45 @@ async fn another_users_claims_never_make_the_owner_lose_her_connect() {
     // alice's session at node1.
     let (alice, _) = RawClient::connect_with(n1.addr(), connect_as("alice", "dev6", true)).await;
     drop(alice);
-    // bob claims her client id at node2 over and over, while she connects at node3, then
-    // at node2, then at node1 ...: each of her connects must stay (no 0x8E for a rival claim).
+    // bob claims her client id at node2 over and over, four connects at a time, while she
+    // connects at node3, then at node2, then at node1 ..., every fourth time with a clean
+    // start (which ends her session where it is): each of her connects must be served and stay
+    // (no 0x87, no 0x8E for a rival claim), and bob must never get in.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rival = {
-        let (addr, stop) = (n2.addr(), stop.clone());
-        tokio::spawn(async move {
-            let mut refused = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (_, ack) =
-                    RawClient::connect_with(addr, connect_as("bob", "dev6", false)).await;
-                assert_eq!(ack.code, reason::NOT_AUTHORIZED, "bob got alice's session");
-                refused += 1;
-            }
-            refused
+    let rivals: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (n2.addr(), stop.clone());
+            tokio::spawn(async move {
+                let mut refused = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (_, ack) =
+                        RawClient::connect_with(addr, connect_as("bob", "dev6", false)).await;
+                    assert_eq!(ack.code, reason::NOT_AUTHORIZED, "bob got in");
+                    refused += 1;
+                }
+                refused
+            })
         })
-    };
-    for round in 0..12 {
+        .collect();
+    for round in 0..16 {
         let at = [&n3, &n2, &n1][round % 3];
+        let clean = round % 4 == 3;
         let (mut alice, ack) =
-            RawClient::connect_with(at.addr(), connect_as("alice", "dev6", false)).await;
-        assert_eq!((ack.code, ack.session_present), (0, true), "round {round}");
+            RawClient::connect_with(at.addr(), connect_as("alice", "dev6", clean)).await;
+        assert_eq!(
+            (ack.code, ack.session_present),
+            (0, !clean),
+            "round {round}, clean start {clean}"
+        );
         // Still connected a moment later: not taken over by a claim of bob's.
         alice.expect_silence(Duration::from_millis(300)).await;
         drop(alice);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let refused = rival.await.unwrap();
+    let mut refused = 0;
+    for r in rivals {
+        refused += r.await.unwrap();
+    }
     println!("bob was refused {refused} times while alice moved between the nodes");
     assert!(refused > 12, "bob's claims ran alongside ({refused})");
     std::fs::remove_dir_all(&dir).unwrap();

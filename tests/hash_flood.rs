@@ -3,8 +3,9 @@
 //! address hash on at most `auth.max_concurrent_hashes` threads, at most
 //! `auth.max_hashes_per_ip` of them queued (the rest refused at once with 0x89), so the node's
 //! peak memory stays bounded and a client from another address, its password never checked
-//! before, is served within a second in the middle of it. The control: the same flood with
-//! many hashing slots and no share per address costs the node hundreds of megabytes.
+//! before, is served within a second in the middle of it. The controls: without the share
+//! the same probe waits behind the flood; with many hashing slots the flood costs the node
+//! hundreds of megabytes.
 
 mod common;
 
@@ -74,12 +75,7 @@ async fn open_from(from: &str, addr: std::net::SocketAddr) -> RawClient {
 /// address; its growth in peak memory over the flood of `count`, how long alice took to be
 /// served (from another address, her password never checked before) in the middle of it, and
 /// how many of the flood were refused at once for their address's share.
-async fn run_flood(
-    dir: &Path,
-    slots: usize,
-    per_ip: usize,
-    count: usize,
-) -> (u64, Duration, usize) {
+async fn run_flood(dir: &Path, slots: usize, per_ip: usize, count: usize) -> Flooded {
     let config = dir.join(format!("vibemq-{slots}.toml"));
     std::fs::write(
         &config,
@@ -127,7 +123,6 @@ async fn run_flood(
         other => panic!("expected a CONNACK, got {other:?}"),
     };
     let served = started.elapsed();
-    assert_eq!(code, 0);
     let codes = attack.await.unwrap();
     assert_eq!(codes.len(), count);
     assert!(
@@ -137,7 +132,21 @@ async fn run_flood(
         "every wrong password refused: {codes:?}"
     );
     let busy = codes.iter().filter(|c| **c == reason::SERVER_BUSY).count();
-    (peak_rss(pid).saturating_sub(before), served, busy)
+    Flooded {
+        grew: peak_rss(pid).saturating_sub(before),
+        probe: (code, served),
+        busy,
+    }
+}
+
+/// What one flood did to a node.
+struct Flooded {
+    /// Growth of its peak memory.
+    grew: u64,
+    /// The probe client's CONNACK code, and how long it took.
+    probe: (u8, Duration),
+    /// CONNECTs of the flood refused at once (0x89) for their address's share.
+    busy: usize,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,29 +156,52 @@ async fn a_flood_of_wrong_passwords_hashes_in_bounded_memory_and_others_are_serv
     std::fs::create_dir_all(&dir).unwrap();
     vibemq::auth::passwords::set_password(&dir.join("passwords"), "alice", b"right").unwrap();
 
-    let (grew, probe, busy) = run_flood(&dir, 2, 8, 500).await;
+    // Two slots, a share of 8 checks per address: memory bounded, the probe served at once.
+    let shared = run_flood(&dir, 2, 8, 500).await;
+    let (code, served) = shared.probe;
     println!(
-        "2 slots, 8 per address, 500 wrong passwords ({busy} refused at once): peak memory grew {} MiB; a client from another address served in {probe:?}",
-        grew >> 20
+        "2 slots, 8 per address, 500 wrong passwords ({} refused at once): peak memory grew {} MiB; a client from another address served in {served:?}",
+        shared.busy,
+        shared.grew >> 20
     );
-    assert!(probe < Duration::from_secs(1), "served in {probe:?}");
+    assert_eq!(code, 0);
+    assert!(served < Duration::from_secs(1), "served in {served:?}");
     assert!(
-        busy > 400,
-        "the flood's address got its share, no more ({busy} refused)"
+        shared.busy > 400,
+        "the flood's address got its share, no more ({} refused)",
+        shared.busy
     );
     // Two slots of argon2 (19 MiB each), not one per CONNECT.
-    assert!(grew < 64 << 20, "peak memory grew {} MiB", grew >> 20);
-    // The control: the bound is what keeps the memory down.
-    let (grew_wide, _, _) = run_flood(&dir, 32, 1000, 200).await;
+    assert!(
+        shared.grew < 64 << 20,
+        "peak memory grew {} MiB",
+        shared.grew >> 20
+    );
+    // The control for the share: without it (two slots still) the probe waits behind the
+    // flood's queue, or is refused as busy past server.connect_timeout.
+    let unshared = run_flood(&dir, 2, 1000, 500).await;
+    println!(
+        "2 slots, no share per address: peak memory grew {} MiB; the probe got {:?}",
+        unshared.grew >> 20,
+        unshared.probe
+    );
+    assert!(unshared.grew < 64 << 20, "the slots bound memory alone");
+    assert!(
+        unshared.probe.1 > Duration::from_secs(1) || unshared.probe.0 == reason::SERVER_BUSY,
+        "without a share the probe waited behind the flood: {:?}",
+        unshared.probe
+    );
+    // The control for the slots: many of them, and memory goes with them.
+    let wide = run_flood(&dir, 32, 1000, 200).await;
     println!(
         "32 slots, no share per address, 200 wrong passwords: peak memory grew {} MiB",
-        grew_wide >> 20
+        wide.grew >> 20
     );
     assert!(
-        grew_wide > grew + (200 << 20),
+        wide.grew > unshared.grew + (200 << 20),
         "32 slots grew {} MiB, 2 slots {} MiB",
-        grew_wide >> 20,
-        grew >> 20
+        wide.grew >> 20,
+        unshared.grew >> 20
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -178,19 +178,20 @@ fn substitute(pattern: &str, client_id: &str, user: &str) -> String {
     while let Some(i) = rest.find('%') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        match after.chars().next() {
-            Some('c') => out.push_str(client_id),
-            Some('u') => out.push_str(user),
-            Some(other) => {
+        let Some(next) = after.chars().next() else {
+            out.push('%');
+            rest = after;
+            break;
+        };
+        match next {
+            'c' => out.push_str(client_id),
+            'u' => out.push_str(user),
+            other => {
                 out.push('%');
                 out.push(other);
             }
-            None => out.push('%'),
         }
-        rest = after.get(1..).unwrap_or("");
-        if after.is_empty() {
-            break;
-        }
+        rest = &after[next.len_utf8()..];
     }
     out.push_str(rest);
     out
@@ -348,6 +349,7 @@ pattern read users/%u/inbox
         assert!(!sys.allows(None, "$SYS", Action::Subscribe("$SYS/#")));
         assert!(sys.allows(None, "dev", Action::Subscribe("dev/#")));
         assert_eq!(substitute("a%b%", "c", "u"), "a%b%");
+        assert_eq!(substitute("a/%é/%c/#", "dev", "u"), "a/%é/dev/#");
         // A deny pattern that cannot be filled in safely denies everything.
         let deny = Acl::parse("topic readwrite #\npattern deny private/%c/#\n").unwrap();
         assert!(deny.allows(None, "ok", Action::Publish("x")));

@@ -87,6 +87,7 @@ impl HashPool {
         wait: Duration,
         source: IpAddr,
     ) -> Result<bool, Busy> {
+        let source = crate::limits::source_key(source);
         let share = {
             let mut sources = self.sources.lock();
             let n = sources.entry(source).or_insert(0);

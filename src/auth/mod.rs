@@ -87,8 +87,16 @@ struct Users {
     /// spread of times when the file mixes kinds of hashes: user names are not enumerable by
     /// timing.
     decoys: Vec<passwords::Hash>,
-    /// Keys the choice of decoy, fresh for each process.
+    /// Keys the choice of decoy: one for the process, so a name keeps its decoy across
+    /// reloads as a known user keeps their hash.
     pick: std::collections::hash_map::RandomState,
+}
+
+/// The process's key for choosing decoys.
+fn decoy_key() -> std::collections::hash_map::RandomState {
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(Default::default).clone()
 }
 
 impl Users {
@@ -99,7 +107,7 @@ impl Users {
         Users {
             by_name,
             decoys,
-            pick: Default::default(),
+            pick: decoy_key(),
         }
     }
 

@@ -10,6 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha512};
 
+/// The most memory an argon2 hash of the password file may ask for (1 GiB, in KiB).
+const MAX_ARGON2_KIB: u32 = 1 << 20;
+
 /// One user's stored hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hash {
@@ -29,8 +32,22 @@ impl Hash {
     /// Parses the part after `user:`; the error says what is wrong, never the hash itself.
     pub fn parse(text: &str) -> Result<Hash, String> {
         if text.starts_with("$argon2") {
-            argon2::password_hash::phc::PasswordHash::new(text)
+            let parsed = argon2::password_hash::phc::PasswordHash::new(text)
                 .map_err(|e| format!("argon2 hash not readable: {e}"))?;
+            let params = argon2::Params::try_from(&parsed)
+                .map_err(|e| format!("argon2 parameters not usable: {e}"))?;
+            argon2::Algorithm::try_from(parsed.algorithm.as_str())
+                .map_err(|e| format!("argon2 algorithm not known: {e}"))?;
+            // Checked once here: each check then costs what the file says, within bounds
+            // (argon2's memory is held by a hashing thread for as long as it runs).
+            if params.m_cost() > MAX_ARGON2_KIB || params.t_cost() > 64 || params.p_cost() > 64 {
+                return Err(format!(
+                    "argon2 parameters beyond this broker's bounds (m at most {MAX_ARGON2_KIB} KiB, t and p at most 64)"
+                ));
+            }
+            if parsed.salt.is_none() || parsed.hash.as_ref().is_none_or(|h| h.len() < 16) {
+                return Err("argon2 hash without a salt or with a short output".into());
+            }
             return Ok(Hash::Argon2(text.to_string()));
         }
         let b64 = |s: &str| STANDARD.decode(s).map_err(|_| "not base64".to_string());
@@ -264,6 +281,18 @@ mod tests {
         assert!(!users["new"].is_weak());
         assert!(users["new"].cost_rank() > users["alice"].cost_rank());
         assert!(users["alice"].cost_rank() > users["old"].cost_rank());
+    }
+
+    #[test]
+    fn argon2_entries_are_checked_at_load() {
+        let good = hash_argon2id(b"x").unwrap();
+        assert!(parse_file(&format!("a:{good}")).is_ok());
+        // Asking for 4 TiB of memory, or an unknown variant: refused, naming the line.
+        let huge = good.replace("m=19456", "m=4294967295");
+        let e = parse_file(&format!("a:{huge}")).unwrap_err();
+        assert!(e.starts_with("line 1:"), "{e}");
+        let odd = good.replacen("$argon2id$", "$argon2x$", 1);
+        assert!(parse_file(&format!("a:{odd}")).is_err());
     }
 
     #[test]

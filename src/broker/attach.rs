@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::handover::Released;
 use super::session::{self, PendingWill};
 use super::{Broker, ConnectionControl, Metrics, Session, TAKEOVER_WAIT, journal, queue};
 use crate::codec::reason;
@@ -66,11 +67,14 @@ impl Broker {
                 if claim.owned_elsewhere || claim.contested {
                     // Another user's session elsewhere (or another user's connect claiming the
                     // id at the same moment, whose session may be on its way) refuses this
-                    // connect, unless this user has a session of their own here or was offered
-                    // one: two sessions under two users for one client id (made on either side
-                    // of a partition) each stay their owner's.
-                    let own = self.owned_by(client_id, identity.map(|i| &**i));
-                    if !own && claim.holders.is_empty() {
+                    // connect, unless this connect has shown the id is its to take: a session
+                    // it may take here, one offered elsewhere, or one ended for its clean start.
+                    // Two sessions under two users for one client id (made on either side of a
+                    // partition) each stay their owner's.
+                    let shown = self.takeable_here(client_id, identity.map(|i| &**i))
+                        || !claim.holders.is_empty()
+                        || claim.ended;
+                    if !shown {
                         cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i));
                         return Err(AttachRefused::OwnedByAnother);
                     }
@@ -82,11 +86,14 @@ impl Broker {
             }
             None => None,
         };
-        // A session brought from another node keeps its owner (or none); a new one is the
+        // A session brought from other nodes keeps its owner: the connecting user's if any of
+        // them was theirs (the others belong to nobody), else nobody's; a new one is the
         // connecting user's.
-        let owner = match claim.as_ref().and_then(|c| c.holders.first()) {
-            Some((_, _, owner)) => owner.as_deref().map(Arc::from),
-            None => identity.cloned(),
+        let owner = match claim.as_ref().map(|c| &c.holders) {
+            Some(holders) if !holders.is_empty() => identity
+                .filter(|i| holders.iter().any(|(_, _, o)| o.as_deref() == Some(&***i)))
+                .cloned(),
+            _ => identity.cloned(),
         };
         let attaching = Attaching {
             clean_start,
@@ -109,11 +116,18 @@ impl Broker {
             return Ok(attached);
         };
         attached.session.state.lock().claim = Some(claim.order.clone());
+        // A session this claim was offered and then did not get: a newer claim took it (of
+        // another user, whose claim did not supersede this one): this connection goes.
+        let mut taken = false;
         if !claim.superseded {
             for (node, subscriptions, _) in &claim.holders {
                 self.subscribe_for_handover(&cluster, &attached.session, subscriptions)
                     .await;
-                if let Some(image) = cluster.release(node, client_id, &claim.order).await {
+                let released = cluster.release(node, client_id, &claim.order).await;
+                if matches!(released, Released::Gone) {
+                    taken = self.ownership_enforced();
+                }
+                if let Released::Image(image) = released {
                     let moved = self.adopt(&attached.session, image);
                     // Copies of the image's messages still on their way here are dropped
                     // until every peer has sent all it sent before now.
@@ -129,6 +143,7 @@ impl Broker {
         }
         if !cluster.settle_claim(client_id, &claim.order, identity.map(|i| &**i))
             || claim.superseded
+            || taken
         {
             self.claim_lost(client_id, control.id);
         }

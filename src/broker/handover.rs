@@ -58,6 +58,8 @@ pub struct Claim {
     pub owned_elsewhere: bool,
     /// A node was claiming the client id for another identity at the same time.
     pub contested: bool,
+    /// A node ended a session the claimant may take, for its clean start.
+    pub ended: bool,
 }
 
 /// What a node holds for a claimed client id.
@@ -78,6 +80,20 @@ pub enum Holding {
     /// right now (`auth.clientid_ownership`): the session may be on its way here; the
     /// claimant does not take the id unless a session of its own is offered.
     Contested,
+    /// A session the claimant may take, ended here for its clean start: the claimant has
+    /// shown the id is its to take.
+    Ended,
+}
+
+/// What the holder of a session answered a claimant's release.
+#[derive(Debug)]
+pub enum Released {
+    /// The session, on its way to the claimant.
+    Image(SessionImage),
+    /// It has none for this claim any more: a newer claim took it, or it ended meanwhile.
+    Gone,
+    /// No answer in time (or none could be asked).
+    NoAnswer,
 }
 
 /// How long a session whose connection was closed for a claim stays at least, waiting for the
@@ -145,8 +161,12 @@ impl Broker {
             self.arm_timers(&session, generation, expiry, will_delay);
         }
         if clean_start {
+            let owner = session.state.lock().owner.clone();
+            if let Some(owner) = owner {
+                self.note_ended_for_owner(client_id, owner);
+            }
             self.end_session(&session);
-            return Holding::Nothing;
+            return Holding::Ended;
         }
         let st = session.state.lock();
         if st.ended || st.connection.is_some() {
@@ -163,22 +183,66 @@ impl Broker {
     }
 
     /// Whether the session of `client_id` here belongs to another identity than `identity`,
-    /// with `auth.clientid_ownership = "enforce"`.
+    /// with `auth.clientid_ownership = "enforce"` (or did a moment ago, when it was ended for
+    /// its owner's clean start: their new session is being made at another node).
     pub fn owned_by_another(&self, client_id: &str, identity: Option<&str>) -> bool {
-        self.ownership_enforced()
-            && self.sessions.get(client_id).is_some_and(|s| {
-                let st = s.state.lock();
-                !st.ended && !super::session::may_take(st.owner.as_deref(), identity)
-            })
+        if !self.ownership_enforced() {
+            return false;
+        }
+        let here = self.sessions.get(client_id).is_some_and(|s| {
+            let st = s.state.lock();
+            !st.ended && !super::session::may_take(st.owner.as_deref(), identity)
+        });
+        here || self.ended_for_another(client_id, identity)
     }
 
-    /// Whether a session of `client_id` here is `identity`'s own (made by that verified user).
-    pub fn owned_by(&self, client_id: &str, identity: Option<&str>) -> bool {
-        identity.is_some()
-            && self.sessions.get(client_id).is_some_and(|s| {
-                let st = s.state.lock();
-                !st.ended && st.owner.as_deref() == identity
-            })
+    /// How long a client id stays its owner's after their session here was ended for their
+    /// clean start elsewhere: as long as that connect may take to attach (`cluster.
+    /// takeover_timeout_ms`), after which their new session answers for them.
+    fn owner_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.cluster.takeover_timeout_ms)
+    }
+
+    /// Remembers that `client_id`'s session, `owner`'s, was ended here for `owner`'s clean
+    /// start.
+    pub(crate) fn note_ended_for_owner(&self, client_id: &str, owner: Arc<str>) {
+        let grace = self.owner_grace();
+        let mut ended = self.ended_for_owner.lock();
+        if ended.len() >= 1024 {
+            ended.retain(|_, (_, at)| at.elapsed() < grace);
+        }
+        ended.insert(client_id.into(), (owner, std::time::Instant::now()));
+    }
+
+    /// Whether `client_id`'s session was ended here a moment ago for another identity's
+    /// clean start.
+    fn ended_for_another(&self, client_id: &str, identity: Option<&str>) -> bool {
+        let grace = self.owner_grace();
+        let mut ended = self.ended_for_owner.lock();
+        match ended.get(client_id) {
+            Some((_, at)) if at.elapsed() >= grace => {
+                ended.remove(client_id);
+                false
+            }
+            Some((owner, _)) => identity != Some(&**owner),
+            None => false,
+        }
+    }
+
+    /// Whether a session of `client_id` here is one `identity` may take (its own, or one that
+    /// belongs to nobody).
+    pub fn takeable_here(&self, client_id: &str, identity: Option<&str>) -> bool {
+        self.sessions.get(client_id).is_some_and(|s| {
+            let st = s.state.lock();
+            !st.ended && super::session::may_take(st.owner.as_deref(), identity)
+        })
+    }
+
+    /// Whether a session of `client_id` is here (not ended).
+    pub fn holds_session(&self, client_id: &str) -> bool {
+        self.sessions
+            .get(client_id)
+            .is_some_and(|s| !s.state.lock().ended)
     }
 
     /// Whether client ids belong to their sessions' identities

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::handover::{Claim, ClaimOrder, SessionImage};
+use super::handover::{Claim, ClaimOrder, Released};
 use super::{CopiesWait, Forwarded, Message, RouteGate, replica};
 
 /// The broker's view of the cluster, set once at start: it is told of every publish that
@@ -47,7 +47,7 @@ pub trait ClusterHook: Send + Sync {
         node: &'a Arc<str>,
         client_id: &'a str,
         order: &'a ClaimOrder,
-    ) -> BoxFuture<'a, Option<SessionImage>>;
+    ) -> BoxFuture<'a, Released>;
     /// Resolves once this node has processed what every live peer sent it before now.
     fn drain<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, ()>;
     /// The claim's connection is attached: false if a newer claim came meanwhile.

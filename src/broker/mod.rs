@@ -49,6 +49,9 @@ use crate::topic::{self, SharedFilter};
 /// How long a new connection waits for the connection it takes over from to finish closing.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
+/// A session ended for its owner's clean start: the owner, and when.
+type EndedForOwner = (Arc<str>, std::time::Instant);
+
 /// What became of a publish that entered here.
 #[derive(Clone)]
 pub struct Published {
@@ -102,6 +105,9 @@ pub struct Broker {
     /// The reason a graceful stop gives its clients, set when the stop begins: 0x9C (use
     /// another server) while other nodes serve, else 0x8B (server shutting down).
     stop_reason: std::sync::OnceLock<u8>,
+    /// Sessions ended here for an owner's clean start, with when (see `handover`): for a
+    /// moment the client id stays theirs, while their new session is being made elsewhere.
+    ended_for_owner: parking_lot::Mutex<std::collections::HashMap<Arc<str>, EndedForOwner>>,
     me: Weak<Broker>,
 }
 
@@ -141,6 +147,7 @@ impl Broker {
             store: std::sync::OnceLock::new(),
             next_connection_id: AtomicU64::new(1),
             stop_reason: std::sync::OnceLock::new(),
+            ended_for_owner: Default::default(),
             me: me.clone(),
         })
     }

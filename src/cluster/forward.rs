@@ -14,7 +14,7 @@ use super::wire::{self, WireMessage};
 use super::{Cluster, groups};
 use crate::broker::replica::{ReplicaNode, ReplicaOp};
 use crate::broker::{
-    BoxFuture, Claim, ClaimOrder, ClusterHook, Forwarded, Message, Metrics, RouteGate, SessionImage,
+    BoxFuture, Claim, ClaimOrder, ClusterHook, Forwarded, Message, Metrics, RouteGate,
 };
 use crate::codec::QoS;
 use crate::config::SubscribeAck;
@@ -217,7 +217,7 @@ impl ClusterHook for Cluster {
         node: &'a Arc<str>,
         client_id: &'a str,
         order: &'a ClaimOrder,
-    ) -> BoxFuture<'a, Option<SessionImage>> {
+    ) -> BoxFuture<'a, crate::broker::handover::Released> {
         Box::pin(self.release_from(node, client_id, order))
     }
 

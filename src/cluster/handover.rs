@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use super::Cluster;
 use crate::broker::Metrics;
-use crate::broker::handover::{Claim, ClaimOrder, Holding, SessionImage};
+use crate::broker::handover::{Claim, ClaimOrder, Holding, Released, SessionImage};
 use crate::broker::replica::ReplicaOp;
 
 /// How often a claimant waiting for an answer looks at the link it waits on.
@@ -221,6 +221,7 @@ impl Cluster {
             superseded: false,
             owned_elsewhere: false,
             contested: false,
+            ended: false,
         };
         let names = |nodes: &[Arc<str>]| nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let answered = self
@@ -256,6 +257,18 @@ impl Cluster {
             .await;
         }
         let gone = names(&gone);
+        // Another user's connect claiming the id at this very node, started before or during
+        // this one: as a peer would answer it (`answer_claim`).
+        let key = self.claim_key(identity);
+        if self
+            .handover
+            .pending
+            .lock()
+            .get(&**client)
+            .is_some_and(|claims| claims.keys().any(|k| *k != key))
+        {
+            claim.contested = true;
+        }
         // A copy kept here of a session whose node died: this node is a holder too.
         if !claim.superseded && !claim.owned_elsewhere {
             match self.claim_replica(client, &claim.order, clean_start, &gone, identity) {
@@ -265,6 +278,7 @@ impl Cluster {
                         .push((self.node_id.clone(), subscriptions, owner))
                 }
                 Holding::Owned => claim.owned_elsewhere = true,
+                Holding::Ended => claim.ended = true,
                 Holding::Nothing | Holding::Superseded | Holding::Contested => {}
             }
         }
@@ -309,6 +323,7 @@ impl Cluster {
                         }
                         Holding::Owned => claim.owned_elsewhere = true,
                         Holding::Contested => claim.contested = true,
+                        Holding::Ended => claim.ended = true,
                     }
                     answered.push(node);
                 }
@@ -327,9 +342,12 @@ impl Cluster {
         node: &Arc<str>,
         client: &str,
         order: &ClaimOrder,
-    ) -> Option<SessionImage> {
+    ) -> Released {
         if **node == *self.node_id {
-            return self.release_replica_recovered(client, order).await;
+            return match self.release_replica_recovered(client, order).await {
+                Some(image) => Released::Image(image),
+                None => Released::Gone,
+            };
         }
         let message = |request| SessionMessage::Release {
             request,
@@ -338,15 +356,17 @@ impl Cluster {
         };
         let Some((request, rx)) = self.ask(node, message) else {
             self.note_unanswered(client, node, "release not sent");
-            return None;
+            return Released::NoAnswer;
         };
         let deadline = tokio::time::Instant::now() + self.takeover_timeout();
         match self.answer_from(node, rx, deadline).await {
-            Some(SessionMessage::Image { image, .. }) => image,
+            Some(SessionMessage::Image { image, .. }) => {
+                image.map_or(Released::Gone, Released::Image)
+            }
             _ => {
                 self.handover.waiting.lock().remove(&request);
                 self.note_unanswered(client, node, "no session image in time");
-                None
+                Released::NoAnswer
             }
         }
     }
@@ -555,9 +575,9 @@ impl Cluster {
                 contested = claims.keys().any(|k| *k != key);
             }
         }
-        if contested {
-            // Nothing held here (checked above), and this node's own claim is another
-            // user's: its session may be on its way here.
+        if contested && !broker.holds_session(client) {
+            // No session here, and this node's own claim is another user's: its session may
+            // be on its way here.
             return match self.claim_replica(client, order, clean_start, gone, identity) {
                 Holding::Nothing => Holding::Contested,
                 holding => holding,

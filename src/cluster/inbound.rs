@@ -119,21 +119,22 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
+                    let source = crate::limits::source_key(addr.ip());
                     let place = {
                         let mut counts = by_source.counts.lock();
-                        let n = counts.entry(addr.ip()).or_insert(0);
+                        let n = counts.entry(source).or_insert(0);
                         match pending.clone().try_acquire_owned() {
                             Ok(slot) if *n < per_source => {
                                 *n += 1;
                                 Some(PendingPlace {
                                     by_source: by_source.clone(),
-                                    ip: addr.ip(),
+                                    ip: source,
                                     _slot: slot,
                                 })
                             }
                             _ => {
                                 if *n == 0 {
-                                    counts.remove(&addr.ip());
+                                    counts.remove(&source);
                                 }
                                 None
                             }

@@ -269,12 +269,19 @@ impl Cluster {
             return Holding::Owned;
         }
         if clean_start {
+            let ended = !orphans.is_empty();
             for k in orphans {
                 if let Some(r) = held.remove(&k) {
+                    if let (Some(owner), Some(broker)) = (&r.owner, self.broker()) {
+                        broker.note_ended_for_owner(client, Arc::from(owner.as_str()));
+                    }
                     self.forget_copy(&k.1, r.holder_generation, client);
                 }
             }
-            return Holding::Nothing;
+            return match ended {
+                true => Holding::Ended,
+                false => Holding::Nothing,
+            };
         }
         let Some(r) = orphans.first().and_then(|k| held.get_mut(k)) else {
             return Holding::Nothing;

@@ -50,7 +50,10 @@ async fn fetch_once(
             .await
             .expect("connect to the HTTP endpoint");
         // The Host a caller names (as a browser would send it) replaces the address's.
-        let host = match extra.to_ascii_lowercase().contains("host:") {
+        let names_host = extra
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("host:"));
+        let host = match names_host {
             true => String::new(),
             false => format!("Host: {addr}\r\n"),
         };
