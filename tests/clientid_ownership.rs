@@ -87,6 +87,14 @@ async fn bob_takes(port: &str, id: &str, version: &str) -> (Option<i32>, String)
     )
 }
 
+/// alice publishes `payload` to `topic` at QoS 1 with mosquitto_pub, at MQTT port `port`.
+async fn alice_publishes(port: &str, topic: &str, payload: &str) {
+    let args = [
+        "-p", port, "-u", "alice", "-P", "pw", "-t", topic, "-m", payload, "-q", "1",
+    ];
+    run("mosquitto_pub", &args, LIMIT).await;
+}
+
 /// The next packet `client` gets is a PUBLISH of `payload`.
 async fn expect_payload(client: &mut RawClient, payload: &[u8]) {
     match client.recv().await {
@@ -144,25 +152,7 @@ async fn another_user_cannot_take_a_client_id_on_one_node() {
     assert_eq!(metric_line(&metrics, OWNED), 3.0, "each refusal counted");
     alice.expect_silence(Duration::from_millis(200)).await;
     // alice's connection and session are whole: a message for her arrives.
-    run(
-        "mosquitto_pub",
-        &[
-            "-p",
-            &b.port(),
-            "-u",
-            "alice",
-            "-P",
-            "pw",
-            "-t",
-            "private/x",
-            "-m",
-            "1",
-            "-q",
-            "1",
-        ],
-        LIMIT,
-    )
-    .await;
+    alice_publishes(&b.port(), "private/x", "1").await;
     expect_payload(&mut alice, b"1").await;
     // Offline, her stored session is still hers: bob is refused, alice resumes it.
     drop(alice);
@@ -209,25 +199,7 @@ async fn another_user_cannot_take_a_client_id_across_the_cluster() {
     alice.expect_silence(Duration::from_millis(300)).await;
     drop(alice);
     // Offline at node1, queued for: bob at node2 is refused, alice at node2 resumes it all.
-    run(
-        "mosquitto_pub",
-        &[
-            "-p",
-            &n1.port(),
-            "-u",
-            "alice",
-            "-P",
-            "pw",
-            "-t",
-            "private/q",
-            "-m",
-            "queued",
-            "-q",
-            "1",
-        ],
-        LIMIT,
-    )
-    .await;
+    alice_publishes(&n1.port(), "private/q", "queued").await;
     let (_, ack) = RawClient::connect_with(n2.addr(), connect_as("bob", "dev2", false)).await;
     assert_eq!(ack.code, reason::NOT_AUTHORIZED);
     let (mut alice, ack) =
@@ -351,25 +323,7 @@ async fn a_session_resumed_from_its_copy_is_still_its_owners() {
         RawClient::connect_with(n1.addr(), connect_as("alice", "dev5", true)).await;
     alice.subscribe("private/#", QoS::AtLeastOnce).await;
     drop(alice);
-    run(
-        "mosquitto_pub",
-        &[
-            "-p",
-            &n1.port(),
-            "-u",
-            "alice",
-            "-P",
-            "pw",
-            "-t",
-            "private/c",
-            "-m",
-            "kept",
-            "-q",
-            "1",
-        ],
-        LIMIT,
-    )
-    .await;
+    alice_publishes(&n1.port(), "private/c", "kept").await;
     n2.wait_metric_above(
         "vibemq_session_replica_messages",
         0.0,
